@@ -1,0 +1,228 @@
+"""The recipe schema: one small pydantic model per recipe section, unknown keys refused.
+
+A recipe is validated completely before any stage does work, so a typo costs a second, not a
+model load. Section fields reuse the names of the library they feed (``lora`` -> peft.LoraConfig,
+``train`` -> trl.SFTConfig) so those libraries' docs are ours.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message is one line naming the key and the file."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    # "bundled:<name>", an HF hub id, a local file/glob/folder, or a Deep Lake path (hub://, al://)
+    source: str = "bundled:lima_house_style"
+    # Record shape; "auto" detects it from the columns of the first record.
+    format: Literal["auto", "lima", "deeplake_lima", "alpaca", "messages"] = "auto"
+    train_split: str = "train"
+    # A separate source for evaluation (the seed keeps LIMA's test set in its own Deep Lake path).
+    eval_source: str | None = None
+    eval_split: str | None = "test"
+    max_records: int | None = Field(default=None, ge=1)  # cap per split, for quick trials
+
+
+class TemplateConfig(Section):
+    # seed: the seed's "Question: ...\n\nAnswer: ..."; chat: the tokenizer's chat template;
+    # custom: the user/assistant formats below.
+    kind: Literal["seed", "chat", "custom"] = "chat"
+    system: str | None = None  # chat only: None keeps the tokenizer's default system prompt
+    user: str = "Question: {content}"
+    assistant: str = "Answer: {content}"
+    separator: str = "\n\n"
+
+    @field_validator("user", "assistant")
+    @classmethod
+    def _has_content(cls, v: str) -> str:
+        if v.count("{content}") != 1:
+            raise ValueError("must contain '{content}' exactly once")
+        return v
+
+
+class PackConfig(Section):
+    seq_length: int = Field(default=512, ge=8)
+    # wrapped: the seed's ConstantLengthDataset; bfd: best-fit decreasing with per-sample
+    # position_ids (no cross-sample attention); none: one padded sample per row.
+    strategy: Literal["wrapped", "bfd", "none"] = "bfd"
+    loss_on: Literal["all", "assistant"] = "assistant"
+    overlong: Literal["truncate", "drop"] = "truncate"  # samples longer than seq_length (bfd/none)
+
+
+class ModelConfig(Section):
+    # bundled:smollm2-135m-instruct, an HF hub id, a local checkpoint folder, or a .gguf file
+    ref: str = "bundled:smollm2-135m-instruct"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto follows hardware.py
+    quantization: Literal["none", "nf4"] = "none"
+    # auto: on only when the memory estimate says the activations would not fit comfortably
+    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
+    trust_remote_code: bool = False
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
+    allow_pickle: bool = False  # allow .bin (pickle) weights; safetensors only by default
+
+
+class LoraSection(Section):
+    r: int = Field(default=16, ge=1)
+    lora_alpha: float = Field(default=32, gt=0)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    bias: Literal["none", "all", "lora_only"] = "none"
+    target_modules: str | list[str] = "all-linear"
+    use_rslora: bool = False
+
+
+class TrainConfig(Section):
+    num_train_epochs: float = Field(default=3, gt=0)
+    max_steps: int = -1
+    per_device_train_batch_size: int = Field(default=8, ge=1)
+    per_device_eval_batch_size: int = Field(default=8, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    learning_rate: float = Field(default=2e-4, gt=0)
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: int = Field(default=0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    eval_strategy: Literal["no", "steps", "epoch"] = "epoch"
+    save_strategy: Literal["no", "steps", "epoch"] = "epoch"
+    eval_steps: int | None = None
+    save_steps: int | None = None
+    save_total_limit: int | None = 2
+    logging_steps: int = Field(default=10, ge=1)
+    seed: int = 42
+    # auto: bf16 where the hardware runs it fast (GPU with bf16, CPU with AMX/AVX512-BF16), else fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    dataloader_num_workers: int = Field(default=0, ge=0)
+    # Any other trl.SFTConfig argument, checked against SFTConfig's fields when the stage runs.
+    extra_args: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrackingConfig(Section):
+    # auto: online when WANDB_API_KEY is set, offline otherwise (sync later with `wandb sync`)
+    wandb: Literal["off", "offline", "online", "auto"] = "off"
+    project: str = "sft-pipeline"
+    tensorboard: bool = True
+
+
+class MergeConfig(Section):
+    # For QLoRA: merge into the NF4-dequantized weights training saw, or into the original ones.
+    base: Literal["dequantized", "original"] = "dequantized"
+    tolerance: float = Field(default=1e-3, gt=0)  # max |logit gap| accepted, merged vs adapter
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class GenerateConfig(Section):
+    max_new_tokens: int = Field(default=160, ge=1)
+    batch_size: int = Field(default=20, ge=1)
+
+
+class EvaluateConfig(Section):
+    # A regex (re.fullmatch) that answers must follow; the bundled data's house style by default.
+    style_regex: str | None = r"TL;DR: [^\n]+\n\nDetails:\n(- [^\n]+\n){1,4}- [^\n]+"
+    max_prompts: int | None = Field(default=None, ge=1)  # None: every eval prompt
+    pairs: int = Field(default=3, ge=0)  # before/after answers shown
+
+    @field_validator("style_regex")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        import re
+
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as err:
+                raise ValueError(f"not a valid regex: {err}") from None
+        return v
+
+
+class Recipe(Section):
+    name: str = "run"
+    run_dir: str | None = None  # default: runs/<name>
+    data: DataConfig = Field(default_factory=DataConfig)
+    template: TemplateConfig = Field(default_factory=TemplateConfig)
+    pack: PackConfig = Field(default_factory=PackConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _eval_needs_split(self) -> "Recipe":
+        if self.train.eval_strategy != "no" and self.data.eval_split is None:
+            raise ValueError("train.eval_strategy needs data.eval_split (or set eval_strategy: no)")
+        return self
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, raw: str) -> None:
+    """Apply one `--set a.b=value`; the value is parsed as YAML so numbers and lists work."""
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {dotted}: '{key}' is not a section")
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+def parse_overrides(overrides: list[str] | None) -> list[tuple[str, str]]:
+    pairs = []
+    for item in overrides or []:
+        if "=" not in item:
+            raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. train.max_steps=5")
+        key, value = item.split("=", 1)
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def _format_error(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(recipe)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    extra = f" ({len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{origin}: {key}: {msg}{extra}"
+
+
+def recipe_from_dict(tree: dict[str, Any], origin: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as err:
+        raise RecipeError(_format_error(err, origin)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    if not isinstance(tree, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(tree).__name__}")
+    tree.setdefault("name", path.stem)
+    for key, value in parse_overrides(overrides):
+        _set_dotted(tree, key, value)
+    return recipe_from_dict(tree, str(path))
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(json.loads(recipe.model_dump_json()), sort_keys=False)

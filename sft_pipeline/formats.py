@@ -1,0 +1,151 @@
+"""Record shapes -> conversations, or a named reason the record cannot be used.
+
+Every shape becomes the same normalized form, a list of {"role", "content"} turns that
+alternate user/assistant (after an optional leading system turn) and end on the assistant.
+A record that cannot be made into that is never dropped silently: the caller counts it
+under the reason returned here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+Message = dict[str, str]
+Result = tuple[list[Message] | None, str | None]
+
+FORMATS = ("lima", "deeplake_lima", "alpaca", "messages")
+ROLES = ("system", "user", "assistant")
+
+
+class FormatError(ValueError):
+    pass
+
+
+def detect_format(columns: Iterable[str]) -> str:
+    cols = set(columns)
+    if "conversations" in cols:
+        return "lima"
+    if "messages" in cols:
+        return "messages"
+    if {"question", "answer"} <= cols:
+        return "deeplake_lima"
+    if {"instruction", "output"} <= cols:
+        return "alpaca"
+    raise FormatError(
+        f"cannot tell the record shape from columns {sorted(cols)}; expected one of "
+        "conversations (LIMA), messages, question/answer (Deep Lake LIMA), "
+        "instruction/output (alpaca); or set data.format"
+    )
+
+
+def _text(value: Any, field: str) -> tuple[str | None, str | None]:
+    if value is None:
+        return None, f"missing_field:{field}"
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, f"not_utf8:{field}"
+    if not isinstance(value, str):
+        return None, f"wrong_type:{field}"
+    return value, None
+
+
+def check_turns(messages: list[Message]) -> str | None:
+    """The rules every normalized conversation obeys; the first broken one is the reason."""
+    if not messages:
+        return "empty_conversation"
+    body = messages[1:] if messages[0]["role"] == "system" else messages
+    if not body:
+        return "empty_conversation"
+    for i, msg in enumerate(body):
+        if msg["role"] not in ROLES:
+            return "unknown_role"
+        if msg["role"] != ("user" if i % 2 == 0 else "assistant"):
+            return "roles_out_of_order"
+        if not msg["content"].strip():
+            return "empty_turn"
+    if body[-1]["role"] != "assistant":
+        return "ends_on_user"
+    return None
+
+
+def from_lima(rec: dict[str, Any]) -> Result:
+    turns = rec.get("conversations")
+    if turns is None:
+        return None, "missing_field:conversations"
+    if not isinstance(turns, (list, tuple)):
+        return None, "wrong_type:conversations"
+    messages = []
+    for i, turn in enumerate(turns):
+        text, why = _text(turn, "conversations")
+        if why:
+            return None, why
+        messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": text})
+    return messages, None
+
+
+def from_deeplake_lima(rec: dict[str, Any]) -> Result:
+    question, why = _text(rec.get("question"), "question")
+    if why:
+        return None, why
+    answer, why = _text(rec.get("answer"), "answer")
+    if why:
+        return None, why
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], None
+
+
+def from_alpaca(rec: dict[str, Any]) -> Result:
+    instruction, why = _text(rec.get("instruction"), "instruction")
+    if why:
+        return None, why
+    output, why = _text(rec.get("output"), "output")
+    if why:
+        return None, why
+    extra = rec.get("input") or ""
+    if not isinstance(extra, str):
+        return None, "wrong_type:input"
+    prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}], None
+
+
+def from_messages(rec: dict[str, Any]) -> Result:
+    turns = rec.get("messages")
+    if turns is None:
+        return None, "missing_field:messages"
+    if not isinstance(turns, (list, tuple)):
+        return None, "wrong_type:messages"
+    messages = []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            return None, "wrong_type:messages"
+        role, why = _text(turn.get("role"), "role")
+        if why:
+            return None, why
+        text, why = _text(turn.get("content"), "content")
+        if why:
+            return None, why
+        if role not in ROLES:
+            return None, "unknown_role"
+        messages.append({"role": role, "content": text})
+    return messages, None
+
+
+CONVERTERS: dict[str, Callable[[dict[str, Any]], Result]] = {
+    "lima": from_lima,
+    "deeplake_lima": from_deeplake_lima,
+    "alpaca": from_alpaca,
+    "messages": from_messages,
+}
+
+
+def to_conversation(rec: Any, fmt: str) -> Result:
+    """One record -> (messages, None) or (None, reason)."""
+    if not isinstance(rec, dict):
+        return None, "not_a_mapping"
+    messages, why = CONVERTERS[fmt](rec)
+    if why:
+        return None, why
+    assert messages is not None
+    why = check_turns(messages)
+    return (None, why) if why else (messages, None)

@@ -1,0 +1,65 @@
+"""Answer prompts with the base model, the trained adapter, or the merged model, using the
+recipe's template: the seed's inference step, batched and greedy by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import Recipe
+from .progress import progress
+from .rundir import RunDir
+from .stages.template import render_prompt
+
+MODELS = ("base", "adapter", "merged")
+
+
+def load_for_inference(run: RunDir, which: str) -> tuple[Any, Any]:
+    from peft import PeftModel
+
+    from .models import load_model, load_tokenizer
+
+    recipe = run.recipe
+    tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
+    if which == "merged":
+        path = run.stage_dir("merge") / "model"
+        model = load_model(str(path), trust_remote_code=recipe.model.trust_remote_code)
+    else:
+        model = load_model(recipe.model.ref, trust_remote_code=recipe.model.trust_remote_code,
+                           allow_pickle=recipe.model.allow_pickle)
+        if which == "adapter":
+            model = PeftModel.from_pretrained(model, str(run.stage_dir("train") / "adapter"))
+    model.eval()
+    return model, tokenizer
+
+
+def prompt_text(recipe: Recipe, question: str, tokenizer: Any) -> str:
+    return render_prompt([{"role": "user", "content": question}], recipe.template, tokenizer)
+
+
+def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
+             label: str = "generate") -> list[str]:
+    """Greedy answers, batched with left padding; each stops at EOS."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    answers: list[str] = []
+    with progress() as bar:
+        task = bar.add_task(label, total=len(prompts))
+        for lo in range(0, len(prompts), batch_size):
+            chunk = prompts[lo : lo + batch_size]
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            for row in out[:, enc["input_ids"].shape[1] :]:
+                answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+            bar.advance(task, len(chunk))
+    return answers
+
+
+def read_prompts(prompt: str | None, prompts_file: Path | None) -> list[str]:
+    if prompts_file is not None:
+        lines = [l.strip() for l in prompts_file.read_text(encoding="utf-8").splitlines()]
+        return [l for l in lines if l]
+    return [prompt] if prompt else []

@@ -1,0 +1,228 @@
+"""The run directory: manifest, stage fingerprints, atomic stage output, and the writer lock.
+
+Stages talk only through folders here. A stage's folder counts as complete only when the
+manifest says so with the fingerprint of its current inputs, and the manifest is written last,
+atomically, so a crash never leaves something that looks finished.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import Recipe, recipe_to_yaml
+
+STAGES = ("load", "template", "pack", "prepare", "train", "merge")
+
+# Which recipe sections (or single keys) each stage's output depends on, besides its upstream.
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "load": ("data",),
+    "template": ("template", "model.ref"),
+    "pack": ("pack", "model.ref"),
+    "prepare": ("model", "lora", "pack.seq_length", "train.per_device_train_batch_size"),
+    "train": ("train",),
+    "merge": ("merge",),
+    "evaluate": ("evaluate", "generate"),
+}
+UPSTREAM: dict[str, tuple[str, ...]] = {
+    "load": (),
+    "template": ("load",),
+    "pack": ("template",),
+    "prepare": (),
+    "train": ("pack", "prepare"),
+    "merge": ("prepare", "train"),
+    "evaluate": ("template", "pack", "train"),
+}
+
+
+class StageError(RuntimeError):
+    """A stage cannot run; the message is one line saying why and what to do."""
+
+
+class LockedError(StageError):
+    pass
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder, fsync, then rename: readers see old or new."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _pick(recipe: Recipe, dotted: str) -> Any:
+    node: Any = recipe
+    for key in dotted.split("."):
+        node = getattr(node, key)
+    return node.model_dump(mode="json") if hasattr(node, "model_dump") else node
+
+
+class RunDir:
+    def __init__(self, path: str | Path, recipe: Recipe):
+        self.path = Path(path)
+        self.recipe = recipe
+        self._lock_fh: Any = None
+
+    # ---- fingerprints -------------------------------------------------------------------
+    def fingerprint(self, stage: str) -> str:
+        parts = {key: _pick(self.recipe, key) for key in STAGE_INPUTS[stage]}
+        parts["upstream"] = {up: self.fingerprint(up) for up in UPSTREAM[stage]}
+        blob = json.dumps({"stage": stage, **parts}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    # ---- manifest -----------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    def manifest(self) -> dict[str, Any]:
+        if self.manifest_path.is_file():
+            return read_json(self.manifest_path)
+        return {"stages": {}}
+
+    def stage_record(self, stage: str) -> dict[str, Any] | None:
+        return self.manifest().get("stages", {}).get(stage)
+
+    def stage_state(self, stage: str) -> str:
+        """complete | stale | missing (never run, or its folder is gone)."""
+        rec = self.stage_record(stage)
+        if not rec or rec.get("status") != "complete" or not (self.path / stage).is_dir():
+            return "missing"
+        return "complete" if rec.get("fingerprint") == self.fingerprint(stage) else "stale"
+
+    def stage_dir(self, stage: str) -> Path:
+        """The folder of a complete, fresh stage; anything else is a one-line refusal."""
+        state = self.stage_state(stage)
+        if state != "complete":
+            what = "has not run" if state == "missing" else "is stale (the recipe changed)"
+            raise StageError(f"stage '{stage}' {what} in {self.path}: run `sft-pipeline {stage} <recipe>` first")
+        return self.path / stage
+
+    def _record(self, stage: str, record: dict[str, Any]) -> None:
+        manifest = self.manifest()
+        manifest["recipe"] = json.loads(self.recipe.model_dump_json())
+        manifest.setdefault("stages", {})[stage] = record
+        write_json(self.manifest_path, manifest)
+
+    # ---- the lock -----------------------------------------------------------------------
+    @contextmanager
+    def locked(self, command: str) -> Iterator[None]:
+        """One writer at a time. flock dies with its process, so a stale lock frees itself."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path / ".lock"
+        fh = open(lock_path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "{}"
+            fh.close()
+            try:
+                info = json.loads(holder)
+            except json.JSONDecodeError:
+                info = {}
+            raise LockedError(
+                f"{self.path} is in use by pid {info.get('pid', '?')} on {info.get('host', '?')} "
+                f"running `{info.get('command', '?')}`; wait for it or stop it"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": _now()}))
+        fh.flush()
+        self._lock_fh = fh
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+            self._lock_fh = None
+
+    # ---- atomic stage output ------------------------------------------------------------
+    def work_dir(self, stage: str) -> Path:
+        """Where a running stage writes; renamed to <stage>/ only when the stage succeeds."""
+        return self.path / ".partial" / stage
+
+    @contextmanager
+    def stage_output(self, stage: str, keep_partial: bool = False) -> Iterator[Path]:
+        """Yield a fresh work folder; on success swap it in as <stage>/ and record it last.
+
+        keep_partial keeps an earlier attempt's work folder (train resumes from its checkpoints)
+        when it was made for the same fingerprint.
+        """
+        fingerprint = self.fingerprint(stage)
+        work = self.work_dir(stage)
+        marker = work / ".fingerprint"
+        if work.exists() and not (keep_partial and marker.is_file() and marker.read_text() == fingerprint):
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        marker.write_text(fingerprint)
+        atomic_write_text(self.path / "recipe.yaml", recipe_to_yaml(self.recipe))
+        started = _now()
+        t0 = _dt.datetime.now()
+        yield work
+        marker.unlink()
+        final = self.path / stage
+        # Forget the old record first: from here until the new record, the stage reads as missing.
+        manifest = self.manifest()
+        if manifest.get("stages", {}).pop(stage, None) is not None:
+            write_json(self.manifest_path, manifest)
+        if final.exists():
+            old = self.path / ".partial" / f"{stage}.old"
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+            shutil.rmtree(old)
+        os.replace(work, final)
+        summary_path = final / "summary.json"
+        summary = read_json(summary_path) if summary_path.is_file() else {}
+        self._record(
+            stage,
+            {
+                "status": "complete",
+                "fingerprint": fingerprint,
+                "started": started,
+                "finished": _now(),
+                "seconds": round((_dt.datetime.now() - t0).total_seconds(), 1),
+                "summary": summary,
+                "versions": versions(),
+                "command": " ".join(sys.argv),
+            },
+        )
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("sft-pipeline", "torch", "transformers", "trl", "peft", "datasets", "bitsandbytes"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,44 @@
+"""Where records come from. Each reader yields (where, record): `where` names the file and line
+or the row, so a record that is dropped or stops the stage can be found by the user."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import deeplake_source, hf, local
+
+Record = tuple[str, Any]
+
+
+class SourceError(ValueError):
+    """A source that cannot be read at all; one line with the file/line or dataset and reason."""
+
+
+BUNDLED_DATA = Path(__file__).resolve().parent.parent / "bundled"
+
+
+def source_kind(source: str) -> str:
+    if source.startswith("bundled:"):
+        return "bundled"
+    if deeplake_source.is_deeplake(source):
+        return "deeplake"
+    if local.looks_local(source):
+        return "local"
+    return "hf"
+
+
+def read_records(source: str, split: str) -> Iterator[Record]:
+    kind = source_kind(source)
+    if kind == "bundled":
+        folder = BUNDLED_DATA / source.split(":", 1)[1]
+        if not folder.is_dir():
+            known = sorted(p.name for p in BUNDLED_DATA.iterdir() if p.is_dir())
+            raise SourceError(f"data.source: unknown bundled dataset '{source}'; known: {known}")
+        yield from local.read(str(folder), split)
+    elif kind == "deeplake":
+        yield from deeplake_source.read(source)
+    elif kind == "local":
+        yield from local.read(source, split)
+    else:
+        yield from hf.read(source, split)

@@ -1,0 +1,19 @@
+"""Hugging Face datasets: a hub id (or a local dataset script/folder datasets understands)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+
+def read(source: str, split: str) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    from . import SourceError
+
+    name, _, config = source.partition(":")  # "org/name:config" picks a configuration
+    try:
+        ds = datasets.load_dataset(name, config or None, split=split)
+    except Exception as err:  # network, auth, unknown split: all end the stage, with the reason
+        raise SourceError(f"data.source: {source} (split {split}): {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    for i, rec in enumerate(ds):
+        yield f"{source}[{split}] row {i}", rec

@@ -1,0 +1,127 @@
+"""Local json, jsonl, parquet and csv files: one file, a glob, or a folder of split files."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def looks_local(source: str) -> bool:
+    return (
+        source.startswith((".", "/", "~"))
+        or Path(source).exists()
+        or any(ch in source for ch in "*?[")
+        or source.endswith(SUFFIXES)
+        or "{split}" in source
+    )
+
+
+def _error(msg: str) -> Exception:
+    from . import SourceError
+
+    return SourceError(msg)
+
+
+def resolve_files(source: str, split: str) -> list[Path]:
+    """A folder holds one file per split (train.jsonl, test.parquet, ...); '{split}' in a path is
+    replaced by the split; a plain file or glob is taken as given."""
+    pattern = str(Path(source.replace("{split}", split)).expanduser())
+    folder = Path(pattern)
+    if folder.is_dir():
+        files = sorted(p for p in folder.iterdir() if p.suffix in SUFFIXES and p.stem.split("-")[0] == split)
+        if not files:
+            have = sorted(p.name for p in folder.iterdir() if p.suffix in SUFFIXES)
+            raise _error(f"{folder}: no file for split '{split}' (expected {split}.jsonl or similar; found {have})")
+        return files
+    files = sorted(Path(p) for p in glob.glob(pattern)) if any(c in pattern for c in "*?[") else [folder]
+    files = [f for f in files if f.is_file()]
+    if not files:
+        raise _error(f"data.source: {pattern}: no such file")
+    for f in files:
+        if f.suffix not in SUFFIXES:
+            raise _error(f"{f}: unsupported file type '{f.suffix}' (use {', '.join(SUFFIXES)})")
+    return files
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise _error(f"{path}:{lineno}: not UTF-8 text (byte {err.start})") from None
+            if not text.strip():
+                continue
+            try:
+                yield f"{path}:{lineno}", json.loads(text)
+            except json.JSONDecodeError as err:
+                raise _error(f"{path}:{lineno}: invalid JSON: {err.msg} at column {err.colno}") from None
+
+
+def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise _error(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise _error(f"{path}:{err.lineno}: invalid JSON: {err.msg} at column {err.colno}") from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))  # {"data": [...]} style
+    if not isinstance(data, list):
+        raise _error(f"{path}: expected a JSON array of records (or use .jsonl)")
+    for i, rec in enumerate(data):
+        yield f"{path}[{i}]", rec
+
+
+def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise _error(f"{path}: not UTF-8 text (byte {err.start})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        return
+    for row in reader:
+        lineno = reader.line_num
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise _error(f"{path}:{lineno}: {len(row)} fields, header has {len(header)}")
+        yield f"{path}:{lineno}", dict(zip(header, row))
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise _error(f"{path}: cannot read parquet: {err}") from None
+    row = 0
+    for batch in table.iter_batches(batch_size=4096):
+        for rec in batch.to_pylist():
+            yield f"{path} row {row}", rec
+            row += 1
+
+
+READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+
+
+def read(source: str, split: str) -> Iterator[tuple[str, Any]]:
+    for path in resolve_files(source, split):
+        reader = _read_jsonl if path.suffix == ".json" and _is_jsonl(path) else READERS[path.suffix]
+        yield from reader(path)
+
+
+def _is_jsonl(path: Path) -> bool:
+    """Many '.json' files are really JSON Lines; look at the first non-blank character."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
+    return head.startswith(b"{")

@@ -1,0 +1,129 @@
+"""Stage 6, merge: base + adapter -> one standalone model, verified against the adapter model.
+
+For a QLoRA run the adapter learned against NF4-dequantized weights, not the originals. Merging
+into the originals (what most tools do) silently shifts the model; we offer both bases and
+record the chosen one's logit gap to the adapter on the quantized base that training saw.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ..config import Recipe
+from ..rundir import RunDir, write_json
+
+console = Console(stderr=True)
+
+
+class MergeError(RuntimeError):
+    pass
+
+
+def dequantized_base(recipe: Recipe, dtype: Any) -> Any:
+    """The original-precision model with every NF4-quantized linear replaced by its dequantized
+    weight: exactly what the adapter saw during QLoRA training."""
+    import bitsandbytes as bnb
+    import torch
+
+    from ..models import load_model
+
+    full = load_model(recipe.model.ref, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code,
+                      allow_pickle=recipe.model.allow_pickle)
+    quant = load_model(recipe.model.ref, dtype=dtype, quantization="nf4", compute_dtype=torch.float32,
+                       trust_remote_code=recipe.model.trust_remote_code, allow_pickle=recipe.model.allow_pickle)
+    targets = dict(full.named_modules())
+    replaced = 0
+    with torch.no_grad():
+        for name, module in quant.named_modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                w = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+                targets[name].weight.copy_(w.to(dtype))
+                replaced += 1
+    del quant
+    console.print(f"dequantized {replaced} NF4 linear layers into the merge base")
+    return full
+
+
+def logits_of(model: Any, batch: dict[str, Any]) -> Any:
+    import torch
+
+    with torch.no_grad():
+        return model(**batch).logits.float()
+
+
+def probe_batch(tokenizer: Any, texts: list[str], max_tokens: int = 64) -> dict[str, Any]:
+    tokenizer.padding_side = "right"
+    return dict(tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_tokens))
+
+
+def max_gap(a: Any, b: Any, mask: Any) -> float:
+    return float(((a - b).abs().amax(-1) * mask).max())
+
+
+def run(run: RunDir, out: Path) -> None:
+    import datasets
+    import torch
+    from peft import PeftModel
+
+    from ..hardware import detect
+    from ..models import load_model, load_tokenizer
+    from .prepare import build_model
+
+    recipe = run.recipe
+    cfg = recipe.merge
+    train_dir = run.stage_dir("train")
+    adapter = train_dir / "adapter"
+    dtype = getattr(torch, cfg.dtype)
+    tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
+    template_dir = run.stage_dir("template") if run.stage_state("template") == "complete" else None
+    texts = ["What is the capital of France?", "Explain gradient descent in one paragraph."]
+    if template_dir is not None:
+        split = "eval" if (template_dir / "eval").is_dir() else "train"
+        texts = datasets.load_from_disk(str(template_dir / split))["text"][:4]
+    batch = probe_batch(tokenizer, texts)
+    mask = batch["attention_mask"].float()
+
+    quantized = recipe.model.quantization == "nf4"
+    # The reference: the adapter on exactly the base that training saw.
+    if quantized:
+        reference = build_model(recipe, detect(), checkpointing=False, adapter=adapter, trainable=False)
+    else:
+        base = load_model(recipe.model.ref, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code,
+                          allow_pickle=recipe.model.allow_pickle)
+        reference = PeftModel.from_pretrained(base, str(adapter))
+    reference.eval()
+    ref_logits = logits_of(reference, batch)
+    del reference
+
+    if quantized and cfg.base == "dequantized":
+        base = dequantized_base(recipe, dtype)
+    else:
+        base = load_model(recipe.model.ref, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code,
+                          allow_pickle=recipe.model.allow_pickle)
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged.eval()
+    gap = max_gap(logits_of(merged, batch), ref_logits, mask)
+
+    passed = gap <= cfg.tolerance
+    record = {
+        "base": cfg.base if quantized else "original",
+        "quantized_training": quantized,
+        "max_abs_logit_gap": gap,
+        "tolerance": cfg.tolerance,
+        "passed": passed,
+        "reference": "adapter on the NF4 base training saw" if quantized else "adapter on the same full-precision base",
+        "probe_texts": len(texts),
+    }
+    if not passed and not (quantized and cfg.base == "original"):
+        raise MergeError(f"merge: merged logits differ from the adapter's by {gap:.3g} > merge.tolerance {cfg.tolerance}")
+    if not passed:
+        console.print(f"[yellow]merge.base original: logit gap {gap:.3g} to the quantized-base adapter "
+                      f"(> {cfg.tolerance}); merge.base: dequantized matches what training saw")
+    merged.save_pretrained(str(out / "model"), safe_serialization=True)
+    tokenizer.save_pretrained(str(out / "model"))
+    console.print(f"merged model saved to {out / 'model'}; max |logit gap| vs adapter = {gap:.3g}")
+    write_json(out / "verify.json", record)
+    write_json(out / "summary.json", {k: record[k] for k in ("base", "max_abs_logit_gap", "passed")})

@@ -1,0 +1,162 @@
+"""Stage 4, prepare: what the model becomes before training, recorded before it is paid for.
+
+The seed's preparation: freeze the base, cast 1-D parameters (norms, biases) to fp32, gradient
+checkpointing with input grads, LM head output in fp32; optionally NF4 with double quantization
+(QLoRA); then LoRA. The initial adapter is saved so train starts from exactly what was recorded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ..config import Recipe
+from ..hardware import Hardware, choose_precision, detect
+from ..memory import GIB, MemoryEstimate, estimate, fmt_gib
+from ..rundir import RunDir, write_json
+
+console = Console(stderr=True)
+
+NF4_BYTES_PER_WEIGHT = 0.5 + 0.0625  # 4-bit values plus double-quantized absmax per 64
+
+
+def lora_config(recipe: Recipe) -> Any:
+    from peft import LoraConfig
+
+    cfg = recipe.lora
+    return LoraConfig(
+        r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias=cfg.bias,
+        target_modules=cfg.target_modules, use_rslora=cfg.use_rslora, task_type="CAUSAL_LM",
+    )
+
+
+def torch_dtype(recipe: Recipe, hw: Hardware) -> Any:
+    import torch
+
+    if recipe.model.dtype != "auto":
+        return getattr(torch, recipe.model.dtype)
+    precision, _ = choose_precision(recipe.train.precision, hw)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def _cast_output_fp32(module: Any, inputs: Any, output: Any) -> Any:
+    return output.float()
+
+
+def seed_preparation(model: Any, checkpointing: bool) -> None:
+    """Freeze, fp32 1-D params, checkpointing, fp32 LM-head output; works on the meta device."""
+    import torch
+
+    for param in model.parameters():
+        param.requires_grad = False
+        if param.ndim == 1 and param.dtype != torch.float32 and param.__class__.__name__ == "Parameter":
+            param.data = param.data.to(torch.float32)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    # The seed wraps lm_head in a CastOutputToFloat module; a hook does the same and keeps the
+    # module (and its weight tying) intact for TRL's fused LM head.
+    head = model.get_output_embeddings()
+    if head is not None and not getattr(head, "_sft_fp32_hook", False):
+        head.register_forward_hook(_cast_output_fp32)
+        head._sft_fp32_hook = True
+
+
+def count_params(model: Any) -> tuple[int, int]:
+    """(trainable, total) as the seed's print_trainable_parameters counts them (LoRA included)."""
+    trainable, total = model.get_nb_trainable_parameters()
+    return int(trainable), int(total)
+
+
+def plan_memory(recipe: Recipe, config: Any, hw: Hardware) -> tuple[MemoryEstimate, bool, dict[str, Any]]:
+    """Estimate from the config on the meta device, and decide gradient checkpointing."""
+    import torch
+    from accelerate import init_empty_weights
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        meta = AutoModelForCausalLM.from_config(config)
+    peft_meta = get_peft_model(meta, lora_config(recipe))
+    trainable, total = count_params(peft_meta)
+    dtype = torch_dtype(recipe, hw)
+    weight_bytes = NF4_BYTES_PER_WEIGHT if recipe.model.quantization == "nf4" else torch.finfo(dtype).bits / 8
+    act_bytes = 4 if dtype == torch.float32 else 2
+    est = estimate(config, total - trainable, trainable, recipe.train.per_device_train_batch_size,
+                   recipe.pack.seq_length, weight_bytes, act_bytes,
+                   sdpa_materializes_scores=(recipe.pack.strategy == "bfd" and hw.device == "cpu"))
+    budget = hw.gpu_memory_bytes if hw.device == "cuda" else hw.memory_bytes
+    choice = recipe.model.gradient_checkpointing
+    if choice == "auto":
+        checkpointing = est.total(False) > 0.8 * budget
+        why = (f"auto: {fmt_gib(est.total(False))} estimated without it vs {fmt_gib(budget)} "
+               f"{'GPU ' if hw.device == 'cuda' else ''}memory")
+    else:
+        checkpointing = choice == "on"
+        why = f"recipe: {choice}"
+    decision = {"gradient_checkpointing": checkpointing, "why": why, "budget_bytes": budget}
+    return est, checkpointing, {"trainable": trainable, "total": total, **decision}
+
+
+def build_model(recipe: Recipe, hw: Hardware, checkpointing: bool, adapter: str | Path | None = None,
+                trainable: bool = True) -> Any:
+    """The prepared model: base (maybe NF4) + seed preparation + LoRA (new, or loaded)."""
+    from peft import PeftModel, get_peft_model
+
+    from ..models import load_model
+
+    dtype = torch_dtype(recipe, hw)
+    base = load_model(recipe.model.ref, dtype=dtype, quantization=recipe.model.quantization,
+                      attn_implementation=recipe.model.attn_implementation,
+                      trust_remote_code=recipe.model.trust_remote_code, allow_pickle=recipe.model.allow_pickle)
+    base.config.use_cache = False
+    seed_preparation(base, checkpointing)
+    if adapter is not None:
+        return PeftModel.from_pretrained(base, str(adapter), is_trainable=trainable)
+    return get_peft_model(base, lora_config(recipe))
+
+
+def run(run: RunDir, out: Path) -> None:
+    import torch
+    from transformers import AutoConfig
+
+    from ..models import resolve
+
+    recipe = run.recipe
+    hw = detect()
+    torch.manual_seed(recipe.train.seed)
+    resolved = resolve(recipe.model.ref)
+    config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=recipe.model.trust_remote_code)
+    est, checkpointing, plan = plan_memory(recipe, config, hw)
+    console.print(
+        f"[bold]Memory estimate[/] (batch {recipe.train.per_device_train_batch_size} x {recipe.pack.seq_length} tokens): "
+        f"weights {fmt_gib(est.weights)}, adapter+optimizer {fmt_gib(est.adapter_and_optimizer)}, "
+        f"activations {fmt_gib(est.activations_full)} / {fmt_gib(est.activations_checkpointed)} with checkpointing; "
+        f"total {fmt_gib(est.total(False))} / {fmt_gib(est.total(True))}; "
+        f"gradient checkpointing {'on' if checkpointing else 'off'} ({plan['why']})"
+    )
+    model = build_model(recipe, hw, checkpointing)
+    trainable, total = count_params(model)
+    console.print(f"trainable params: {trainable} || all params: {total} || trainable%: {100 * trainable / total:.4f}")
+    model.save_pretrained(str(out / "adapter"))
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
+    record = {
+        "model_ref": recipe.model.ref,
+        "resolved": resolved.path,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": round(100 * trainable / total, 4),
+        "dtype": str(torch_dtype(recipe, hw)).replace("torch.", ""),
+        "parameter_dtypes": dtypes,
+        "quantization": recipe.model.quantization,
+        "lora_targets": sorted(model.peft_config["default"].target_modules),
+        "gradient_checkpointing": checkpointing,
+        "gradient_checkpointing_why": plan["why"],
+        "memory_estimate_bytes": est.as_dict(),
+        "memory_estimate_gib": round(est.total(checkpointing) / GIB, 3),
+        "hardware": {"device": hw.device, "bf16_fast": hw.bf16_fast, "reason": hw.reason, "cpus": hw.cpu_count},
+    }
+    write_json(out / "prepare.json", record)
+    write_json(out / "summary.json", {k: record[k] for k in ("trainable_params", "total_params", "dtype", "gradient_checkpointing", "memory_estimate_gib")})

@@ -1,0 +1,144 @@
+"""Stage 5, train: TRL's SFTTrainer on the packed blocks, from the adapter prepare recorded.
+
+Precision follows the hardware (hardware.py). Checkpoints go to the stage's work folder, so a
+killed run resumes from the last one when the stage is run again with the same recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ..config import Recipe
+from ..hardware import choose_precision, detect
+from ..rundir import RunDir, read_json, write_json
+
+console = Console(stderr=True)
+
+
+class TrainConfigError(ValueError):
+    pass
+
+
+def report_to(recipe: Recipe) -> tuple[list[str], dict[str, str]]:
+    """Trackers and the environment they need. W&B: online with a key, offline without one."""
+    trackers, env = [], {}
+    mode = recipe.tracking.wandb
+    if mode == "auto":
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
+        console.print("[yellow]tracking.wandb is online but WANDB_API_KEY is not set; W&B may prompt or fail")
+    if mode != "off":
+        trackers.append("wandb")
+        env.update({"WANDB_MODE": mode, "WANDB_PROJECT": recipe.tracking.project})
+    if recipe.tracking.tensorboard:
+        trackers.append("tensorboard")
+    return trackers, env
+
+
+def sft_config(recipe: Recipe, out: Path, checkpointing: bool, precision: str, trackers: list[str]) -> Any:
+    from trl import SFTConfig
+
+    t = recipe.train
+    known = {f.name for f in dataclasses.fields(SFTConfig)}
+    for key in t.extra_args:
+        if key not in known:
+            raise TrainConfigError(f"train.extra_args.{key}: not an SFTConfig argument")
+    fields = t.model_dump(exclude={"precision", "extra_args"})
+    fields = {k: v for k, v in fields.items() if v is not None}
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(out / "checkpoints"),
+        report_to=trackers or "none",
+        run_name=recipe.name,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        # pack already made the blocks and the labels: SFTTrainer must not re-tokenize or re-pack
+        dataset_kwargs={"skip_prepare_dataset": True},
+        packing=False,
+        padding_free=False,
+        remove_unused_columns=False,
+        disable_tqdm=False,
+    )
+    if "save_safetensors" in known:  # gone in newer transformers, where safetensors is the only way
+        kwargs["save_safetensors"] = True
+    return SFTConfig(**{**kwargs, **fields, **t.extra_args})
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run(run: RunDir, out: Path) -> None:
+    import datasets
+    import torch
+    from trl import SFTTrainer
+
+    from ..collate import PackedCollator
+    from ..models import load_tokenizer
+    from .prepare import build_model
+
+    recipe = run.recipe
+    hw = detect()
+    precision, warning = choose_precision(recipe.train.precision, hw)
+    if warning:
+        console.print(f"[bold yellow]warning:[/] {warning}")
+    pack_dir, prep_dir = run.stage_dir("pack"), run.stage_dir("prepare")
+    prep = read_json(prep_dir / "prepare.json")
+    train_ds = datasets.load_from_disk(str(pack_dir / "train"))
+    eval_ds = datasets.load_from_disk(str(pack_dir / "eval")) if (pack_dir / "eval").is_dir() else None
+    if eval_ds is None and recipe.train.eval_strategy != "no":
+        raise TrainConfigError("train.eval_strategy needs an eval split; set data.eval_split or eval_strategy: no")
+
+    trackers, env = report_to(recipe)
+    os.environ.update(env)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
+    if "wandb" in trackers:
+        os.environ["WANDB_DIR"] = str(out)
+    args = sft_config(recipe, out, prep["gradient_checkpointing"], precision, trackers)
+    tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
+    torch.manual_seed(recipe.train.seed)
+    model = build_model(recipe, hw, prep["gradient_checkpointing"], adapter=prep_dir / "adapter", trainable=True)
+
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+        processing_class=tokenizer, data_collator=PackedCollator(tokenizer.pad_token_id),
+    )
+    resume = last_checkpoint(out / "checkpoints")
+    if resume:
+        console.print(f"[bold]Resuming[/] from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.model.save_pretrained(str(out / "adapter"))
+    tokenizer.save_pretrained(str(out / "adapter"))
+
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    metrics = {
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "steps": trainer.state.global_step,
+        "precision": precision,
+        "final_train_loss": losses[-1] if losses else None,
+        "mean_train_loss": result.training_loss,
+        "eval_losses": evals,
+        "peak_rss_bytes": peak_rss_bytes() if hw.device == "cpu" else None,
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if hw.device == "cuda" else None,
+        "memory_estimate_gib": prep["memory_estimate_gib"],
+        "resumed_from": resume,
+        "trackers": trackers,
+        "log_history": history,
+    }
+    write_json(out / "metrics.json", metrics)
+    write_json(out / "summary.json", {k: metrics[k] for k in ("steps", "precision", "final_train_loss", "eval_losses", "train_runtime_s")})
