@@ -72,6 +72,11 @@ class ModelConfig(Section):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
     allow_pickle: bool = False  # allow .bin (pickle) weights; safetensors only by default
 
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        return {False: "off", True: "on"}.get(v, v) if isinstance(v, bool) else v
+
 
 class LoraSection(Section):
     r: int = Field(default=16, ge=1)
@@ -111,6 +116,12 @@ class TrackingConfig(Section):
     wandb: Literal["off", "offline", "online", "auto"] = "off"
     project: str = "sft-pipeline"
     tensorboard: bool = True
+
+    @field_validator("wandb", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as False and `on` as True
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
 
 
 class MergeConfig(Section):
@@ -195,6 +206,8 @@ def _format_error(err: ValidationError, origin: str) -> str:
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif "input" in first and not isinstance(first["input"], dict):
+        msg = f"{msg} (got {first['input']!r})"
     extra = f" ({len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return f"{origin}: {key}: {msg}{extra}"
 

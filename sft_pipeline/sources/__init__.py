@@ -19,6 +19,9 @@ BUNDLED_DATA = Path(__file__).resolve().parent.parent / "bundled"
 
 
 def source_kind(source: str) -> str:
+    """bundled:<name> | hf:<id or folder> (forces datasets.load_dataset) | Deep Lake | local | hub id."""
+    if source.startswith("hf:"):
+        return "hf"
     if source.startswith("bundled:"):
         return "bundled"
     if deeplake_source.is_deeplake(source):
@@ -41,4 +44,4 @@ def read_records(source: str, split: str) -> Iterator[Record]:
     elif kind == "local":
         yield from local.read(source, split)
     else:
-        yield from hf.read(source, split)
+        yield from hf.read(source.removeprefix("hf:"), split)

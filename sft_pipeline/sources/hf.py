@@ -10,7 +10,9 @@ def read(source: str, split: str) -> Iterator[tuple[str, Any]]:
 
     from . import SourceError
 
-    name, _, config = source.partition(":")  # "org/name:config" picks a configuration
+    name, config = source, ""
+    if ":" in source and not source.startswith(("/", ".")):
+        name, _, config = source.partition(":")  # "org/name:config" picks a configuration
     try:
         ds = datasets.load_dataset(name, config or None, split=split)
     except Exception as err:  # network, auth, unknown split: all end the stage, with the reason

@@ -1,0 +1,112 @@
+"""Shared fixtures: a tiny tokenizer (trained here, ChatML template) and tiny models built from
+a config and saved as local safetensors checkpoints. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+CORPUS = [
+    "What is the capital of France? Paris is the capital of France.",
+    "TL;DR: Water boils at 100 degrees.\n\nDetails:\n- At sea level\n- Lower in the mountains",
+    "Question: how do I sort a list in Python? Answer: use sorted() or list.sort().",
+    "The quick brown fox jumps over the lazy dog. 0123456789",
+] * 20
+
+
+def make_tokenizer(folder: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   unk_token="<unk>", bos_token="<|im_start|>")
+    fast.chat_template = CHATML
+    fast.save_pretrained(folder)
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama with the tiny tokenizer, saved as a local checkpoint: a valid model.ref."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tok = make_tokenizer(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                         tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def lima_rows(n: int, multi_every: int = 0) -> list[dict]:
+    rows = []
+    for i in range(n):
+        conv = [f"What is {i} plus {i}?", f"TL;DR: It is {2 * i}.\n\nDetails:\n- {i} + {i} = {2 * i}\n- Addition"]
+        if multi_every and i % multi_every == 0:
+            conv += ["And times two?", f"TL;DR: Also {2 * i}.\n\nDetails:\n- Same thing\n- Doubling"]
+        rows.append({"conversations": conv, "source": "math"})
+    return rows
+
+
+@pytest.fixture
+def lima_dir(tmp_path) -> Path:
+    write_jsonl(tmp_path / "data" / "train.jsonl", lima_rows(12, multi_every=4))
+    write_jsonl(tmp_path / "data" / "test.jsonl", lima_rows(4))
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def recipe_factory(tmp_path, tiny_model_dir, lima_dir):
+    """A recipe for the tiny model and data, with overrides as a nested dict."""
+    from sft_pipeline.config import recipe_from_dict
+
+    def make(**sections):
+        tree = {
+            "name": "t",
+            "run_dir": str(tmp_path / "run"),
+            "data": {"source": str(lima_dir)},
+            "model": {"ref": str(tiny_model_dir)},
+            "pack": {"seq_length": 64},
+            "lora": {"r": 4, "lora_alpha": 8},
+            "train": {"max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1,
+                      "eval_strategy": "no", "save_strategy": "no"},
+            "tracking": {"wandb": "off", "tensorboard": False},
+            "generate": {"max_new_tokens": 8, "batch_size": 4},
+        }
+        for key, value in sections.items():
+            tree.setdefault(key, {}).update(value) if isinstance(value, dict) else tree.__setitem__(key, value)
+        return recipe_from_dict(tree)
+
+    return make
