@@ -28,7 +28,8 @@ def mean_loss(model: Any, blocks: Any, pad_id: int, batch_size: int, label: str)
         for lo in range(0, len(blocks), batch_size):
             batch = collate([blocks[i] for i in range(lo, min(lo + batch_size, len(blocks)))])
             labels = batch.pop("labels")
-            logits = model(**batch).logits.float()
+            # no KV cache: with one, transformers would ignore the packed samples' position_ids
+            logits = model(**batch, use_cache=False).logits.float()
             shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
             mask = shift_labels != -100
             loss = torch.nn.functional.cross_entropy(shift_logits[mask], shift_labels[mask], reduction="sum")

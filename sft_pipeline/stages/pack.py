@@ -28,8 +28,9 @@ STRATEGIES = ("wrapped", "bfd", "none")
 
 def tokenize(texts: list[str], spans: list[list[list[int]]], tokenizer: Any, loss_on: str, add_eos: bool,
              batch_size: int = 1000) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-    """Yield (input_ids, labels) per sample. A token is an assistant token when it starts
-    inside an assistant span; the appended EOS closes the last (assistant) turn."""
+    """Yield (input_ids, labels) per sample. A token is an assistant token when its characters
+    overlap an assistant span (byte-level BPE glues the answer's first word to the space before
+    it); the appended EOS closes the last (assistant) turn."""
     eos = tokenizer.eos_token_id
     for lo in range(0, len(texts), batch_size):
         enc = tokenizer(texts[lo : lo + batch_size], return_offsets_mapping=True, add_special_tokens=True)
@@ -42,7 +43,7 @@ def tokenize(texts: list[str], spans: list[list[list[int]]], tokenizer: Any, los
                 ends = np.asarray([o[1] for o in offsets], dtype=np.int64)
                 keep = np.zeros(len(ids_arr), dtype=bool)
                 for s, e in spans[lo + j]:
-                    keep |= (starts >= s) & (starts < e) & (ends > starts)
+                    keep |= (ends > s) & (starts < e) & (ends > starts)
             if add_eos:
                 ids_arr = np.append(ids_arr, eos)
                 keep = np.append(keep, True)

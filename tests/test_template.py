@@ -1,0 +1,48 @@
+from sft_pipeline.config import TemplateConfig
+from sft_pipeline.stages.template import needs_eos, render, render_prompt
+
+CONV = [
+    {"role": "user", "content": "Hi?"},
+    {"role": "assistant", "content": "Hello."},
+    {"role": "user", "content": "Bye?"},
+    {"role": "assistant", "content": "Goodbye."},
+]
+
+
+def test_seed_template_is_question_answer_and_spans_cover_answers():
+    text, spans = render(CONV[:2], TemplateConfig(kind="seed"))
+    assert text == "Question: Hi?\n\nAnswer: Hello."
+    assert [text[s:e] for s, e in spans] == ["Hello."]
+
+
+def test_seed_multi_turn_spans():
+    text, spans = render(CONV, TemplateConfig(kind="seed"))
+    assert text == "Question: Hi?\n\nAnswer: Hello.\n\nQuestion: Bye?\n\nAnswer: Goodbye."
+    assert [text[s:e] for s, e in spans] == ["Hello.", "Goodbye."]
+
+
+def test_seed_prompt_ends_where_the_answer_starts():
+    assert render_prompt(CONV[:1], TemplateConfig(kind="seed")) == "Question: Hi?\n\nAnswer: "
+
+
+def test_custom_template_with_system_turn():
+    cfg = TemplateConfig(kind="custom", user="### User: {content}", assistant="### Bot: {content} ###", separator="\n")
+    text, spans = render([{"role": "system", "content": "Be brief."}, *CONV[:2]], cfg)
+    assert text == "Be brief.\n### User: Hi?\n### Bot: Hello. ###"
+    assert [text[s:e] for s, e in spans] == ["Hello. ###"]
+
+
+def test_chat_template_spans_include_end_of_turn(tiny_tokenizer):
+    text, spans = render(CONV, TemplateConfig(kind="chat"), tiny_tokenizer)
+    assert [text[s:e] for s, e in spans] == ["Hello.<|im_end|>\n", "Goodbye.<|im_end|>\n"]
+    assert text.startswith("<|im_start|>user\nHi?<|im_end|>")
+
+
+def test_chat_system_prompt_is_added(tiny_tokenizer):
+    cfg = TemplateConfig(kind="chat", system="Short.")
+    prompt = render_prompt(CONV[:1], cfg, tiny_tokenizer)
+    assert prompt == "<|im_start|>system\nShort.<|im_end|>\n<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_eos_only_for_plain_templates():
+    assert needs_eos(TemplateConfig(kind="seed")) and not needs_eos(TemplateConfig(kind="chat"))
