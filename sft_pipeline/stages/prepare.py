@@ -79,6 +79,7 @@ def plan_memory(recipe: Recipe, config: Any, hw: Hardware) -> tuple[MemoryEstima
 
     with init_empty_weights():
         meta = AutoModelForCausalLM.from_config(config)
+    meta.tie_weights()  # on the meta device ties are not made by default: count shared weights once
     peft_meta = get_peft_model(meta, lora_config(recipe))
     trainable, total = count_params(peft_meta)
     dtype = torch_dtype(recipe, hw)
@@ -151,7 +152,7 @@ def run(run: RunDir, out: Path) -> None:
         "dtype": str(torch_dtype(recipe, hw)).replace("torch.", ""),
         "parameter_dtypes": dtypes,
         "quantization": recipe.model.quantization,
-        "lora_targets": sorted(model.peft_config["default"].target_modules),
+        "lora_targets": sorted({t.rsplit(".", 1)[-1] for t in model.peft_config["default"].target_modules}),
         "gradient_checkpointing": checkpointing,
         "gradient_checkpointing_why": plan["why"],
         "memory_estimate_bytes": est.as_dict(),
