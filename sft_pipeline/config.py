@@ -110,6 +110,11 @@ class TrainConfig(Section):
     # Any other trl.SFTConfig argument, checked against SFTConfig's fields when the stage runs.
     extra_args: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("eval_strategy", "save_strategy", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: Any) -> Any:
+        return "no" if v is False else v  # YAML 1.1 reads a bare `no` as False
+
 
 class TrackingConfig(Section):
     # auto: online when WANDB_API_KEY is set, offline otherwise (sync later with `wandb sync`)

@@ -36,7 +36,7 @@ def read_records(source: str, split: str) -> Iterator[Record]:
     if kind == "bundled":
         folder = BUNDLED_DATA / source.split(":", 1)[1]
         if not folder.is_dir():
-            known = sorted(p.name for p in BUNDLED_DATA.iterdir() if p.is_dir())
+            known = sorted(p.name for p in BUNDLED_DATA.iterdir() if p.is_dir()) if BUNDLED_DATA.is_dir() else []
             raise SourceError(f"data.source: unknown bundled dataset '{source}'; known: {known}")
         yield from local.read(str(folder), split)
     elif kind == "deeplake":
