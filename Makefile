@@ -42,7 +42,7 @@ test-fast: install ## the unit tests only, without the end-to-end runs
 run: install ## every stage that is not up to date: make run RECIPE=recipes/x.yaml
 	$(BIN)/sft-pipeline run $(RECIPE) $(SET)
 
-load template pack prepare train merge evaluate validate: install ## one stage: make train RECIPE=...
+template pack prepare train merge evaluate validate load: install ## one stage: make train RECIPE=...
 	$(BIN)/sft-pipeline $@ $(RECIPE) $(SET)
 
 status: install ## the stage table of the recipe's run directory

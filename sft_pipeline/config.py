@@ -207,14 +207,19 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[str, str]]:
 
 def _format_error(err: ValidationError, origin: str) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(recipe)"
+    # pydantic adds the union branch tried ("str", "list[str]") to the location: not a key
+    key = ".".join(str(p) for p in first["loc"] if not _is_type_name(str(p)))
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif "input" in first and not isinstance(first["input"], dict):
         msg = f"{msg} (got {first['input']!r})"
     extra = f" ({len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{origin}: {key}: {msg}{extra}"
+    return f"{origin}: {key}: {msg}{extra}" if key else f"{origin}: {msg}{extra}"
+
+
+def _is_type_name(part: str) -> bool:
+    return part in {"str", "int", "float", "bool", "dict", "list", "none"} or "[" in part or part.startswith(("function-", "literal"))
 
 
 def recipe_from_dict(tree: dict[str, Any], origin: str = "recipe") -> Recipe:

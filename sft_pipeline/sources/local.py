@@ -73,6 +73,8 @@ def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
         raise _error(f"{path}:{err.lineno}: invalid JSON: {err.msg} at column {err.colno}") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))  # {"data": [...]} style
+    elif isinstance(data, dict):
+        data = [data]  # a single record
     if not isinstance(data, list):
         raise _error(f"{path}: expected a JSON array of records (or use .jsonl)")
     for i, rec in enumerate(data):
@@ -121,7 +123,14 @@ def read(source: str, split: str) -> Iterator[tuple[str, Any]]:
 
 
 def _is_jsonl(path: Path) -> bool:
-    """Many '.json' files are really JSON Lines; look at the first non-blank character."""
+    """Many '.json' files are really JSON Lines: a '.json' file that does not parse as one JSON
+    document but starts with an object is read line by line."""
     with open(path, "rb") as fh:
         head = fh.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
-    return head.startswith(b"{")
+    if not head.startswith(b"{"):
+        return False
+    try:
+        json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return True
+    return False

@@ -6,6 +6,7 @@ at all stops the stage with the file and line; a record that cannot be used is c
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,8 @@ def load_split(source: str, split: str, fmt: str, max_records: int | None) -> tu
     chosen = None if fmt == "auto" else fmt
     with progress() as bar:
         task = bar.add_task(f"load {split}", total=None)
-        for where, rec in read_records(source, split):
-            if max_records is not None and read >= max_records:
-                break
+        # islice stops before fetching record max_records+1: a broken line past the cap is never read
+        for where, rec in itertools.islice(read_records(source, split), max_records):
             read += 1
             bar.advance(task)
             if chosen is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import resource
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,40 @@ def sft_config(recipe: Recipe, out: Path, checkpointing: bool, precision: str, t
     return SFTConfig(**{**kwargs, **fields, **t.extra_args})
 
 
+class StopOnSignal:
+    """SIGTERM (spot-VM preemption, `docker stop`, Ctrl-C's polite cousin): finish the current
+    step, save a checkpoint, and stop; the stage then exits without being recorded complete, and
+    the next run resumes from that checkpoint."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+        console.print("[yellow]SIGTERM: saving a checkpoint after this step, then stopping")
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+                if outer.received is not None:
+                    control.should_save = True
+                    control.should_training_stop = True
+                return control
+
+        return _Callback()
+
+
+class Interrupted(SystemExit):
+    pass
+
+
 def last_checkpoint(folder: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -112,14 +147,20 @@ def run(run: RunDir, out: Path) -> None:
     torch.manual_seed(recipe.train.seed)
     model = build_model(recipe, hw, prep["gradient_checkpointing"], adapter=prep_dir / "adapter", trainable=True)
 
+    stopper = StopOnSignal()
+    stopper.install()
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
         processing_class=tokenizer, data_collator=PackedCollator(tokenizer.pad_token_id),
+        callbacks=[stopper.callback()],
     )
     resume = last_checkpoint(out / "checkpoints")
     if resume:
         console.print(f"[bold]Resuming[/] from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
+    if stopper.received is not None:
+        console.print(f"[yellow]stopped at step {trainer.state.global_step}; checkpoint saved; run train again to resume")
+        raise Interrupted(128 + stopper.received)
     trainer.model.save_pretrained(str(out / "adapter"))
     tokenizer.save_pretrained(str(out / "adapter"))
 

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Build the sft-pipeline container image: bash docker/build.sh [cpu|gpu]   (make docker-build)
+#
+#   cpu (default)  torch CPU build: a torch *+cpu* wheel from $WHEEL_DIR when there is one
+#                  (copied into docker/context/wheels/), else the PyTorch CPU index
+#   gpu            torch from PyPI (its CUDA build; set TORCH_SPEC/TORCH_INDEX for another)
+#
+# Environment (all optional):
+#   ENGINE        buildah | podman | docker         (default: the first one found, in that order)
+#   IMAGE         image name                         (default: localhost/sft-pipeline:<target>)
+#   BASE_IMAGE    base with python3 >= 3.10, or one apt-get can add it to, e.g. python:3.11-slim
+#                 or nvidia/cuda:12.4.1-runtime-ubuntu22.04. Default: localhost/sft-pipeline-base:bookworm,
+#                 a Debian rootfs made here with debootstrap when missing (no registry needed);
+#                 python:3.11-slim where debootstrap cannot run.
+#   TORCH_SPEC    default torch==2.13.0            TORCH_INDEX   index URL for torch (optional)
+#   WHEEL_DIR     where torch CPU wheels lie       (default: /opt/wheels)
+#   DEBIAN_MIRROR, DEBIAN_SUITE   for the local base (default: the host's Debian mirror, bookworm)
+#   STORAGE_DRIVER  buildah/podman storage driver    (default: vfs, works without overlay support)
+#   CA_BUNDLE     PEM bundle pip trusts during the build only (default: $PIP_CERT, else
+#                 $REQUESTS_CA_BUNDLE, else $SSL_CERT_FILE when set; "none" for none)
+#   BUILD_ARGS    extra arguments for the build command, e.g. "--no-cache"
+set -euo pipefail
+
+TARGET=${1:-cpu}
+case "$TARGET" in cpu|gpu) ;; *) echo "usage: $0 [cpu|gpu]" >&2; exit 2 ;; esac
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+IMAGE=${IMAGE:-localhost/sft-pipeline:$TARGET}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+TORCH_INDEX=${TORCH_INDEX:-}
+WHEEL_DIR=${WHEEL_DIR:-/opt/wheels}
+DEBIAN_SUITE=${DEBIAN_SUITE:-bookworm}
+LOCAL_BASE=localhost/sft-pipeline-base:$DEBIAN_SUITE
+STORAGE_DRIVER=${STORAGE_DRIVER:-vfs}
+
+log() { printf '[docker/build.sh] %s\n' "$*" >&2; }
+
+# --- engine ------------------------------------------------------------------------------------
+if [ -z "${ENGINE:-}" ]; then
+  for e in buildah podman docker; do
+    if command -v "$e" >/dev/null 2>&1; then ENGINE=$e; break; fi
+  done
+fi
+[ -n "${ENGINE:-}" ] || { log "no buildah, podman or docker found (Debian: apt-get install buildah)"; exit 1; }
+case "$ENGINE" in
+  buildah|podman) ENG=("$ENGINE" --storage-driver "$STORAGE_DRIVER") ;;
+  docker) ENG=(docker) ;;
+  *) log "unknown ENGINE=$ENGINE"; exit 2 ;;
+esac
+
+image_exists() {
+  case "$ENGINE" in
+    buildah) "${ENG[@]}" inspect --type image "$1" >/dev/null 2>&1 ;;
+    *) "${ENG[@]}" image inspect "$1" >/dev/null 2>&1 ;;
+  esac
+}
+
+# --- base image --------------------------------------------------------------------------------
+host_debian_mirror() {
+  # First Debian archive URI of the host's apt sources (deb822 or one-line format).
+  local f uri
+  for f in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -r "$f" ] || continue
+    uri=$(sed -nE 's#^URIs:[[:space:]]*([^[:space:]]*/debian)/?([[:space:]].*)?$#\1#p; s#^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]*/debian)/?[[:space:]].*#\2#p' "$f" | head -n1)
+    if [ -n "$uri" ]; then echo "$uri"; return; fi
+  done
+  echo http://deb.debian.org/debian
+}
+
+make_local_base() {
+  local mirror rootfs ctr mnt
+  mirror=${DEBIAN_MIRROR:-$(host_debian_mirror)}
+  rootfs=$(mktemp -d "${TMPDIR:-/var/tmp}/sft-base.XXXXXX")
+  trap 'rm -rf "$rootfs"' RETURN
+  log "creating base image $LOCAL_BASE: debootstrap $DEBIAN_SUITE from $mirror"
+  debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+    "$DEBIAN_SUITE" "$rootfs" "$mirror" >&2
+  chroot "$rootfs" apt-get clean
+  rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/log/* \
+         "$rootfs"/tmp/* "$rootfs"/debootstrap
+  case "$ENGINE" in
+    buildah)
+      ctr=$("${ENG[@]}" from scratch)
+      mnt=$("${ENG[@]}" mount "$ctr")
+      tar -C "$rootfs" -cf - . | tar -C "$mnt" -xpf -
+      "${ENG[@]}" umount "$ctr" >/dev/null
+      "${ENG[@]}" config --os linux --arch "$(dpkg --print-architecture 2>/dev/null || echo amd64)" \
+        --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env LANG=C.UTF-8 \
+        --cmd /bin/bash "$ctr"
+      "${ENG[@]}" commit --rm "$ctr" "$LOCAL_BASE" >/dev/null
+      ;;
+    *)
+      tar -C "$rootfs" -cf - . | "${ENG[@]}" import \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' - "$LOCAL_BASE" >/dev/null
+      ;;
+  esac
+  log "base image $LOCAL_BASE created"
+}
+
+if [ -z "${BASE_IMAGE:-}" ]; then
+  if image_exists "$LOCAL_BASE"; then
+    BASE_IMAGE=$LOCAL_BASE
+  elif command -v debootstrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    make_local_base
+    BASE_IMAGE=$LOCAL_BASE
+  else
+    BASE_IMAGE=python:3.11-slim
+    log "no local base and no debootstrap (or not root): using $BASE_IMAGE from a registry"
+  fi
+fi
+
+# --- build context: torch CPU wheels, CA bundle ------------------------------------------------
+# The Dockerfile copies docker/context/ (git-ignored) wheels/ and ca/. For the CPU image wheels/
+# gets the torch CPU wheel of $WHEEL_DIR: no PyTorch index and no multi-GB download needed.
+mkdir -p docker/context/wheels docker/context/ca
+rm -f docker/context/wheels/torch-*.whl docker/context/ca/ca-bundle.pem
+# A host whose pip needs its own CA bundle (a TLS-inspecting proxy) needs it in the build too.
+CA_BUNDLE=${CA_BUNDLE:-${PIP_CERT:-${REQUESTS_CA_BUNDLE:-${SSL_CERT_FILE:-}}}}
+if [ -n "$CA_BUNDLE" ] && [ "$CA_BUNDLE" != none ] && [ -s "$CA_BUNDLE" ]; then
+  cp "$CA_BUNDLE" docker/context/ca/ca-bundle.pem
+  log "CA bundle for the build (not kept in the image): $CA_BUNDLE"
+fi
+if [ "$TARGET" = cpu ] && [ -d "$WHEEL_DIR" ]; then
+  want=""
+  case "$TORCH_SPEC" in torch==*) want=${TORCH_SPEC#torch==}; want=${want%%+*} ;; esac
+  for whl in "$WHEEL_DIR"/torch-"${want:-}"*+cpu*.whl; do
+    [ -f "$whl" ] || continue
+    cp -l "$whl" docker/context/wheels/ 2>/dev/null || cp "$whl" docker/context/wheels/
+    log "torch wheel for the image: $(basename "$whl")"
+  done
+fi
+
+# --- build -------------------------------------------------------------------------------------
+args=(--target "$TARGET" -f Dockerfile -t "$IMAGE"
+      --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "TORCH_SPEC=$TORCH_SPEC")
+[ -n "$TORCH_INDEX" ] && args+=(--build-arg "TORCH_INDEX=$TORCH_INDEX")
+case "$ENGINE" in
+  buildah) build=("${ENG[@]}" build --isolation "${BUILDAH_ISOLATION:-chroot}" --layers) ;;
+  podman) build=("${ENG[@]}" build --isolation "${BUILDAH_ISOLATION:-chroot}" --layers) ;;
+  docker) build=(docker build) ;;
+esac
+# shellcheck disable=SC2206
+extra=(${BUILD_ARGS:-})
+log "building $IMAGE (target $TARGET, base $BASE_IMAGE) with $ENGINE"
+start=$(date +%s)
+"${build[@]}" "${args[@]}" "${extra[@]}" .
+log "built $IMAGE in $(( $(date +%s) - start )) s"
+case "$ENGINE" in
+  docker) docker image ls "$IMAGE" ;;
+  *) "${ENG[@]}" images "$IMAGE" ;;
+esac

