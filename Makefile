@@ -46,7 +46,7 @@ template pack prepare train merge evaluate validate load: install ## one stage: 
 	$(BIN)/sft-pipeline $@ $(RECIPE) $(SET)
 
 status: install ## the stage table of the recipe's run directory
-	$(BIN)/sft-pipeline status $$($(BIN)/python -c "from sft_pipeline.config import load_recipe; print(load_recipe('$(RECIPE)').resolved_run_dir())")
+	$(BIN)/sft-pipeline status $(RECIPE) $(SET)
 
 docker-build: ## build the CPU image (make docker-build TARGET=gpu for the GPU one)
 	bash docker/build.sh $(or $(TARGET),cpu)

@@ -15,7 +15,10 @@
 #   TORCH_SPEC    default torch==2.13.0            TORCH_INDEX   index URL for torch (optional)
 #   WHEEL_DIR     where torch CPU wheels lie       (default: /opt/wheels)
 #   DEBIAN_MIRROR, DEBIAN_SUITE   for the local base (default: the host's Debian mirror, bookworm)
-#   STORAGE_DRIVER  buildah/podman storage driver    (default: vfs, works without overlay support)
+#   STORAGE_DRIVER  buildah/podman storage driver    (default: vfs, works without overlay support;
+#                 overlay is much faster and smaller on disk where the kernel allows it)
+#   STORAGE_ROOT  buildah/podman storage root        (default: theirs, /var/lib/containers/storage;
+#                 one root holds one driver, so give overlay its own root next to a vfs one)
 #   CA_BUNDLE     PEM bundle pip trusts during the build only (default: $PIP_CERT, else
 #                 $REQUESTS_CA_BUNDLE, else $SSL_CERT_FILE when set; "none" for none)
 #   BUILD_ARGS    extra arguments for the build command, e.g. "--no-cache"
@@ -45,7 +48,7 @@ if [ -z "${ENGINE:-}" ]; then
 fi
 [ -n "${ENGINE:-}" ] || { log "no buildah, podman or docker found (Debian: apt-get install buildah)"; exit 1; }
 case "$ENGINE" in
-  buildah|podman) ENG=("$ENGINE" --storage-driver "$STORAGE_DRIVER") ;;
+  buildah|podman) ENG=("$ENGINE" --storage-driver "$STORAGE_DRIVER" ${STORAGE_ROOT:+--root "$STORAGE_ROOT"}) ;;
   docker) ENG=(docker) ;;
   *) log "unknown ENGINE=$ENGINE"; exit 2 ;;
 esac
@@ -73,7 +76,7 @@ make_local_base() {
   local mirror rootfs ctr mnt
   mirror=${DEBIAN_MIRROR:-$(host_debian_mirror)}
   rootfs=$(mktemp -d "${TMPDIR:-/var/tmp}/sft-base.XXXXXX")
-  trap 'rm -rf "$rootfs"' RETURN
+  trap 'rm -rf "$rootfs"' EXIT
   log "creating base image $LOCAL_BASE: debootstrap $DEBIAN_SUITE from $mirror"
   debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
     "$DEBIAN_SUITE" "$rootfs" "$mirror" >&2

@@ -16,8 +16,19 @@ BUILD_CA=/usr/local/lib/sft-pipeline/ca/ca-bundle.pem
 if [ -s "$BUILD_CA" ]; then export PIP_CERT=$BUILD_CA; fi
 
 pin_torch() {
-  "$VENV/bin/python" -c 'import torch; print("torch==" + torch.__version__)' > "$PIN"
-  cat "$PIN"
+  # The public version (torch==2.13.0): pip finds no index file named with the local label
+  # (+cpu, +cu130), but the installed build satisfies the pin and stays; check_torch proves it.
+  "$VENV/bin/python" -c 'import torch; print(torch.__version__)' > "$VENV/torch-version.txt"
+  echo "torch==$(sed 's/+.*//' "$VENV/torch-version.txt")" > "$PIN"
+  cat "$VENV/torch-version.txt" "$PIN"
+}
+
+check_torch() {
+  "$VENV/bin/python" - "$VENV/torch-version.txt" <<'PY'
+import sys, torch
+want = open(sys.argv[1]).read().strip()
+sys.exit(0 if torch.__version__ == want else f"torch {want} was replaced by {torch.__version__}")
+PY
 }
 
 case "$1" in
@@ -34,6 +45,7 @@ case "$1" in
     mkdir -p /runs /cache /workspace
     ln -s /runs /workspace/runs   # recipes' default run_dir runs/<name> lands in the /runs volume
     chown sft:sft /runs /cache /workspace
+    chmod 1777 /runs /cache       # like /tmp: a named volume is writable under any --user too
     ;;
   torch-cpu)
     dir=$2
@@ -59,6 +71,7 @@ case "$1" in
     mkdir "$stub/sft_pipeline" && touch "$stub/sft_pipeline/__init__.py"
     "$VENV/bin/pip" install -c "$PIN" "$stub"
     "$VENV/bin/pip" uninstall -y sft-pipeline
+    check_torch
     rm -rf "$stub"
     ;;
   model)
@@ -66,6 +79,7 @@ case "$1" in
     ;;
   project)
     "$VENV/bin/pip" install --no-deps -c "$PIN" "$2"
+    check_torch
     rm -rf "$2/build" "$2"/*.egg-info /usr/local/lib/sft-pipeline/ca
     ;;
   *)

@@ -118,9 +118,16 @@ def _print_status(run: RunDir) -> None:
 
 
 @app.command("status")
-def status_cmd(run_dir: Path = typer.Argument(..., help="run directory")) -> None:
-    """Show each stage's state (complete, stale, missing), time and summary."""
-    guarded(lambda: _print_status(RunDir(run_dir, resolve_recipe(run_dir, None, None))))
+def status_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt) -> None:
+    """Show each stage's state (complete, stale, missing), time and summary.
+
+    Given a recipe (and --set overrides), stale means: `run` would redo this stage."""
+
+    def go() -> None:
+        recipe = resolve_recipe(target, set_, run_dir)
+        _print_status(RunDir(recipe.resolved_run_dir(), recipe))
+
+    guarded(go)
 
 
 @app.command("validate")

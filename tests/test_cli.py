@@ -1,0 +1,50 @@
+"""CLI wiring: stage commands, run, status, generate and evaluate on the tiny model."""
+
+import json
+
+import yaml
+from typer.testing import CliRunner
+
+from sft_pipeline.cli import app
+
+runner = CliRunner()
+
+
+def _recipe_file(tmp_path, recipe) -> str:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(json.loads(recipe.model_dump_json())))
+    return str(path)
+
+
+def test_stage_commands_then_status_generate_evaluate(tmp_path, recipe_factory):
+    recipe_path = _recipe_file(tmp_path, recipe_factory())
+    for stage in ("load", "template", "pack"):
+        result = runner.invoke(app, [stage, recipe_path])
+        assert result.exit_code == 0, result.output
+    # train before prepare: refused with the command to run
+    result = runner.invoke(app, ["train", recipe_path])
+    assert result.exit_code == 2 and "sft-pipeline prepare" in result.output
+    result = runner.invoke(app, ["run", recipe_path])
+    assert result.exit_code == 0, result.output
+    run_dir = str(tmp_path / "run")
+    result = runner.invoke(app, ["status", run_dir])
+    assert result.exit_code == 0 and result.output.count("complete") == 6
+    # a changed key shows the affected stages as stale
+    result = runner.invoke(app, ["status", recipe_path, "--set", "train.max_steps=1"])
+    assert result.output.count("complete") == 4 and result.output.count("stale") == 2
+    result = runner.invoke(app, ["generate", recipe_path, "--prompt", "What is 2 plus 2?", "--model", "base"])
+    assert result.exit_code == 0 and ">>> What is 2 plus 2?" in result.output, result.output
+    result = runner.invoke(app, ["evaluate", recipe_path])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run" / "evaluate" / "report.json").read_text())
+    assert set(report["before"]["loss"]) == {"train", "eval"}
+    assert 0.0 <= report["after"]["style_share"] <= 1.0
+    assert len(report["pairs"]) == 3 and "before vs after" in result.output
+
+
+def test_bad_override_is_one_line_and_exit_2(tmp_path, recipe_factory):
+    recipe_path = _recipe_file(tmp_path, recipe_factory())
+    result = runner.invoke(app, ["load", recipe_path, "--set", "pack.strategy=zigzag"])
+    assert result.exit_code == 2
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and "pack.strategy" in lines[0] and "zigzag" in lines[0]
