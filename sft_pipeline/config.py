@@ -27,12 +27,17 @@ class DataConfig(Section):
     # "bundled:<name>", an HF hub id, a local file/glob/folder, or a Deep Lake path (hub://, al://)
     source: str = "bundled:lima_house_style"
     # Record shape; "auto" detects it from the columns of the first record.
-    format: Literal["auto", "lima", "deeplake_lima", "alpaca", "messages"] = "auto"
+    format: Literal["auto", "lima", "deeplake_lima", "alpaca", "messages", "sharegpt", "prompt_completion"] = "auto"
+    # Map the names a shape expects to this source's column names, e.g. {question: prompt, answer: response}
+    columns: dict[str, str] = Field(default_factory=dict)
     train_split: str = "train"
     # A separate source for evaluation (the seed keeps LIMA's test set in its own Deep Lake path).
     eval_source: str | None = None
     eval_split: str | None = "test"
     max_records: int | None = Field(default=None, ge=1)  # cap per split, for quick trials
+    # Where the source has no eval split: carve one from train, a count (>= 1) or a fraction (< 1).
+    eval_size: float | None = Field(default=None, gt=0)
+    split_seed: int = 42
 
 
 class TemplateConfig(Section):

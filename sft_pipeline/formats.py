@@ -13,7 +13,9 @@ from typing import Any, Callable, Iterable
 Message = dict[str, str]
 Result = tuple[list[Message] | None, str | None]
 
-FORMATS = ("lima", "deeplake_lima", "alpaca", "messages")
+FORMATS = ("lima", "deeplake_lima", "alpaca", "messages", "sharegpt", "prompt_completion")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "model": "assistant", "system": "system"}
 ROLES = ("system", "user", "assistant")
 
 
@@ -21,9 +23,14 @@ class FormatError(ValueError):
     pass
 
 
-def detect_format(columns: Iterable[str]) -> str:
+def detect_format(columns: Iterable[str], first: dict[str, Any] | None = None) -> str:
+    """The shape from the column names (and, for `conversations`, the first record's turns:
+    strings are LIMA, {from, value} objects are ShareGPT)."""
     cols = set(columns)
     if "conversations" in cols:
+        turns = (first or {}).get("conversations")
+        if isinstance(turns, list) and turns and isinstance(turns[0], dict):
+            return "sharegpt"
         return "lima"
     if "messages" in cols:
         return "messages"
@@ -31,10 +38,12 @@ def detect_format(columns: Iterable[str]) -> str:
         return "deeplake_lima"
     if {"instruction", "output"} <= cols:
         return "alpaca"
+    if {"prompt", "completion"} <= cols:
+        return "prompt_completion"
     raise FormatError(
         f"cannot tell the record shape from columns {sorted(cols)}; expected one of "
-        "conversations (LIMA), messages, question/answer (Deep Lake LIMA), "
-        "instruction/output (alpaca); or set data.format"
+        "conversations (LIMA or ShareGPT), messages, question/answer (Deep Lake LIMA), "
+        "instruction/output (alpaca), prompt/completion; or set data.format and data.columns"
     )
 
 
@@ -131,18 +140,68 @@ def from_messages(rec: dict[str, Any]) -> Result:
     return messages, None
 
 
+def from_sharegpt(rec: dict[str, Any]) -> Result:
+    turns = rec.get("conversations")
+    if turns is None:
+        return None, "missing_field:conversations"
+    if not isinstance(turns, (list, tuple)):
+        return None, "wrong_type:conversations"
+    messages = []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            return None, "wrong_type:conversations"
+        who, why = _text(turn.get("from"), "from")
+        if why:
+            return None, why
+        text, why = _text(turn.get("value"), "value")
+        if why:
+            return None, why
+        if who not in SHAREGPT_ROLES:
+            return None, "unknown_role"
+        messages.append({"role": SHAREGPT_ROLES[who], "content": text})
+    return messages, None
+
+
+def from_prompt_completion(rec: dict[str, Any]) -> Result:
+    """TRL's prompt/completion pairs: two strings, or two lists of role/content messages."""
+    prompt, completion = rec.get("prompt"), rec.get("completion")
+    if isinstance(prompt, list) and isinstance(completion, list):
+        return from_messages({"messages": [*prompt, *completion]})
+    prompt, why = _text(prompt, "prompt")
+    if why:
+        return None, why
+    completion, why = _text(completion, "completion")
+    if why:
+        return None, why
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], None
+
+
 CONVERTERS: dict[str, Callable[[dict[str, Any]], Result]] = {
     "lima": from_lima,
     "deeplake_lima": from_deeplake_lima,
     "alpaca": from_alpaca,
     "messages": from_messages,
+    "sharegpt": from_sharegpt,
+    "prompt_completion": from_prompt_completion,
 }
 
 
-def to_conversation(rec: Any, fmt: str) -> Result:
+def rename_columns(rec: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
+    """data.columns maps the names a shape expects to the source's own, e.g. {question: prompt_text}."""
+    if not columns:
+        return rec
+    out = dict(rec)
+    for expected, actual in columns.items():
+        if actual in rec:
+            out[expected] = out.pop(actual) if actual != expected else rec[actual]
+    return out
+
+
+def to_conversation(rec: Any, fmt: str, columns: dict[str, str] | None = None) -> Result:
     """One record -> (messages, None) or (None, reason)."""
     if not isinstance(rec, dict):
         return None, "not_a_mapping"
+    rec = rename_columns(rec, columns or {})
     messages, why = CONVERTERS[fmt](rec)
     if why:
         return None, why

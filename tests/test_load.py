@@ -82,14 +82,16 @@ def test_max_records_caps(tmp_path):
 
 
 def test_max_records_counts_dropped_records_too(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [GOOD, {"conversations": ["q"]}, GOOD, GOOD])
+    a, b, c = lima_rows(3)
+    path = write_jsonl(tmp_path / "d.jsonl", [a, {"conversations": ["q"]}, b, c])
     kept, stats = load_split(str(path), "train", "lima", 3)
     assert stats["read"] == 3 and stats["kept"] == 2 and stats["dropped"] == {"ends_on_user": 1}
 
 
 def test_max_records_does_not_read_past_the_cap(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(GOOD) + "\n" + "this is not json\n", encoding="utf-8")
+    a, b = lima_rows(2)
+    path.write_text(json.dumps(a) + "\n" + json.dumps(b) + "\n" + "this is not json\n", encoding="utf-8")
     _, stats = load_split(str(path), "train", "auto", 2)
     assert stats["read"] == 2 and stats["kept"] == 2
 
@@ -192,3 +194,47 @@ def test_load_stage_with_no_usable_records_fails_and_records_nothing(recipe_fact
         run_stage(run, "load")
     assert run.stage_state("load") == "missing"
     assert not (run.path / "load").exists()
+
+
+def test_sharegpt_prompt_completion_and_column_mapping(tmp_path):
+    from sft_pipeline.stages.load import load_split
+
+    sharegpt = [{"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi?"},
+                                   {"from": "gpt", "value": "Hello."}]}]
+    pc = [{"prompt": "2+2?", "completion": "4"}]
+    custom = [{"q": "Why?", "a": "Because."}]
+    for rows, fmt, cols, expected in [
+        (sharegpt, "sharegpt", None, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
+                                      {"role": "assistant", "content": "Hello."}]),
+        (pc, "prompt_completion", None, [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]),
+        (custom, "deeplake_lima", {"question": "q", "answer": "a"},
+         [{"role": "user", "content": "Why?"}, {"role": "assistant", "content": "Because."}]),
+    ]:
+        path = write_jsonl(tmp_path / f"{fmt}.jsonl", rows)
+        kept, stats = load_split(str(path), "train", "auto", None, cols)
+        assert stats["format"] == fmt and kept[0]["messages"] == expected
+
+
+def test_duplicates_are_dropped_and_counted(tmp_path):
+    from sft_pipeline.stages.load import load_split
+
+    rows = lima_rows(3) + lima_rows(2)
+    kept, stats = load_split(str(write_jsonl(tmp_path / "d.jsonl", rows)), "train", "auto", None)
+    assert stats["kept"] == 3 and stats["dropped"] == {"duplicate": 2} and stats["read"] == 5
+
+
+def test_seeded_eval_carve(tmp_path, recipe_factory):
+    from sft_pipeline.pipeline import run_stage
+    from sft_pipeline.rundir import RunDir, read_json
+
+    src = write_jsonl(tmp_path / "all.jsonl", lima_rows(20))
+    recipe = recipe_factory(data={"source": str(src), "eval_size": 0.25, "eval_split": "unused"})
+    run = RunDir(recipe.resolved_run_dir(), recipe)
+    run_stage(run, "load")
+    stats = read_json(run.path / "load" / "stats.json")
+    assert stats["eval"]["kept"] == 5 and stats["train"]["kept_after_eval_carve"] == 15
+    import datasets
+
+    train = datasets.load_from_disk(str(run.path / "load" / "train"))
+    evals = datasets.load_from_disk(str(run.path / "load" / "eval"))
+    assert not {str(m) for m in train["messages"]} & {str(m) for m in evals["messages"]}
