@@ -130,6 +130,23 @@ def status_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run
     guarded(go)
 
 
+@app.command("inspect")
+def inspect_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt,
+                samples: int = typer.Option(2, help="rendered samples to show")) -> None:
+    """Run load, template and pack if needed, then show counts, drops, lengths and trained spans."""
+    from .inspect_data import show
+    from .pipeline import run_stage
+
+    def go() -> None:
+        recipe = resolve_recipe(target, set_, run_dir)
+        run = RunDir(recipe.resolved_run_dir(), recipe)
+        for stage in ("load", "template", "pack"):
+            run_stage(run, stage)
+        show(run, out, samples)
+
+    guarded(go)
+
+
 @app.command("validate")
 def validate_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt) -> None:
     """Check a recipe (keys, types, model reference) without loading anything large."""

@@ -48,3 +48,14 @@ def test_bad_override_is_one_line_and_exit_2(tmp_path, recipe_factory):
     assert result.exit_code == 2
     lines = [l for l in result.output.splitlines() if l.strip()]
     assert len(lines) == 1 and "pack.strategy" in lines[0] and "zigzag" in lines[0]
+
+
+def test_inspect_shows_counts_histogram_and_marked_sample(tmp_path, recipe_factory):
+    from sft_pipeline.inspect_data import histogram
+
+    assert histogram([10, 70, 200, 300], 256, bins=4) == [("1-64", 1), ("65-128", 1), ("129-192", 0), ("193-256", 1), ("> 256", 1)]
+    recipe_path = _recipe_file(tmp_path, recipe_factory())
+    result = runner.invoke(app, ["inspect", recipe_path, "--samples", "1"])
+    assert result.exit_code == 0, result.output
+    assert "records" in result.output and "sample lengths" in result.output and "trained" in result.output
+    assert not (tmp_path / "run" / "train").exists()  # nothing trained

@@ -1,0 +1,79 @@
+"""`inspect`: what the data stages made of the source, before any training is paid for.
+
+Counts kept and dropped by reason (with where the first drops are), a histogram of sample
+lengths in tokens against seq_length, and a few rendered samples with the trained tokens marked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .rundir import RunDir, read_json
+
+
+def histogram(lengths: list[int], seq_length: int, bins: int = 8) -> list[tuple[str, int]]:
+    """Equal-width bins up to seq_length, plus one for samples longer than it."""
+    edges = np.linspace(0, seq_length, bins + 1).astype(int)
+    counts, _ = np.histogram([min(n, seq_length) for n in lengths if n <= seq_length], bins=edges)
+    rows = [(f"{edges[i] + 1}-{edges[i + 1]}", int(c)) for i, c in enumerate(counts)]
+    rows.append((f"> {seq_length}", sum(1 for n in lengths if n > seq_length)))
+    return rows
+
+
+def marked(ids: list[int], labels: list[int], tokenizer: Any) -> Text:
+    """Decoded tokens; the ones that carry a label (the loss) in green."""
+    text = Text()
+    for tok, lab in zip(ids, labels):
+        piece = tokenizer.decode([tok])
+        text.append(piece, style="bold green" if lab != -100 else "dim")
+    return text
+
+
+def show(run: RunDir, console: Console, samples: int = 2) -> None:
+    import datasets
+
+    from .models import load_tokenizer
+    from .stages.pack import tokenize
+    from .stages.template import needs_eos
+
+    recipe = run.recipe
+    load_stats = read_json(run.stage_dir("load") / "stats.json")
+    table = Table(title="records")
+    for col in ("split", "source", "format", "read", "kept", "dropped by reason (first locations)"):
+        table.add_column(col)
+    for split, st in load_stats.items():
+        drops = "; ".join(f"{why}: {n} ({', '.join(st.get('dropped_examples', {}).get(why, []))})"
+                          for why, n in st.get("dropped", {}).items()) or "none"
+        table.add_row(split, str(st.get("source", st.get("carved_from", ""))), str(st.get("format", "")),
+                      str(st.get("read")), str(st.get("kept")), drops)
+    console.print(table)
+
+    tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
+    template_dir = run.stage_dir("template")
+    train = datasets.load_from_disk(str(template_dir / "train"))
+    tokenized = list(tokenize(list(train["text"]), list(train["spans"]), tokenizer, recipe.pack.loss_on,
+                              needs_eos(recipe.template)))
+    lengths = [len(ids) for ids, _ in tokenized]
+    hist = Table(title=f"train sample lengths in tokens (seq_length {recipe.pack.seq_length})")
+    hist.add_column("tokens")
+    hist.add_column("samples", justify="right")
+    hist.add_column("")
+    top = max(1, max(c for _, c in histogram(lengths, recipe.pack.seq_length)))
+    for label, count in histogram(lengths, recipe.pack.seq_length):
+        hist.add_row(label, str(count), "#" * round(30 * count / top))
+    console.print(hist)
+    if run.stage_state("pack") == "complete":
+        pack_stats = read_json(run.path / "pack" / "stats.json")
+        console.print(f"pack ({pack_stats['strategy']}): " + "; ".join(
+            f"{k}: {v['blocks']} blocks, {v['trained_tokens']}/{v['tokens']} tokens trained, "
+            f"padding {v['padding_share']:.1%}, truncated {v.get('truncated', 0)}"
+            for k, v in pack_stats.items() if isinstance(v, dict)))
+    for i in range(min(samples, len(tokenized))):
+        ids, labels = tokenized[i]
+        console.rule(f"train sample {i} ({len(ids)} tokens, {int((labels != -100).sum())} trained, in green)")
+        console.print(marked(ids.tolist(), labels.tolist(), tokenizer))
