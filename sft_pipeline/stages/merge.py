@@ -47,6 +47,41 @@ def dequantized_base(recipe: Recipe, dtype: Any) -> Any:
     return full
 
 
+WEIGHT_RTOL = 1e-3
+
+
+def expected_merged_weights(peft_model: Any) -> dict[str, Any]:
+    """W0 + scale * B @ A for every LoRA layer, computed here from the adapter's own tensors and
+    config (not by peft's merge), so the merge is checked independently."""
+    import math
+
+    import torch
+
+    cfg = peft_model.peft_config["default"]
+    scale = cfg.lora_alpha / (math.sqrt(cfg.r) if cfg.use_rslora else cfg.r)
+    expected = {}
+    with torch.no_grad():
+        for name, module in peft_model.base_model.model.named_modules():
+            if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+                a = module.lora_A["default"].weight.float()
+                b = module.lora_B["default"].weight.float()
+                delta = scale * (b @ a)
+                if getattr(cfg, "fan_in_fan_out", False):
+                    delta = delta.T
+                expected[name] = module.base_layer.weight.float() + delta
+    return expected
+
+
+def weight_check(merged: Any, expected: dict[str, Any]) -> float:
+    """Largest |merged - expected| over all LoRA layers, relative to the largest |expected|."""
+    modules = dict(merged.named_modules())
+    worst = 0.0
+    for name, want in expected.items():
+        got = modules[name].weight.float()
+        worst = max(worst, float((got - want).abs().max() / want.abs().max().clamp(min=1e-12)))
+    return worst
+
+
 def logits_of(model: Any, batch: dict[str, Any]) -> Any:
     import torch
 
@@ -103,8 +138,14 @@ def run(run: RunDir, out: Path) -> None:
     else:
         base = load_model(recipe.model.ref, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code,
                           allow_pickle=recipe.model.allow_pickle)
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    peft_model = PeftModel.from_pretrained(base, str(adapter))
+    expected = expected_merged_weights(peft_model)
+    merged = peft_model.merge_and_unload()
     merged.eval()
+    weight_gap = weight_check(merged, expected)
+    del expected
+    if weight_gap > WEIGHT_RTOL:
+        raise MergeError(f"merge: a merged weight differs from W0 + (alpha/r)*B*A by {weight_gap:.3g} (relative)")
     gap = max_gap(logits_of(merged, batch), ref_logits, mask)
 
     passed = gap <= cfg.tolerance
@@ -116,6 +157,7 @@ def run(run: RunDir, out: Path) -> None:
         "passed": passed,
         "reference": "adapter on the NF4 base training saw" if quantized else "adapter on the same full-precision base",
         "probe_texts": len(texts),
+        "max_relative_weight_gap": weight_gap,  # merged vs W0 + (alpha/r)*B*A, every LoRA layer
     }
     if not passed and not (quantized and cfg.base == "original"):
         raise MergeError(f"merge: merged logits differ from the adapter's by {gap:.3g} > merge.tolerance {cfg.tolerance}")
