@@ -22,17 +22,22 @@ def mean_loss(model: Any, blocks: Any, pad_id: int, batch_size: int, label: str)
     from .collate import PackedCollator
 
     collate = PackedCollator(pad_id)
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone, head = causal_lm.base_model, causal_lm.get_output_embeddings()
     total, count = 0.0, 0
     with progress() as bar, torch.no_grad():
         task = bar.add_task(label, total=len(blocks))
         for lo in range(0, len(blocks), batch_size):
             batch = collate([blocks[i] for i in range(lo, min(lo + batch_size, len(blocks)))])
             labels = batch.pop("labels")
-            # no KV cache: with one, transformers would ignore the packed samples' position_ids
-            logits = model(**batch, use_cache=False).logits.float()
-            shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+            # Project only the labelled positions through the LM head: the full (batch, seq, vocab)
+            # logits would be ~100x larger than what the loss needs. No KV cache: with one,
+            # transformers would ignore the packed samples' position_ids.
+            hidden = backbone(**batch, use_cache=False).last_hidden_state
+            shift_labels = labels[:, 1:]
             mask = shift_labels != -100
-            loss = torch.nn.functional.cross_entropy(shift_logits[mask], shift_labels[mask], reduction="sum")
+            logits = head(hidden[:, :-1][mask]).float()
+            loss = torch.nn.functional.cross_entropy(logits, shift_labels[mask], reduction="sum")
             total += float(loss)
             count += int(mask.sum())
             bar.advance(task, batch["input_ids"].shape[0])
