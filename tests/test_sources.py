@@ -100,7 +100,7 @@ def test_json_non_utf8(tmp_path):
     path.write_bytes(b'[{"question": "caf\xe9", "answer": "a"}]')
     with pytest.raises(SourceError, match="not UTF-8 text") as info:
         read(path)
-    assert str(info.value).startswith(f"{path}: ")
+    assert str(info.value).startswith(f"{path}:1: ")
 
 
 def test_json_scalar_is_refused(tmp_path):
@@ -145,7 +145,7 @@ def test_csv_non_utf8(tmp_path):
     path.write_bytes(b"question,answer\ncaf\xe9,a\n")
     with pytest.raises(SourceError, match="not UTF-8 text") as info:
         read(path)
-    assert str(info.value).startswith(f"{path}: ")
+    assert str(info.value).startswith(f"{path}:2: ")  # the line of the bad byte
 
 
 def test_csv_header_only_is_empty(tmp_path):

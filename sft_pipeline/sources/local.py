@@ -6,6 +6,7 @@ import csv
 import glob
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -59,20 +60,39 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
             if not text.strip():
                 continue
             try:
-                yield f"{path}:{lineno}", json.loads(text)
+                record = json.loads(text)
             except json.JSONDecodeError as err:
-                raise _error(f"{path}:{lineno}: invalid JSON: {err.msg} at column {err.colno}") from None
+                raise _error(f"{path}:{lineno}: invalid JSON: {err.msg} (column {err.colno})") from None
+            except (ValueError, RecursionError) as err:  # 5000-digit numbers, 100k-deep nesting
+                raise _error(f"{path}:{lineno}: unreadable JSON: {str(err).splitlines()[0][:120]}") from None
+            yield f"{path}:{lineno}", record
+
+
+def _decode(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise _error(f"{path}:{line}: not UTF-8 text (byte {err.start})") from None
+
+
+RECORD_LIST_FIELDS = {"conversations", "messages"}
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
+    text = _decode(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except UnicodeDecodeError as err:
-        raise _error(f"{path}: not UTF-8 text (byte {err.start})") from None
+        data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise _error(f"{path}:{err.lineno}: invalid JSON: {err.msg} at column {err.colno}") from None
-    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-        data = next(iter(data.values()))  # {"data": [...]} style
+        raise _error(f"{path}:{err.lineno}: invalid JSON: {err.msg} (column {err.colno})") from None
+    except (ValueError, RecursionError) as err:
+        raise _error(f"{path}: unreadable JSON: {str(err).splitlines()[0][:120]}") from None
+    if isinstance(data, dict) and len(data) == 1:
+        key, value = next(iter(data.items()))
+        # {"data": [{...}, ...]} wraps records; {"conversations": [...]} is one record
+        wrapper = key not in RECORD_LIST_FIELDS and isinstance(value, list) and any(isinstance(v, dict) for v in value)
+        data = value if wrapper else [data]
     elif isinstance(data, dict):
         data = [data]  # a single record
     if not isinstance(data, list):
@@ -82,21 +102,24 @@ def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
+    text = _decode(path)
+    csv.field_size_limit(sys.maxsize)  # the default 128 KiB limit rejects long answers
+    # strict: an unclosed quote is an error, not the rest of the file swallowed into one field
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] = []
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise _error(f"{path}: not UTF-8 text (byte {err.start})") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
-    if header is None:
-        return
-    for row in reader:
-        lineno = reader.line_num
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise _error(f"{path}:{lineno}: {len(row)} fields, header has {len(header)}")
-        yield f"{path}:{lineno}", dict(zip(header, row))
+        for row in reader:
+            lineno = reader.line_num
+            if not row:
+                continue
+            if not header:
+                header = row
+                continue
+            if len(row) != len(header):
+                raise _error(f"{path}:{lineno}: {len(row)} fields, header has {len(header)}")
+            yield f"{path}:{lineno}", dict(zip(header, row))
+    except csv.Error as err:
+        raise _error(f"{path}:{reader.line_num}: invalid CSV: {err}") from None
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
@@ -105,9 +128,16 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
     try:
         table = pq.ParquetFile(path)
     except Exception as err:  # pyarrow raises several types for a damaged file
-        raise _error(f"{path}: cannot read parquet: {err}") from None
+        raise _error(f"{path}: cannot read parquet: {str(err).splitlines()[0]}") from None
     row = 0
-    for batch in table.iter_batches(batch_size=4096):
+    batches = table.iter_batches(batch_size=4096)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as err:  # damaged data pages behind an intact footer
+            raise _error(f"{path} row {row}: cannot read parquet: {str(err).splitlines()[0]}") from None
         for rec in batch.to_pylist():
             yield f"{path} row {row}", rec
             row += 1
@@ -131,6 +161,13 @@ def _is_jsonl(path: Path) -> bool:
         return False
     try:
         json.loads(path.read_bytes().decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return True
-    return False
+        return False
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        pass
+    # Not one document: JSON Lines when the first line is a whole object on its own.
+    with open(path, "rb") as fh:
+        first = fh.readline().lstrip(b"\xef\xbb\xbf")
+    try:
+        return isinstance(json.loads(first), dict)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False

@@ -157,7 +157,14 @@ def run(run: RunDir, out: Path) -> None:
     resume = last_checkpoint(out / "checkpoints")
     if resume:
         console.print(f"[bold]Resuming[/] from {resume}")
-    result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if "wandb" in trackers:
+            import wandb
+
+            wandb.finish()
+            wandb.teardown()  # wandb keeps its settings (the run folder) per process otherwise
     if stopper.received is not None:
         console.print(f"[yellow]stopped at step {trainer.state.global_step}; checkpoint saved; run train again to resume")
         raise Interrupted(128 + stopper.received)

@@ -1,0 +1,910 @@
+"""A corpus of bad inputs and what the load stage (and pack) must do with each.
+
+Every entry is a small file (or Deep Lake dataset) written into tmp_path, with one of two
+expected outcomes:
+
+  Stop   the load stops with SourceError, one line, naming the file and the line/row (or only
+         the file for a whole-file problem) and the reason;
+  Loads  the load goes on; the exact kept records and the exact dropped-by-reason counts are
+         given (a record that cannot be used is counted under a named reason, never lost).
+
+For every entry that does not stop, kept + sum(dropped) == read, and read equals the number of
+records actually present in the file, counted here independently of the readers.
+
+Entries marked xfail(strict=True) are real bugs: the expectation states what should happen.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from sft_pipeline.config import DataConfig, PackConfig, TemplateConfig
+from sft_pipeline.sources import SourceError
+from sft_pipeline.stages.load import load_split
+from sft_pipeline.stages.pack import IGNORE, pack, tokenize
+from sft_pipeline.stages.template import render
+
+# ---- expectations ------------------------------------------------------------------------------
+
+
+@dataclass
+class Stop:
+    """SourceError whose whole message matches `pattern` (a regex)."""
+
+    pattern: str
+
+
+@dataclass
+class Loads:
+    present: int  # records in the file, counted independently of the readers
+    kept: list[list[dict[str, str]]] | int  # exact kept conversations, or only their count
+    dropped: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] | None = None  # exact dropped_examples, when given
+    check: Callable[[list[dict[str, Any]]], None] | None = None  # extra check on the kept rows
+
+
+def stop(path: Path | str, loc: str, reason: str) -> Stop:
+    """`loc` is ':3' (line), '[2]' (array index), ' row 4' (row) or '' (the whole file);
+    `reason` is a regex for what follows '<path><loc>: '."""
+    return Stop(re.escape(f"{path}{loc}: ") + reason)
+
+
+def U(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def A(text: str) -> dict[str, str]:
+    return {"role": "assistant", "content": text}
+
+
+def S(text: str) -> dict[str, str]:
+    return {"role": "system", "content": text}
+
+
+def qa(q: str, a: str) -> list[dict[str, str]]:
+    return [U(q), A(a)]
+
+
+GOOD = {"question": "q0", "answer": "a0"}
+GOOD_KEPT = qa("q0", "a0")
+
+# ---- writing files and counting what is in them ----------------------------------------------
+
+
+def jsonl_bytes(rows: list[Any]) -> bytes:
+    """Rows are objects (dumped) or raw bytes (written as given); each ends with '\n'."""
+    return b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in rows)
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    path.write_bytes(jsonl_bytes(rows))
+    return path
+
+
+def nonblank_lines(path: Path) -> int:
+    """Records in a JSON Lines file: its non-blank lines (any line ending)."""
+    return sum(1 for line in path.read_bytes().splitlines() if line.strip())
+
+
+def parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(path).num_rows
+
+
+def write_parquet(path: Path, columns: dict[str, Any]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def make_deeplake(path: Path, columns: dict[str, list[str]]) -> Path:
+    import deeplake
+
+    ds = deeplake.create(f"file://{path}")
+    for name in columns:
+        ds.add_column(name, deeplake.types.Text())
+    ds.append(columns)
+    ds.commit()
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def big_answer() -> str:
+    """~10 MB of text with non-ASCII characters and newlines, built in one multiplication."""
+    unit = "Ünïcödé line with quotes \" and a backslash \\ and a tab\t; 0123456789.\n"
+    return unit * (10_000_000 // len(unit.encode()) + 1)
+
+
+# ---- the corpus ----------------------------------------------------------------------------------
+
+CASES: list[Any] = []
+KINDS: set[str] = set()
+
+
+def case(kind: str, name: str, fmt: str = "auto", bug: str | None = None, raises: Any = None):
+    """Register a builder `build(tmp_path) -> (source, expectation)` under a corpus kind. `bug`
+    marks a known bug (strict xfail); `raises` pins how it fails today where that is an exception."""
+
+    def register(build):
+        KINDS.add(kind)
+        marks = [pytest.mark.xfail(strict=True, raises=raises, reason=f"bug: {bug}")] if bug else []
+        CASES.append(pytest.param(build, fmt, id=f"{kind}/{name}", marks=marks))
+        return build
+
+    return register
+
+
+# 1. invalid JSON line -------------------------------------------------------------------------
+
+@case("invalid_json", "trailing_comma_line_2")
+def _(tmp):
+    p = write_jsonl(tmp / "d.jsonl", [GOOD, b'{"question": "q", "answer": "a",}', GOOD])
+    return p, stop(p, ":2", r"invalid JSON: Expecting property name enclosed in double quotes \(column \d+\)")
+
+
+@case("invalid_json", "python_repr_after_blank_line")
+def _(tmp):
+    p = write_jsonl(tmp / "d.jsonl", [GOOD, b"", b"{'question': 'q', 'answer': 'a'}"])
+    return p, stop(p, ":3", r"invalid JSON: .+ \(column \d+\)")  # blank lines still count
+
+
+@case("invalid_json", "json_array_bad_element")
+def _(tmp):
+    p = tmp / "d.json"
+    p.write_text('[\n  {"question": "q", "answer": "a"},\n  {"question": }\n]\n', encoding="utf-8")
+    return p, stop(p, ":3", r"invalid JSON: Expecting value \(column \d+\)")
+
+
+@case("invalid_json", "nesting_100k_deep")
+def _(tmp):
+    deep = b'{"question": "q", "answer": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    p = write_jsonl(tmp / "d.jsonl", [GOOD, deep])
+    return p, stop(p, ":2", r".+")
+
+
+# 2. truncated file ----------------------------------------------------------------------------
+
+@case("truncated", "jsonl_last_line_cut_mid_object")
+def _(tmp):
+    p = tmp / "d.jsonl"
+    p.write_bytes(jsonl_bytes([GOOD, {"question": "q1", "answer": "a1"}]) + b'{"question": "q2", "ans')
+    return p, stop(p, ":3", r"invalid JSON: Unterminated string starting at \(column \d+\)")
+
+
+@case("truncated", "jsonl_cut_inside_a_utf8_character")
+def _(tmp):
+    p = tmp / "d.jsonl"
+    line = '{"question": "café'.encode()[:-1]  # the first byte of 'é' and no more
+    p.write_bytes(jsonl_bytes([GOOD]) + line)
+    return p, stop(p, ":2", rf"not UTF-8 text \(byte {len(line) - 1}\)")
+
+
+@case("truncated", "json_array_cut")
+def _(tmp):
+    p = tmp / "d.json"
+    p.write_text('[\n  {"question": "q", "answer": "a"},\n  {"question": "q2", "ans', encoding="utf-8")
+    return p, stop(p, ":3", r"invalid JSON: .+")
+
+
+@case("truncated", "pretty_json_object_cut")
+def _(tmp):
+    p = tmp / "d.json"
+    p.write_text('{\n  "data": [\n    {"question": "q", "answer": "a"},\n    {"question": "q2", "ans',
+                 encoding="utf-8")
+    return p, stop(p, ":4", r"invalid JSON: .+")
+
+
+# 3. missing field -----------------------------------------------------------------------------
+
+@case("missing_field", "answer_absent_or_null", fmt="deeplake_lima")
+def _(tmp):
+    p = write_jsonl(tmp / "d.jsonl", [{"question": "q"}, {"question": "q", "answer": None}, {"answer": "a"}, GOOD])
+    return p, Loads(nonblank_lines(p), [GOOD_KEPT], {"missing_field:answer": 2, "missing_field:question": 1},
+                    examples={"missing_field:answer": [f"{p}:1", f"{p}:2"], "missing_field:question": [f"{p}:3"]})
+
+
+@case("missing_field", "lima_no_conversations", fmt="lima")
+def _(tmp):
+    p = write_jsonl(tmp / "d.jsonl", [{"conversations": ["q", "a"]}, {"source": "x"}])
+    return p, Loads(nonblank_lines(p), [qa("q", "a")], {"missing_field:conversations": 1},
+                    examples={"missing_field:conversations": [f"{p}:2"]})
+
+
+@case("missing_field", "message_without_content", fmt="messages")
+def _(tmp):
+    p = write_jsonl(tmp / "d.jsonl", [{"messages": [{"role": "user"}, {"role": "assistant", "content": "a"}]}])
+    return p, Loads(1, 0, {"missing_field:content": 1})
+
+
+# 4. wrong type --------------------------------------------------------------------------------
+
+@case("wrong_type", "conversations_is_a_string")
+def _(tmp):
+    p = write_jsonl(tmp / "d.jsonl", [{"conversations": ["q", "a"]}, {"conversations": "q then a"},
+                                      {"conversations": {"0": "q", "1": "a"}}, {"conversations": ["q", 5]}])
+    return p, Loads(nonblank_lines(p), [qa("q", "a")], {"wrong_type:conversations": 3})
+
+
+@case("wrong_type", "answer_is_a_number")
+def _(tmp):
+    rows = [GOOD] + [{"question": "q", "answer": v} for v in (42, 3.5, True, ["a"], {"text": "a"})]
+    p = write_jsonl(tmp / "d.jsonl", rows)
+    return p, Loads(nonblank_lines(p), [GOOD_KEPT], {"wrong_type:answer": 5},
+                    examples={"wrong_type:answer": [f"{p}:2", f"{p}:3", f"{p}:4"]})
+
+
+@case("wrong_type", "answer_is_a_5000_digit_number")
+def _(tmp):
+    p = write_jsonl(tmp / "d.jsonl", [GOOD, b'{"question": "q", "answer": ' + b"1" * 5000 + b"}"])
+    return p, stop(p, ":2", r".+")
+
+
+@case("wrong_type", "parquet_answer_column_is_int")
+def _(tmp):
+    p = write_parquet(tmp / "d.parquet", {"question": ["q0", "q1"], "answer": [1, 2]})
+    return p, Loads(parquet_rows(p), 0, {"wrong_type:answer": 2}, examples={"wrong_type:answer": [f"{p} row 0", f"{p} row 1"]})
+
+
+# 5. empty string answer -----------------------------------------------------------------------
+
+@case("empty_answer", "jsonl")
+def _(tmp):
+    p = write_jsonl(tmp / "d.jsonl", [GOOD, {"question": "q", "answer": ""}, {"question": "", "answer": "a"}])
+    return p, Loads(nonblank_lines(p), [GOOD_KEPT], {"empty_turn": 2}, examples={"empty_turn": [f"{p}:2", f"{p}:3"]})
+
+
+@case("empty_answer", "lima_second_turn_empty")
+def _(tmp):
+    p = write_jsonl(tmp / "d.jsonl", [{"conversations": ["q", "a"]}, {"conversations": ["q", "a", "q2", ""]}])
+    return p, Loads(nonblank_lines(p), [qa("q", "a")], {"empty_turn": 1})
+
+
+@case("empty_answer", "csv_empty_field")
+def _(tmp):
+    p = tmp / "d.csv"
+    p.write_text('question,answer\nq0,a0\nq1,\nq2,""\n', encoding="utf-8")
+    return p, Loads(3, [GOOD_KEPT], {"empty_turn": 2}, examples={"empty_turn": [f"{p}:3", f"{p}:4"]})
+
+
+# 6. whitespace-only answer --------------------------------------------------------------------
+
+@case("whitespace_answer", "ascii_and_unicode_spaces")
+def _(tmp):
+    rows = [GOOD] + [{"question": "q", "answer": ws} for ws in ("   ", "\n\t \r\n", "\u00a0\u2003\u3000")]
+    p = write_jsonl(tmp / "d.jsonl", rows)
+    return p, Loads(nonblank_lines(p), [GOOD_KEPT], {"empty_turn": 3})
+
+
+@case("whitespace_answer", "messages_whitespace_assistant", fmt="messages")
+def _(tmp):
+    p = write_jsonl(tmp / "d.jsonl", [{"messages": [U("q"), A(" \n ")]}])
+    return p, Loads(1, 0, {"empty_turn": 1})
+
+
+# 7. conversation ending on the user -----------------------------------------------------------
+
+@case("ends_on_user", "lima")
+def _(tmp):
+    p = write_jsonl(tmp / "d.jsonl", [{"conversations": ["q", "a"]}, {"conversations": ["only a question"]},
+                                      {"conversations": ["q", "a", "follow-up"]}])
+    return p, Loads(nonblank_lines(p), [qa("q", "a")], {"ends_on_user": 2}, examples={"ends_on_user": [f"{p}:2", f"{p}:3"]})
+
+
+@case("ends_on_user", "messages", fmt="messages")
+def _(tmp):
+    p = write_jsonl(tmp / "d.jsonl", [{"messages": [S("sys"), U("q"), A("a"), U("q2")]}])
+    return p, Loads(1, 0, {"ends_on_user": 1})
+
+
+# 8. odd roles -----------------------------------------------------------------------------------
+
+@case("odd_roles", "messages_out_of_order", fmt="messages")
+def _(tmp):
+    rows = [
+        {"messages": [U("q"), A("a")]},
+        {"messages": [U("q"), U("q again"), A("a")]},           # two user turns in a row
+        {"messages": [A("a"), U("q"), A("a2")]},                # starts on the assistant
+        {"messages": [U("q"), A("a"), S("late"), U("q"), A("a")]},  # system in the middle
+        {"messages": [S("one"), S("two"), U("q"), A("a")]},     # two system turns
+        {"messages": [U("q"), A("a"), A("a again")]},           # two assistant turns
+    ]
+    p = write_jsonl(tmp / "d.jsonl", rows)
+    return p, Loads(nonblank_lines(p), [qa("q", "a")], {"roles_out_of_order": 5},
+                    examples={"roles_out_of_order": [f"{p}:2", f"{p}:3", f"{p}:4"]})
+
+
+@case("odd_roles", "sharegpt_gpt_first", fmt="sharegpt")
+def _(tmp):
+    rows = [{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+            {"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}]
+    p = write_jsonl(tmp / "d.jsonl", rows)
+    return p, Loads(nonblank_lines(p), [qa("q", "a")], {"roles_out_of_order": 1})
+
+
+# 9. unknown role --------------------------------------------------------------------------------
+
+@case("unknown_role", "messages_bot_and_tool", fmt="messages")
+def _(tmp):
+    rows = [{"messages": [U("q"), A("a")]},
+            {"messages": [U("q"), {"role": "bot", "content": "a"}]},
+            {"messages": [U("q"), {"role": "tool", "content": "{}"}, A("a")]}]
+    p = write_jsonl(tmp / "d.jsonl", rows)
+    return p, Loads(nonblank_lines(p), [qa("q", "a")], {"unknown_role": 2}, examples={"unknown_role": [f"{p}:2", f"{p}:3"]})
+
+
+@case("unknown_role", "sharegpt_robot")
+def _(tmp):
+    rows = [{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+            {"conversations": [{"from": "human", "value": "q"}, {"from": "robot", "value": "a"}]}]
+    p = write_jsonl(tmp / "d.jsonl", rows)  # auto: the first record's {from, value} turns -> sharegpt
+    return p, Loads(nonblank_lines(p), [qa("q", "a")], {"unknown_role": 1}, examples={"unknown_role": [f"{p}:2"]})
+
+
+# 10. empty conversation -------------------------------------------------------------------------
+
+@case("empty_conversation", "lima_empty_list")
+def _(tmp):
+    p = write_jsonl(tmp / "d.jsonl", [{"conversations": ["q", "a"]}, {"conversations": []}])
+    return p, Loads(nonblank_lines(p), [qa("q", "a")], {"empty_conversation": 1})
+
+
+@case("empty_conversation", "messages_empty_and_system_only", fmt="messages")
+def _(tmp):
+    p = write_jsonl(tmp / "d.jsonl", [{"messages": []}, {"messages": [S("you are helpful")]}])
+    return p, Loads(2, 0, {"empty_conversation": 2})
+
+
+@case("empty_conversation", "auto_first_record_empty")
+def _(tmp):
+    p = write_jsonl(tmp / "d.jsonl", [{"conversations": []}, {"conversations": ["q", "a"]}])
+    return p, Loads(2, [qa("q", "a")], {"empty_conversation": 1})
+
+
+# 11. non-UTF-8 bytes inside a line --------------------------------------------------------------
+
+@case("non_utf8", "jsonl_latin1_byte")
+def _(tmp):
+    bad = b'{"question": "caf\xe9", "answer": "a"}'
+    p = write_jsonl(tmp / "d.jsonl", [GOOD, bad])
+    at = bad.index(b"\xe9")  # the offset within the line
+    return p, stop(p, ":2", rf"not UTF-8 text \(byte {at}\)")
+
+
+@case("non_utf8", "csv_latin1_byte")
+def _(tmp):
+    p = tmp / "d.csv"
+    p.write_bytes(b"question,answer\nq0,a0\ncaf\xe9,a\n")
+    return p, stop(p, ":3", r"not UTF-8 text.*")
+
+
+@case("non_utf8", "json_latin1_byte")
+def _(tmp):
+    p = tmp / "d.json"
+    p.write_bytes(b'[\n  {"question": "q0", "answer": "a0"},\n  {"question": "caf\xe9", "answer": "a"}\n]\n')
+    return p, stop(p, ":3", r"not UTF-8 text.*")
+
+
+@case("non_utf8", "parquet_binary_column")
+def _(tmp):
+    import pyarrow as pa
+
+    p = write_parquet(tmp / "d.parquet", {"question": pa.array([b"q0", b"q1"], pa.binary()),
+                                          "answer": pa.array([b"a0", b"caf\xe9"], pa.binary())})
+    return p, Loads(parquet_rows(p), [GOOD_KEPT], {"not_utf8:answer": 1}, examples={"not_utf8:answer": [f"{p} row 1"]})
+
+
+# 12. UTF-8 BOM at file start --------------------------------------------------------------------
+
+@case("bom", "jsonl")
+def _(tmp):
+    p = tmp / "d.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + jsonl_bytes([GOOD, {"question": "q1", "answer": "a1"}]))
+    return p, Loads(nonblank_lines(p), [GOOD_KEPT, qa("q1", "a1")])
+
+
+@case("bom", "json_array")
+def _(tmp):
+    p = tmp / "d.json"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps([GOOD, {"question": "q1", "answer": "a1"}], indent=2).encode())
+    return p, Loads(2, [GOOD_KEPT, qa("q1", "a1")])
+
+
+@case("bom", "json_that_is_jsonl")
+def _(tmp):
+    p = tmp / "d.json"
+    p.write_bytes(b"\xef\xbb\xbf" + jsonl_bytes([GOOD, {"question": "q1", "answer": "a1"}]))
+    return p, Loads(nonblank_lines(p), [GOOD_KEPT, qa("q1", "a1")])
+
+
+@case("bom", "csv_header_is_not_polluted")
+def _(tmp):
+    p = tmp / "d.csv"
+    p.write_bytes(b"\xef\xbb\xbfquestion,answer\nq0,a0\n")
+    return p, Loads(1, [GOOD_KEPT])
+
+
+@case("bom", "bom_in_the_middle_of_concatenated_jsonl")
+def _(tmp):  # `cat a.jsonl b.jsonl` where b.jsonl starts with a BOM: a clear stop at that line
+    p = tmp / "d.jsonl"
+    p.write_bytes(jsonl_bytes([GOOD]) + b"\xef\xbb\xbf" + jsonl_bytes([{"question": "q1", "answer": "a1"}]))
+    return p, stop(p, ":2", r"invalid JSON: Unexpected UTF-8 BOM .*")
+
+
+# 13. CRLF line endings --------------------------------------------------------------------------
+
+@case("crlf", "jsonl")
+def _(tmp):
+    p = tmp / "d.jsonl"
+    rows = [GOOD, {"question": "multi\nline", "answer": "a\r\nb"}]  # escaped newlines inside strings stay as given
+    p.write_bytes(b"".join(json.dumps(r).encode() + b"\r\n" for r in rows) + b"\r\n")
+    return p, Loads(nonblank_lines(p), [GOOD_KEPT, qa("multi\nline", "a\r\nb")])
+
+
+@case("crlf", "csv_with_multiline_quoted_field")
+def _(tmp):
+    p = tmp / "d.csv"
+    p.write_bytes(b'question,answer\r\nq0,a0\r\n"two\r\nlines","last field"\r\n')
+
+    def check(kept):
+        # no '\r' is left on the last field of a row; the quoted field differs only in its line ending
+        assert kept[1]["messages"][1]["content"] == "last field"
+        assert kept[1]["messages"][0]["content"].replace("\r\n", "\n") == "two\nlines"
+
+    return p, Loads(2, 2, check=check)
+
+
+@case("crlf", "pretty_json")
+def _(tmp):
+    p = tmp / "d.json"
+    p.write_bytes(json.dumps([GOOD, {"question": "q1", "answer": "a1"}], indent=2).replace("\n", "\r\n").encode())
+    return p, Loads(2, [GOOD_KEPT, qa("q1", "a1")])
+
+
+@case("crlf", "cr_only_line_endings")
+def _(tmp):  # classic-Mac CR endings: the file is one line to a JSON Lines reader; a clear stop
+    p = tmp / "d.jsonl"
+    p.write_bytes(json.dumps(GOOD).encode() + b"\r" + json.dumps(GOOD).encode() + b"\r")
+    return p, stop(p, ":1", r"invalid JSON: Extra data \(column \d+\)")
+
+
+# 14. NUL bytes ------------------------------------------------------------------------------------
+
+@case("nul", "escaped_u0000_in_a_string")
+def _(tmp):  # valid JSON; the text is the user's, kept exactly
+    p = write_jsonl(tmp / "d.jsonl", [{"question": "q\u0000", "answer": "a\u0000b"}])
+    assert b"\\u0000" in p.read_bytes()
+    return p, Loads(1, [qa("q\x00", "a\x00b")])
+
+
+@case("nul", "raw_nul_byte_in_a_jsonl_string")
+def _(tmp):  # a raw control character is not valid JSON: stop at the line
+    p = write_jsonl(tmp / "d.jsonl", [GOOD, b'{"question": "q", "answer": "a\x00b"}'])
+    return p, stop(p, ":2", r"invalid JSON: Invalid control character at \(column \d+\)")
+
+
+@case("nul", "raw_nul_byte_outside_a_string")
+def _(tmp):
+    p = write_jsonl(tmp / "d.jsonl", [b'{"question": "q",\x00 "answer": "a"}'])
+    return p, stop(p, ":1", r"invalid JSON: .+")
+
+
+@case("nul", "raw_nul_byte_in_a_csv_field")
+def _(tmp):  # csv has no escaping rules against NUL; the field is kept exactly, as in the jsonl case
+    p = tmp / "d.csv"
+    p.write_bytes(b"question,answer\nq,a\x00b\n")
+    return p, Loads(1, [qa("q", "a\x00b")])
+
+
+# 15. a 10 MB record ------------------------------------------------------------------------------
+
+def _big_check(kept):
+    content = kept[0]["messages"][1]["content"]
+    assert len(content) == len(big_answer()) and content == big_answer()
+
+
+@case("huge_record", "jsonl_10mb_answer")
+def _(tmp):
+    p = tmp / "d.jsonl"
+    p.write_text(json.dumps({"question": "q", "answer": big_answer()}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert p.stat().st_size > 10_000_000
+    return p, Loads(nonblank_lines(p), 1, check=_big_check)
+
+
+@case("huge_record", "json_10mb_answer")
+def _(tmp):
+    p = tmp / "d.json"
+    p.write_text(json.dumps([{"question": "q", "answer": big_answer()}]), encoding="utf-8")
+    return p, Loads(1, 1, check=_big_check)
+
+
+@case("huge_record", "parquet_10mb_answer")
+def _(tmp):
+    p = write_parquet(tmp / "d.parquet", {"question": ["q"], "answer": [big_answer()]})
+    return p, Loads(parquet_rows(p), 1, check=_big_check)
+
+
+@case("huge_record", "csv_10mb_answer")
+def _(tmp):
+    p = tmp / "d.csv"
+    body = big_answer().replace('"', '""')
+    p.write_text(f'question,answer\nq,"{body}"\n', encoding="utf-8", newline="")
+    return p, Loads(1, 1, check=_big_check)
+
+
+# 16. duplicate records ------------------------------------------------------------------------
+
+@case("duplicates", "same_conversation_repeated")
+def _(tmp):
+    other = {"question": "q1", "answer": "a1"}
+    rows = [GOOD, GOOD, other, {**GOOD, "source": "elsewhere"}, GOOD]  # the source does not make it new
+    p = write_jsonl(tmp / "d.jsonl", rows)
+    return p, Loads(nonblank_lines(p), [GOOD_KEPT, qa("q1", "a1")], {"duplicate": 3},
+                    examples={"duplicate": [f"{p}:2", f"{p}:4", f"{p}:5"]})
+
+
+@case("duplicates", "across_shard_files")
+def _(tmp):
+    d = tmp / "data"
+    d.mkdir()
+    a = write_jsonl(d / "train-00000-of-00002.jsonl", [GOOD, {"question": "q1", "answer": "a1"}])
+    b = write_jsonl(d / "train-00001-of-00002.jsonl", [{"question": "q1", "answer": "a1"}])
+    return d, Loads(nonblank_lines(a) + nonblank_lines(b), [GOOD_KEPT, qa("q1", "a1")], {"duplicate": 1},
+                    examples={"duplicate": [f"{b}:1"]})
+
+
+# 17. CSV with ragged rows -----------------------------------------------------------------------
+
+@case("csv_ragged", "too_few_fields")
+def _(tmp):
+    p = tmp / "d.csv"
+    p.write_text("question,answer\nq0,a0\nonly-one-field\nq2,a2\n", encoding="utf-8")
+    return p, stop(p, ":3", "1 fields, header has 2")
+
+
+@case("csv_ragged", "too_many_fields")
+def _(tmp):
+    p = tmp / "d.csv"
+    p.write_text("question,answer\nq0,a0\nq1,a1,extra\n", encoding="utf-8")
+    return p, stop(p, ":3", "3 fields, header has 2")
+
+
+@case("csv_ragged", "after_a_multiline_field_line_numbers_are_physical")
+def _(tmp):
+    p = tmp / "d.csv"
+    p.write_text('question,answer\n"two\nlines",a\nragged\n', encoding="utf-8")
+    return p, stop(p, ":4", "1 fields, header has 2")
+
+
+# 18. empty file (0 bytes) ------------------------------------------------------------------------
+# load_split reads nothing (read=0); the load stage's run() then stops naming the source (see
+# test_load_stage_stops_on_a_source_with_no_records below). Formats whose parser needs content
+# stop at once, naming the file.
+
+@case("empty_file", "jsonl_0_bytes")
+def _(tmp):
+    p = tmp / "d.jsonl"
+    p.write_bytes(b"")
+    return p, Loads(0, 0)
+
+
+@case("empty_file", "csv_0_bytes")
+def _(tmp):
+    p = tmp / "d.csv"
+    p.write_bytes(b"")
+    return p, Loads(0, 0)
+
+
+@case("empty_file", "csv_header_only")
+def _(tmp):
+    p = tmp / "d.csv"
+    p.write_text("question,answer\n", encoding="utf-8")
+    return p, Loads(0, 0)
+
+
+@case("empty_file", "json_0_bytes")
+def _(tmp):
+    p = tmp / "d.json"
+    p.write_bytes(b"")
+    return p, stop(p, ":1", r"invalid JSON: Expecting value \(column 1\)")
+
+
+@case("empty_file", "json_empty_array")
+def _(tmp):
+    p = tmp / "d.json"
+    p.write_text("[]", encoding="utf-8")
+    return p, Loads(0, 0)
+
+
+@case("empty_file", "parquet_0_bytes")
+def _(tmp):
+    p = tmp / "d.parquet"
+    p.write_bytes(b"")
+    return p, stop(p, "", r"cannot read parquet: .*0 bytes.*")
+
+
+# 19. only blank lines ----------------------------------------------------------------------------
+
+@case("blank_lines_only", "jsonl_mixed_blank_lines")
+def _(tmp):
+    p = tmp / "d.jsonl"
+    p.write_bytes(b"\n\n   \n\t\n\r\n")
+    return p, Loads(0, 0)
+
+
+@case("blank_lines_only", "jsonl_blank_lines_around_records")
+def _(tmp):
+    p = tmp / "d.jsonl"
+    p.write_bytes(b"\n\n" + jsonl_bytes([GOOD]) + b"\n \n")
+    return p, Loads(nonblank_lines(p), [GOOD_KEPT], examples={})
+
+
+@case("blank_lines_only", "csv")
+def _(tmp):
+    p = tmp / "d.csv"
+    p.write_bytes(b"\n\n\n")
+    return p, Loads(0, 0)
+
+
+@case("blank_lines_only", "json_whitespace_only")
+def _(tmp):
+    p = tmp / "d.json"
+    p.write_bytes(b"\n\n  \n")
+    return p, stop(p, r":4", r"invalid JSON: Expecting value \(column 1\)")
+
+
+# 20. Deep Lake dataset missing the answer column ----------------------------------------------
+
+DL_NO_ANSWER = {"question": ["q0", "q1", "q2"], "source": ["s", "s", "s"]}
+
+
+@case("deeplake_missing_column", "deeplake_lima", fmt="deeplake_lima")
+def _(tmp):
+    p = make_deeplake(tmp / "dl", DL_NO_ANSWER)
+    return p, Loads(len(DL_NO_ANSWER["question"]), 0, {"missing_field:answer": 3},
+                    examples={"missing_field:answer": [f"{p} row {i}" for i in range(3)]})
+
+
+@case("deeplake_missing_column", "auto_cannot_tell_the_shape")
+def _(tmp):
+    p = make_deeplake(tmp / "dl", DL_NO_ANSWER)
+    return p, stop(p, " row 0", re.escape("cannot tell the record shape from columns ['question', 'source']") + ".*")
+
+
+@case("deeplake_missing_column", "file_url_column_mapped_to_a_missing_name", fmt="deeplake_lima")
+def _(tmp):
+    p = make_deeplake(tmp / "dl", {"question": ["q0", "q1"], "response": ["a0", "a1"]})
+    return f"file://{p}", Loads(2, 0, {"missing_field:answer": 2})
+
+
+# 21. JSON array with non-object elements ------------------------------------------------------
+
+@case("json_array_non_object", "mixed_elements", fmt="deeplake_lima")
+def _(tmp):
+    rows = [GOOD, 42, "a string", None, [1, 2], {"question": "q1", "answer": "a1"}]
+    p = tmp / "d.json"
+    p.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    return p, Loads(len(rows), [GOOD_KEPT, qa("q1", "a1")], {"not_a_mapping": 4},
+                    examples={"not_a_mapping": [f"{p}[1]", f"{p}[2]", f"{p}[3]"]})
+
+
+@case("json_array_non_object", "first_element_not_an_object_with_auto")
+def _(tmp):
+    p = tmp / "d.json"
+    p.write_text(json.dumps([42, GOOD]), encoding="utf-8")
+    return p, stop(p, "[0]", "a record is a JSON object, got int")
+
+
+@case("json_array_non_object", "wrapped_in_a_data_key", fmt="deeplake_lima")
+def _(tmp):
+    p = tmp / "d.json"
+    p.write_text(json.dumps({"data": [GOOD, 7]}), encoding="utf-8")
+    return p, Loads(2, [GOOD_KEPT], {"not_a_mapping": 1}, examples={"not_a_mapping": [f"{p}[1]"]})
+
+
+@case("json_single_record_list_field", "lima", fmt="lima")
+def _(tmp):
+    p = tmp / "d.json"
+    p.write_text(json.dumps({"conversations": ["q", "a"]}), encoding="utf-8")
+    return p, Loads(1, [qa("q", "a")])
+
+
+@case("json_single_record_list_field", "auto")
+def _(tmp):
+    p = tmp / "d.json"
+    p.write_text(json.dumps({"conversations": ["q", "a"]}), encoding="utf-8")
+    return p, Loads(1, [qa("q", "a")])
+
+
+@case("json_single_record_list_field", "messages", fmt="messages")
+def _(tmp):
+    p = tmp / "d.json"
+    p.write_text(json.dumps({"messages": [U("q"), A("a")]}), encoding="utf-8")
+    return p, Loads(1, [qa("q", "a")])
+
+
+# 22. parquet that is garbage --------------------------------------------------------------------
+
+@case("parquet_garbage", "random_bytes")
+def _(tmp):
+    p = tmp / "d.parquet"
+    p.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)))
+    return p, stop(p, "", r"cannot read parquet: [^\n]+")
+
+
+@case("parquet_garbage", "a_csv_named_parquet")
+def _(tmp):
+    p = tmp / "d.parquet"
+    p.write_text("question,answer\nq,a\n", encoding="utf-8")
+    return p, stop(p, "", r"cannot read parquet: [^\n]+")
+
+
+@case("parquet_garbage", "footer_intact_data_pages_overwritten")
+def _(tmp):
+    p = write_parquet(tmp / "d.parquet", {"question": [f"q{i}" * 50 for i in range(200)],
+                                          "answer": [f"a{i}" * 50 for i in range(200)]})
+    data = bytearray(p.read_bytes())
+    data[8 : len(data) // 2] = b"\xab" * (len(data) // 2 - 8)
+    p.write_bytes(bytes(data))
+    return p, stop(p, " row 0", r"cannot read parquet: [^\n]+")
+
+
+# extra kinds ----------------------------------------------------------------------------------
+
+@case("csv_unterminated_quote", "swallows_the_rest_of_the_file")  # today: no error at all (pytest's "DID NOT RAISE")
+def _(tmp):
+    p = tmp / "d.csv"
+    p.write_text('question,answer\nq0,"a0 with a stray quote\nq1,a1\nq2,a2\n', encoding="utf-8")
+    return p, Stop(re.escape(f"{p}:") + r"(2|4): .+")  # where the quote opens, or where the file ends
+
+
+@case("csv_blank_lines_before_header", "header_on_line_3")
+def _(tmp):
+    p = tmp / "d.csv"
+    p.write_text("\n\nquestion,answer\nq0,a0\n", encoding="utf-8")
+    return p, Loads(1, [GOOD_KEPT])
+
+
+# ---- the corpus test ----------------------------------------------------------------------------
+
+def test_corpus_covers_at_least_22_kinds():
+    assert len(KINDS) >= 22, sorted(KINDS)
+
+
+@pytest.mark.parametrize("build, fmt", CASES)
+def test_bad_input(tmp_path, build, fmt):
+    source, expect = build(tmp_path)
+    if isinstance(expect, Stop):
+        with pytest.raises(SourceError) as info:
+            load_split(str(source), "train", fmt, None)
+        msg = str(info.value)
+        assert "\n" not in msg, msg
+        assert re.fullmatch(expect.pattern, msg), msg
+        return
+
+    kept, stats = load_split(str(source), "train", fmt, None)
+    # nothing is lost silently: every record in the file is read, and is either kept or counted
+    assert stats["kept"] + sum(stats["dropped"].values()) == stats["read"]
+    assert stats["read"] == expect.present
+    assert stats["dropped"] == expect.dropped
+    n_kept = expect.kept if isinstance(expect.kept, int) else len(expect.kept)
+    assert stats["kept"] == len(kept) == n_kept
+    if not isinstance(expect.kept, int):
+        assert [k["messages"] for k in kept] == expect.kept
+    if expect.examples is not None:
+        assert stats["dropped_examples"] == expect.examples
+    for reason, wheres in stats["dropped_examples"].items():  # every drop can be found again
+        assert reason in stats["dropped"] and all(w.startswith(str(source)) for w in wheres)
+    if expect.check:
+        expect.check(kept)
+
+
+# ---- the load stage on sources with no usable record -----------------------------------------
+
+def _run_load(out: Path, **data: Any) -> None:
+    """The load stage's run(), which reads only recipe.data, on a train split alone."""
+    from sft_pipeline.stages import load
+
+    load.run(SimpleNamespace(recipe=SimpleNamespace(data=DataConfig(eval_split=None, **data))), out)
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n \n\r\n"], ids=["0_bytes", "blank_lines"])
+def test_load_stage_stops_on_a_source_with_no_records(tmp_path, content):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(SourceError) as info:
+        _run_load(tmp_path / "out", source=str(path))
+    assert str(info.value) == f"data.source: {path} (split train): no usable records (empty)"
+    assert not (tmp_path / "out").exists()
+
+
+def test_load_stage_stops_on_deeplake_without_the_answer_column(tmp_path):
+    path = make_deeplake(tmp_path / "dl", DL_NO_ANSWER)
+    with pytest.raises(SourceError) as info:
+        _run_load(tmp_path / "out", source=str(path), format="deeplake_lima")
+    assert str(info.value) == (f"data.source: {path} (split train): no usable records "
+                               "({'missing_field:answer': 3})")
+
+
+# ---- pack: samples longer than seq_length -------------------------------------------------------
+
+SEQ = 32
+FOX = "The quick brown fox jumps over the lazy dog. "
+CONVS = {
+    "short": [U("What is the capital of France?"), A("Paris is the capital of France.")],
+    "long_answer": [U("What is the capital of France?"), A(FOX * 8)],
+    "long_prompt": [U(FOX * 8), A("Paris.")],
+}
+
+
+@pytest.fixture(scope="module")
+def samples(tiny_tokenizer):
+    cfg = TemplateConfig(kind="seed")
+    rendered = {k: render(c, cfg) for k, c in CONVS.items()}
+    out = dict(zip(rendered, tokenize([t for t, _ in rendered.values()], [s for _, s in rendered.values()],
+                                      tiny_tokenizer, "assistant", add_eos=True)))
+    ids, labels = out["short"]
+    assert len(ids) <= SEQ and (labels != IGNORE).any()
+    ids, labels = out["long_answer"]
+    assert len(ids) > SEQ and (labels[:SEQ] != IGNORE).any()  # truncation keeps part of the answer
+    ids, labels = out["long_prompt"]
+    assert len(ids) > SEQ and not (labels[:SEQ] != IGNORE).any()  # every trained token is past SEQ
+    return out
+
+
+def members(blocks: list[dict], strategy: str) -> int:
+    """How many samples the blocks hold: one per row (none), one per position_ids restart (bfd)."""
+    if strategy == "none":
+        return len(blocks)
+    return sum(b["position_ids"].count(0) for b in blocks)
+
+
+@pytest.mark.parametrize("strategy", ["none", "bfd"])
+@pytest.mark.parametrize(
+    "names, overlong, expected",
+    [
+        (["short", "long_answer"], "truncate", {"truncated": 1, "dropped_overlong": 0, "dropped_no_labels": 0}),
+        (["short", "long_answer"], "drop", {"truncated": 0, "dropped_overlong": 1, "dropped_no_labels": 0}),
+        (["short", "long_prompt"], "truncate", {"truncated": 1, "dropped_overlong": 0, "dropped_no_labels": 1}),
+        (["short", "long_prompt"], "drop", {"truncated": 0, "dropped_overlong": 1, "dropped_no_labels": 0}),
+        (["long_prompt"], "truncate", {"truncated": 1, "dropped_overlong": 0, "dropped_no_labels": 1}),
+    ],
+    ids=["long_answer-truncate", "long_answer-drop", "long_prompt-truncate", "long_prompt-drop", "only_long_prompt"],
+)
+def test_pack_overlong_samples_are_counted(samples, strategy, names, overlong, expected):
+    chosen = [samples[n] for n in names]
+    blocks, stats = pack(chosen, PackConfig(seq_length=SEQ, strategy=strategy, overlong=overlong), eos_id=0)
+    assert stats["samples"] == len(chosen)
+    assert {k: stats[k] for k in expected} == expected
+    # every sample is either in a block or counted as dropped; truncated ones are in blocks
+    assert members(blocks, strategy) + stats["dropped_overlong"] + stats["dropped_no_labels"] == stats["samples"]
+    for b in blocks:
+        assert len(b["input_ids"]) <= SEQ
+        assert any(x != IGNORE for x in b["labels"])  # no block (no sample, for none) trains on nothing
+    if strategy == "none":  # the kept rows are the samples, in order, cut at SEQ when truncated
+        kept_names = [n for n in names if not (n == "long_prompt" or (n == "long_answer" and overlong == "drop"))]
+        assert [b["input_ids"] for b in blocks] == [samples[n][0][:SEQ].tolist() for n in kept_names]
+        assert [b["labels"] for b in blocks] == [samples[n][1][:SEQ].tolist() for n in kept_names]
+
+
+def test_pack_wrapped_loses_no_token_of_an_overlong_sample(samples):
+    """wrapped never truncates a sample: its tokens continue in the next block, and the only tokens
+    not in a block are the counted tail."""
+    chosen = [samples["short"], samples["long_answer"], samples["long_prompt"]]
+    blocks, stats = pack(chosen, PackConfig(seq_length=SEQ, strategy="wrapped"), eos_id=0)
+    assert stats["samples"] == 3
+    assert len(blocks) * SEQ + stats["tail_tokens_dropped"] == stats["tokens_in"] + stats["samples"]  # + one EOS each
+    stream = np.concatenate([np.append(ids, 0) for ids, _ in chosen])
+    assert np.concatenate([b["input_ids"] for b in blocks]).tolist() == stream[: len(blocks) * SEQ].tolist()
