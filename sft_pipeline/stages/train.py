@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import resource
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -106,10 +107,23 @@ class Interrupted(SystemExit):
     pass
 
 
-def last_checkpoint(folder: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "adapter_model.safetensors")
 
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest complete checkpoint. Trainer writes a checkpoint file by file, so a kill during
+    the save leaves a partial folder: it is set aside, and the one before it is used."""
+    if not folder.is_dir():
+        return None
+    found = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for ckpt in found:
+        has_rng = any(ckpt.glob("rng_state*.pth"))
+        if has_rng and all((ckpt / f).is_file() for f in CHECKPOINT_FILES):
+            return str(ckpt)
+        console.print(f"[yellow]{ckpt.name} is incomplete (killed while saving); removing it")
+        shutil.rmtree(ckpt)
+    return None
 
 
 def peak_rss_bytes() -> int:
