@@ -13,11 +13,11 @@ SET ?=
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test test-fast run status load template pack prepare train merge evaluate \
+.PHONY: help install demo test test-fast run status load template pack prepare train merge evaluate inspect \
         generate validate docker-build clean
 
 help:
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,7 @@ test-fast: install ## the unit tests only, without the end-to-end runs
 run: install ## every stage that is not up to date: make run RECIPE=recipes/x.yaml
 	$(BIN)/sft-pipeline run $(RECIPE) $(SET)
 
-template pack prepare train merge evaluate validate load: install ## one stage: make train RECIPE=...
+template pack prepare train merge evaluate validate inspect load: install ## one stage: make train RECIPE=...
 	$(BIN)/sft-pipeline $@ $(RECIPE) $(SET)
 
 status: install ## the stage table of the recipe's run directory

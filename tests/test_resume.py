@@ -29,6 +29,7 @@ def _cli(*args):
     return [sys.executable, "-m", "sft_pipeline.cli", *map(str, args)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_train_resumes_to_the_same_adapter(tmp_path, recipe_factory, sig):
     recipe = recipe_factory(train={"max_steps": 60, "save_strategy": "steps", "save_steps": 10,
