@@ -118,48 +118,35 @@ def from_alpaca(rec: dict[str, Any]) -> Result:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}], None
 
 
-def from_messages(rec: dict[str, Any]) -> Result:
-    turns = rec.get("messages")
+def _role_turns(rec: dict[str, Any], field: str, role_key: str, text_key: str, roles: dict[str, str]) -> Result:
+    """A list of turn objects -> messages; `roles` maps the source's role names to ours."""
+    turns = rec.get(field)
     if turns is None:
-        return None, "missing_field:messages"
+        return None, f"missing_field:{field}"
     if not isinstance(turns, (list, tuple)):
-        return None, "wrong_type:messages"
+        return None, f"wrong_type:{field}"
     messages = []
     for turn in turns:
         if not isinstance(turn, dict):
-            return None, "wrong_type:messages"
-        role, why = _text(turn.get("role"), "role")
+            return None, f"wrong_type:{field}"
+        role, why = _text(turn.get(role_key), role_key)
         if why:
             return None, why
-        text, why = _text(turn.get("content"), "content")
+        text, why = _text(turn.get(text_key), text_key)
         if why:
             return None, why
-        if role not in ROLES:
+        if role not in roles:
             return None, "unknown_role"
-        messages.append({"role": role, "content": text})
+        messages.append({"role": roles[role], "content": text})
     return messages, None
+
+
+def from_messages(rec: dict[str, Any]) -> Result:
+    return _role_turns(rec, "messages", "role", "content", {r: r for r in ROLES})
 
 
 def from_sharegpt(rec: dict[str, Any]) -> Result:
-    turns = rec.get("conversations")
-    if turns is None:
-        return None, "missing_field:conversations"
-    if not isinstance(turns, (list, tuple)):
-        return None, "wrong_type:conversations"
-    messages = []
-    for turn in turns:
-        if not isinstance(turn, dict):
-            return None, "wrong_type:conversations"
-        who, why = _text(turn.get("from"), "from")
-        if why:
-            return None, why
-        text, why = _text(turn.get("value"), "value")
-        if why:
-            return None, why
-        if who not in SHAREGPT_ROLES:
-            return None, "unknown_role"
-        messages.append({"role": SHAREGPT_ROLES[who], "content": text})
-    return messages, None
+    return _role_turns(rec, "conversations", "from", "value", SHAREGPT_ROLES)
 
 
 def from_prompt_completion(rec: dict[str, Any]) -> Result:
