@@ -122,23 +122,23 @@ def run(run: RunDir, out: Path) -> None:
     mask = batch["attention_mask"].float()
 
     quantized = recipe.model.quantization == "nf4"
-    # The reference: the adapter on exactly the base that training saw.
     if quantized:
+        # The reference is the adapter on exactly the base training saw: the NF4 one.
         reference = build_model(recipe, detect(), checkpointing=False, adapter=adapter, trainable=False)
+        reference.eval()
+        ref_logits = logits_of(reference, batch)
+        del reference
+        base = dequantized_base(recipe, dtype) if cfg.base == "dequantized" else None
     else:
-        base = load_model(recipe.model.ref, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code,
-                          allow_pickle=recipe.model.allow_pickle)
-        reference = PeftModel.from_pretrained(base, str(adapter))
-    reference.eval()
-    ref_logits = logits_of(reference, batch)
-    del reference
-
-    if quantized and cfg.base == "dequantized":
-        base = dequantized_base(recipe, dtype)
-    else:
+        base = None
+    if base is None:
         base = load_model(recipe.model.ref, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code,
                           allow_pickle=recipe.model.allow_pickle)
     peft_model = PeftModel.from_pretrained(base, str(adapter))
+    peft_model.eval()
+    if not quantized:
+        # Same full-precision base: the unmerged adapter model is the reference, loaded once.
+        ref_logits = logits_of(peft_model, batch)
     expected = expected_merged_weights(peft_model)
     merged = peft_model.merge_and_unload()
     merged.eval()
