@@ -54,7 +54,8 @@ def estimate(config: Any, total_params: int, trainable_params: int, batch: int, 
     per_token_layer = 12 * hidden + 6 * inter
     scores = batch * heads * seq_length * seq_length * act_bytes * 2 if sdpa_materializes_scores else 0
     act_full = layers * (tokens * per_token_layer * act_bytes + scores)
-    act_ckpt = layers * tokens * hidden * act_bytes + tokens * per_token_layer * act_bytes + scores // max(layers, 1) * 1
+    # checkpointing keeps each layer's input, plus one layer's full activations while it recomputes
+    act_ckpt = layers * tokens * hidden * act_bytes + tokens * per_token_layer * act_bytes + scores
     return MemoryEstimate(
         weights=int(total_params * weight_bytes),
         adapter_and_optimizer=trainable_params * 16,  # fp32 weight, grad, two Adam moments
