@@ -63,7 +63,9 @@ class PackConfig(Section):
     # position_ids (no cross-sample attention); none: one padded sample per row.
     strategy: Literal["wrapped", "bfd", "none"] = "bfd"
     loss_on: Literal["all", "assistant"] = "assistant"
-    overlong: Literal["truncate", "drop"] = "truncate"  # samples longer than seq_length (bfd/none)
+    # samples longer than seq_length (bfd/none): keep the first seq_length tokens, drop the sample,
+    # or split it at assistant-turn ends into pieces that fit (a single turn too long is truncated)
+    overlong: Literal["truncate", "drop", "split"] = "truncate"
 
 
 class ModelConfig(Section):

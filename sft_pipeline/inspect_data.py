@@ -35,10 +35,8 @@ def marked(ids: list[int], labels: list[int], tokenizer: Any) -> Text:
 
 
 def show(run: RunDir, console: Console, samples: int = 2) -> None:
-    import datasets
-
     from .models import load_tokenizer
-    from .stages.pack import tokenize
+    from .stages.pack import tokenize_split
     from .stages.template import needs_eos
 
     recipe = run.recipe
@@ -55,10 +53,8 @@ def show(run: RunDir, console: Console, samples: int = 2) -> None:
 
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
     template_dir = run.stage_dir("template")
-    train = datasets.load_from_disk(str(template_dir / "train"))
-    tokenized = list(tokenize(list(train["text"]), list(train["spans"]), tokenizer, recipe.pack.loss_on,
-                              needs_eos(recipe.template)))
-    lengths = [len(ids) for ids, _ in tokenized]
+    tokens = tokenize_split(template_dir / "train", tokenizer, recipe.pack.loss_on, needs_eos(recipe.template))
+    lengths = tokens.lengths.tolist()
     hist = Table(title=f"train sample lengths in tokens (seq_length {recipe.pack.seq_length})")
     hist.add_column("tokens")
     hist.add_column("samples", justify="right")
@@ -73,7 +69,7 @@ def show(run: RunDir, console: Console, samples: int = 2) -> None:
             f"{k}: {v['blocks']} blocks, {v['trained_tokens']}/{v['tokens']} tokens trained, "
             f"padding {v['padding_share']:.1%}, truncated {v.get('truncated', 0)}"
             for k, v in pack_stats.items() if isinstance(v, dict)))
-    for i in range(min(samples, len(tokenized))):
-        ids, labels = tokenized[i]
+    for i in range(min(samples, len(tokens))):
+        ids, labels = tokens.sample(i)
         console.rule(f"train sample {i} ({len(ids)} tokens, {int((labels != -100).sum())} trained, in green)")
         console.print(marked(ids.tolist(), labels.tolist(), tokenizer))

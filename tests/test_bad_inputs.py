@@ -31,7 +31,7 @@ import pytest
 from sft_pipeline.config import DataConfig, PackConfig, TemplateConfig
 from sft_pipeline.sources import SourceError
 from sft_pipeline.stages.load import load_split
-from sft_pipeline.stages.pack import IGNORE, pack, tokenize
+from sft_pipeline.stages.pack import IGNORE, Tokens, pack, tokenize
 from sft_pipeline.stages.template import render
 
 # ---- expectations ------------------------------------------------------------------------------
@@ -853,8 +853,9 @@ CONVS = {
 def samples(tiny_tokenizer):
     cfg = TemplateConfig(kind="seed")
     rendered = {k: render(c, cfg) for k, c in CONVS.items()}
-    out = dict(zip(rendered, tokenize([t for t, _ in rendered.values()], [s for _, s in rendered.values()],
-                                      tiny_tokenizer, "assistant", add_eos=True)))
+    tokens = tokenize([t for t, _ in rendered.values()], [s for _, s in rendered.values()],
+                      tiny_tokenizer, "assistant", add_eos=True)
+    out = {name: tokens.sample(i) for i, name in enumerate(rendered)}
     ids, labels = out["short"]
     assert len(ids) <= SEQ and (labels != IGNORE).any()
     ids, labels = out["long_answer"]
@@ -877,15 +878,16 @@ def members(blocks: list[dict], strategy: str) -> int:
     [
         (["short", "long_answer"], "truncate", {"truncated": 1, "dropped_overlong": 0, "dropped_no_labels": 0}),
         (["short", "long_answer"], "drop", {"truncated": 0, "dropped_overlong": 1, "dropped_no_labels": 0}),
-        (["short", "long_prompt"], "truncate", {"truncated": 1, "dropped_overlong": 0, "dropped_no_labels": 1}),
+        (["short", "long_prompt"], "truncate", {"truncated": 0, "dropped_overlong": 0, "dropped_no_labels": 1}),
         (["short", "long_prompt"], "drop", {"truncated": 0, "dropped_overlong": 1, "dropped_no_labels": 0}),
-        (["long_prompt"], "truncate", {"truncated": 1, "dropped_overlong": 0, "dropped_no_labels": 1}),
+        (["long_prompt"], "truncate", {"truncated": 0, "dropped_overlong": 0, "dropped_no_labels": 1}),
     ],
     ids=["long_answer-truncate", "long_answer-drop", "long_prompt-truncate", "long_prompt-drop", "only_long_prompt"],
 )
 def test_pack_overlong_samples_are_counted(samples, strategy, names, overlong, expected):
     chosen = [samples[n] for n in names]
-    blocks, stats = pack(chosen, PackConfig(seq_length=SEQ, strategy=strategy, overlong=overlong), eos_id=0)
+    blocks, stats = pack(Tokens.from_samples(chosen), PackConfig(seq_length=SEQ, strategy=strategy, overlong=overlong), eos_id=0)
+    blocks = blocks.rows()
     assert stats["samples"] == len(chosen)
     assert {k: stats[k] for k in expected} == expected
     # every sample is either in a block or counted as dropped; truncated ones are in blocks
@@ -903,7 +905,8 @@ def test_pack_wrapped_loses_no_token_of_an_overlong_sample(samples):
     """wrapped never truncates a sample: its tokens continue in the next block, and the only tokens
     not in a block are the counted tail."""
     chosen = [samples["short"], samples["long_answer"], samples["long_prompt"]]
-    blocks, stats = pack(chosen, PackConfig(seq_length=SEQ, strategy="wrapped"), eos_id=0)
+    blocks, stats = pack(Tokens.from_samples(chosen), PackConfig(seq_length=SEQ, strategy="wrapped"), eos_id=0)
+    blocks = blocks.rows()
     assert stats["samples"] == 3
     assert len(blocks) * SEQ + stats["tail_tokens_dropped"] == stats["tokens_in"] + stats["samples"]  # + one EOS each
     stream = np.concatenate([np.append(ids, 0) for ids, _ in chosen])

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from sft_pipeline.config import PackConfig, TemplateConfig
-from sft_pipeline.stages.pack import IGNORE, bfd_bins, pack, pack_wrapped, tokenize
+from sft_pipeline.stages.pack import IGNORE, Tokens, bfd_bins, fit, pack, pack_wrapped, tokenize
 from sft_pipeline.stages.template import render
 
 
@@ -13,6 +13,11 @@ def _samples(lengths, start=10):
         out.append((ids, ids.copy()))
         tok += n
     return out
+
+
+def _pack(samples, cfg, eos_id=2):
+    blocks, stats = pack(Tokens.from_samples(samples), cfg, eos_id)
+    return blocks.rows(), stats
 
 
 def reference_constant_length(samples, seq_length, eos):
@@ -29,8 +34,8 @@ def reference_constant_length(samples, seq_length, eos):
 
 def test_wrapped_equals_reference_loop():
     samples = _samples([5, 9, 3, 14, 7, 1])
-    blocks, stats = pack_wrapped(samples, 8, eos_id=2)
-    assert [b["input_ids"] for b in blocks] == reference_constant_length(samples, 8, 2)
+    blocks, stats = pack_wrapped(Tokens.from_samples(samples), 8, eos_id=2)
+    assert [b["input_ids"] for b in blocks.rows()] == reference_constant_length(samples, 8, 2)
     assert stats["tail_tokens_dropped"] == (sum([5, 9, 3, 14, 7, 1]) + 6) % 8
 
 
@@ -40,7 +45,7 @@ def test_bfd_bins_best_fit_decreasing():
 
 def test_bfd_keeps_samples_whole_and_restarts_positions():
     samples = _samples([6, 5, 4, 3, 2])
-    blocks, stats = pack(samples, PackConfig(seq_length=8, strategy="bfd"), eos_id=2)
+    blocks, stats = _pack(samples, PackConfig(seq_length=8, strategy="bfd"))
     seen = sorted(t for b in blocks for t in b["input_ids"])
     assert seen == sorted(t for s in samples for t in s[0].tolist())  # nothing lost or duplicated
     for b in blocks:
@@ -54,8 +59,8 @@ def test_bfd_keeps_samples_whole_and_restarts_positions():
 
 def test_overlong_truncate_and_drop_are_counted():
     samples = _samples([12, 3])
-    _, t = pack(samples, PackConfig(seq_length=8, strategy="bfd", overlong="truncate"), 2)
-    _, d = pack(samples, PackConfig(seq_length=8, strategy="bfd", overlong="drop"), 2)
+    _, t = _pack(samples, PackConfig(seq_length=8, strategy="bfd", overlong="truncate"))
+    _, d = _pack(samples, PackConfig(seq_length=8, strategy="bfd", overlong="drop"))
     assert (t["truncated"], t["dropped_overlong"], t["blocks"]) == (1, 0, 2)
     assert (d["truncated"], d["dropped_overlong"], d["blocks"]) == (0, 1, 1)
 
@@ -63,7 +68,7 @@ def test_overlong_truncate_and_drop_are_counted():
 def test_truncation_that_removes_every_trained_token_drops_the_sample():
     ids = np.arange(10, 22)
     labels = np.where(np.arange(12) >= 9, ids, IGNORE)  # the answer starts at token 9
-    _, stats = pack([(ids, labels)], PackConfig(seq_length=8, strategy="none"), 2)
+    _, stats = _pack([(ids, labels)], PackConfig(seq_length=8, strategy="none"))
     assert stats["dropped_no_labels"] == 1 and stats["blocks"] == 0
 
 
@@ -75,7 +80,7 @@ def test_loss_on_assistant_labels_exactly_the_answers(tiny_tokenizer, kind):
             {"role": "assistant", "content": "Water boils at 100 degrees."}]
     cfg = TemplateConfig(kind=kind)
     text, spans = render(conv, cfg, tiny_tokenizer)
-    ids, labels = next(iter(tokenize([text], [spans], tiny_tokenizer, "assistant", add_eos=(kind == "seed"))))
+    ids, labels = tokenize([text], [spans], tiny_tokenizer, "assistant", add_eos=(kind == "seed")).sample(0)
     trained = tiny_tokenizer.decode([int(t) for t in labels if t != IGNORE])
     if kind == "chat":
         expected = "Paris is the capital.<|im_end|>\nWater boils at 100 degrees.<|im_end|>\n"
@@ -86,7 +91,7 @@ def test_loss_on_assistant_labels_exactly_the_answers(tiny_tokenizer, kind):
 
 
 def test_loss_on_all_labels_every_token(tiny_tokenizer):
-    ids, labels = next(iter(tokenize(["hello world"], [[]], tiny_tokenizer, "all", add_eos=True)))
+    ids, labels = tokenize(["hello world"], [[]], tiny_tokenizer, "all", add_eos=True).sample(0)
     assert labels.tolist() == ids.tolist() and ids[-1] == tiny_tokenizer.eos_token_id
 
 
@@ -99,7 +104,7 @@ def test_bfd_block_logits_equal_each_sample_alone(tiny_model_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     samples = _samples([7, 5, 9], start=20)
-    blocks, _ = pack(samples, PackConfig(seq_length=32, strategy="bfd"), 2)
+    blocks, _ = _pack(samples, PackConfig(seq_length=32, strategy="bfd"))
     assert len(blocks) == 1
     batch = PackedCollator(pad_id=0)(blocks)
     assert "attention_mask" not in batch

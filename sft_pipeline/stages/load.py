@@ -6,13 +6,18 @@ at all stops the stage with the file and line; a record that cannot be used is c
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import random
+import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import pyarrow as pa
+
+from ..arrow_io import SplitWriter, iter_batches
 from ..formats import FormatError, detect_format, rename_columns, to_conversation
 from ..progress import progress
 from ..rundir import RunDir, write_json
@@ -22,16 +27,26 @@ SPLITS = ("train", "eval")
 EXAMPLES_PER_REASON = 3
 
 
-def load_split(source: str, split: str, fmt: str, max_records: int | None,
-               columns: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    kept: list[dict[str, Any]] = []
-    seen: set[str] = set()
+LOAD_SCHEMA = pa.schema([
+    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+    ("source", pa.string()),
+])
+
+
+def iter_split(source: str, split: str, fmt: str, max_records: int | None,
+               columns: dict[str, str] | None, stats: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Yield the kept records as {"messages", "source"}; fill `stats` (read, kept, dropped by
+    reason with the first locations) as it goes. Duplicates are found by a 16-byte digest of the
+    conversation, so memory grows by bytes per record, not by the records themselves."""
+    seen: set[bytes] = set()
     dropped: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
-    read = 0
+    read = kept = 0
     chosen = None if fmt == "auto" else fmt
+    stats.update({"source": source, "split": split, "format": chosen, "read": 0, "kept": 0,
+                  "dropped": {}, "dropped_examples": examples})
     with progress() as bar:
-        task = bar.add_task(f"load {split}", total=None)
+        task = bar.add_task(f"load {split}", total=max_records)
         # islice stops before fetching record max_records+1: a broken line past the cap is never read
         for where, rec in itertools.islice(read_records(source, split), max_records):
             read += 1
@@ -44,9 +59,10 @@ def load_split(source: str, split: str, fmt: str, max_records: int | None,
                     chosen = detect_format(renamed.keys(), renamed)
                 except FormatError as err:
                     raise SourceError(f"{where}: {err}") from None
+                stats["format"] = chosen
             messages, why = to_conversation(rec, chosen, columns)
             if messages is not None:
-                key = json.dumps(messages, sort_keys=True)
+                key = hashlib.blake2b(json.dumps(messages, sort_keys=True).encode(), digest_size=16).digest()
                 if key in seen:
                     messages, why = None, "duplicate"
                 seen.add(key)
@@ -56,56 +72,67 @@ def load_split(source: str, split: str, fmt: str, max_records: int | None,
                 if len(examples[why]) < EXAMPLES_PER_REASON:
                     examples[why].append(where)
                 continue
+            kept += 1
             src = rec.get("source") if isinstance(rec.get("source"), str) else ""
-            kept.append({"messages": messages, "source": src})
-    stats = {
-        "source": source,
-        "split": split,
-        "format": chosen,
-        "read": read,
-        "kept": len(kept),
-        "dropped": dict(sorted(dropped.items())),
-        "dropped_examples": examples,
-    }
-    assert stats["kept"] + sum(dropped.values()) == read  # the invariant the tests rely on
-    return kept, stats
+            yield {"messages": messages, "source": src}
+    stats.update({"read": read, "kept": kept, "dropped": dict(sorted(dropped.items()))})
+    assert kept + sum(dropped.values()) == read  # the invariant the tests rely on
+
+
+def load_split(source: str, split: str, fmt: str, max_records: int | None,
+               columns: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """iter_split, collected: for callers that want the rows in memory (tests, small data)."""
+    stats: dict[str, Any] = {}
+    rows = list(iter_split(source, split, fmt, max_records, columns, stats))
+    return rows, stats
+
+
+def eval_indices(n_rows: int, size: float, seed: int) -> set[int]:
+    """A seeded split for sources without an eval split: `size` rows, or a fraction when < 1."""
+    n = round(n_rows * size) if size < 1 else int(size)
+    if not 1 <= n < n_rows:
+        raise SourceError(f"data.eval_size: {size} leaves no train or no eval rows out of {n_rows}")
+    order = list(range(n_rows))
+    random.Random(seed).shuffle(order)
+    return set(order[:n])
 
 
 def carve_eval(rows: list[dict[str, Any]], size: float, seed: int) -> tuple[list, list]:
-    """A seeded split for sources without an eval split: `size` rows, or a fraction when < 1."""
-    n = round(len(rows) * size) if size < 1 else int(size)
-    if not 1 <= n < len(rows):
-        raise SourceError(f"data.eval_size: {size} leaves no train or no eval rows out of {len(rows)}")
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    held = set(order[:n])
-    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
+    held = eval_indices(len(rows), size, seed)
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
 def run(run: RunDir, out: Path) -> None:
-    import datasets
-
     cfg = run.recipe.data
     plan = [("train", cfg.source, cfg.train_split)]
-    if cfg.eval_split is not None:
+    if cfg.eval_split is not None and cfg.eval_size is None:  # with eval_size, eval is carved from train
         plan.append(("eval", cfg.eval_source or cfg.source, cfg.eval_split))
-    if cfg.eval_size is not None:
-        plan = plan[:1]  # the eval split is carved from train below
     stats: dict[str, Any] = {}
-    rows_by_split: dict[str, list[dict[str, Any]]] = {}
     for name, source, split in plan:
-        rows, split_stats = load_split(source, split, cfg.format, cfg.max_records, cfg.columns)
-        if not rows:
-            raise SourceError(f"data.source: {source} (split {split}): no usable records ({split_stats['dropped'] or 'empty'})")
-        rows_by_split[name] = rows
+        split_stats: dict[str, Any] = {}
+        folder = out / (f".{name}-all" if cfg.eval_size is not None else name)
+        with SplitWriter(folder, LOAD_SCHEMA) as writer:
+            for row in iter_split(source, split, cfg.format, cfg.max_records, cfg.columns, split_stats):
+                writer.add(row)
+            if not split_stats["kept"]:
+                raise SourceError(f"data.source: {source} (split {split}): no usable records ({split_stats['dropped'] or 'empty'})")
         stats[name] = split_stats
     if cfg.eval_size is not None:
-        train_rows, eval_rows = carve_eval(rows_by_split["train"], cfg.eval_size, cfg.split_seed)
-        rows_by_split = {"train": train_rows, "eval": eval_rows}
-        stats["eval"] = {"carved_from": "train", "eval_size": cfg.eval_size, "seed": cfg.split_seed,
-                         "kept": len(eval_rows), "read": len(eval_rows), "dropped": {}}
-        stats["train"]["kept_after_eval_carve"] = len(train_rows)
-    for name, rows in rows_by_split.items():
-        datasets.Dataset.from_list(rows).save_to_disk(str(out / name))
+        stats["eval"] = _carve(out, stats["train"]["kept"], cfg.eval_size, cfg.split_seed)
+        stats["train"]["kept_after_eval_carve"] = stats["train"]["kept"] - stats["eval"]["kept"]
     write_json(out / "stats.json", stats)
     write_json(out / "summary.json", {s: {"kept": v["kept"], "dropped": sum(v["dropped"].values())} for s, v in stats.items()})
+
+
+def _carve(out: Path, n_rows: int, size: float, seed: int) -> dict[str, Any]:
+    """Route the kept train rows to train and eval by a seeded choice of row numbers, streaming."""
+    held = eval_indices(n_rows, size, seed)
+    source = out / ".train-all"
+    i = 0
+    with SplitWriter(out / "train", LOAD_SCHEMA) as train, SplitWriter(out / "eval", LOAD_SCHEMA) as evals:
+        for batch in iter_batches(source):
+            for row in batch.to_pylist():
+                (evals if i in held else train).add(row)
+                i += 1
+    shutil.rmtree(source)
+    return {"carved_from": "train", "eval_size": size, "seed": seed, "kept": len(held), "read": len(held), "dropped": {}}

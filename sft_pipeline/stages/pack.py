@@ -7,16 +7,22 @@ Strategies:
   at 0 per sample, which transformers turns into a block-diagonal mask: no cross-sample attention.
 - none: one sample per row, padded per batch by the collator.
 Labels are the token ids where the loss applies and -100 elsewhere.
+
+Tokens live in flat numpy arrays with per-sample offsets (`Tokens`) from the tokenizer to the
+Arrow file: packing is index arithmetic over whole arrays, never a Python loop over tokens.
 """
 
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
+import pyarrow as pa
 
+from ..arrow_io import SplitWriter, count_rows, iter_batches, split_dirs
 from ..config import PackConfig
 from ..progress import progress
 from ..rundir import RunDir, write_json
@@ -24,136 +30,300 @@ from .template import needs_eos
 
 IGNORE = -100
 STRATEGIES = ("wrapped", "bfd", "none")
+OUTCOMES = ("kept", "truncated", "split", "dropped_overlong", "dropped_no_labels")
 
 
-def tokenize(texts: list[str], spans: list[list[list[int]]], tokenizer: Any, loss_on: str, add_eos: bool,
-             batch_size: int = 1000) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-    """Yield (input_ids, labels) per sample. A token is an assistant token when its characters
-    overlap an assistant span (byte-level BPE glues the answer's first word to the space before
-    it); the appended EOS closes the last (assistant) turn."""
+@dataclass
+class Tokens:
+    """Samples as flat arrays: sample i is ids[offsets[i]:offsets[i+1]]; `trained` marks the
+    tokens the loss applies to; `turn_ends` (ragged, by `turn_offsets`) are the token positions
+    where each assistant turn ends, the only places a long conversation may be split."""
+
+    ids: np.ndarray  # int32
+    trained: np.ndarray  # bool
+    offsets: np.ndarray  # int64, len n + 1
+    turn_ends: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    turn_offsets: np.ndarray | None = None  # int64, len n + 1
+
+    def __post_init__(self) -> None:
+        if self.turn_offsets is None:
+            self.turn_offsets = np.zeros(len(self.offsets), np.int64)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def labels(self) -> np.ndarray:
+        return np.where(self.trained, self.ids, IGNORE).astype(np.int32)
+
+    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.offsets[i], self.offsets[i + 1]
+        return self.ids[lo:hi], np.where(self.trained[lo:hi], self.ids[lo:hi], IGNORE)
+
+    def ends(self, i: int) -> np.ndarray:
+        assert self.turn_offsets is not None
+        return self.turn_ends[self.turn_offsets[i] : self.turn_offsets[i + 1]]
+
+    @classmethod
+    def concat(cls, parts: Sequence["Tokens"]) -> "Tokens":
+        if not parts:
+            return cls(np.zeros(0, np.int32), np.zeros(0, bool), np.zeros(1, np.int64))
+        return cls(
+            ids=np.concatenate([p.ids for p in parts]),
+            trained=np.concatenate([p.trained for p in parts]),
+            offsets=_join_offsets([p.offsets for p in parts]),
+            turn_ends=np.concatenate([p.turn_ends for p in parts]),
+            turn_offsets=_join_offsets([p.turn_offsets for p in parts]),  # type: ignore[misc]
+        )
+
+    @classmethod
+    def from_samples(cls, samples: Iterable[tuple[Sequence[int], Sequence[int]]]) -> "Tokens":
+        """From (input_ids, labels) pairs; each sample is one turn ending at its last token."""
+        ids, trained, lengths = [], [], [0]
+        for sample_ids, labels in samples:
+            ids.append(np.asarray(sample_ids, np.int32))
+            trained.append(np.asarray(labels) != IGNORE)
+            lengths.append(len(sample_ids))
+        offsets = np.cumsum(lengths, dtype=np.int64)
+        return cls(np.concatenate(ids) if ids else np.zeros(0, np.int32),
+                   np.concatenate(trained) if trained else np.zeros(0, bool), offsets,
+                   turn_ends=np.diff(offsets), turn_offsets=np.arange(len(offsets), dtype=np.int64))
+
+
+def _join_offsets(parts: list[np.ndarray]) -> np.ndarray:
+    out, base = [np.zeros(1, np.int64)], 0
+    for o in parts:
+        out.append(o[1:] + base)
+        base += int(o[-1])
+    return np.concatenate(out)
+
+
+def tokenize(texts: list[str], spans: list[list[list[int]]], tokenizer: Any, loss_on: str, add_eos: bool) -> Tokens:
+    """One batch of rendered samples to Tokens. A token is trained when its characters overlap
+    an assistant span (byte-level BPE glues the answer's first word to the space before it); the
+    appended EOS closes the last (assistant) turn."""
+    enc = tokenizer(texts, return_offsets_mapping=True, add_special_tokens=True)
     eos = tokenizer.eos_token_id
-    for lo in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[lo : lo + batch_size], return_offsets_mapping=True, add_special_tokens=True)
-        for j, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
-            ids_arr = np.asarray(ids, dtype=np.int64)
-            if loss_on == "all":
-                keep = np.ones(len(ids_arr), dtype=bool)
-            else:
-                starts = np.asarray([o[0] for o in offsets], dtype=np.int64)
-                ends = np.asarray([o[1] for o in offsets], dtype=np.int64)
-                keep = np.zeros(len(ids_arr), dtype=bool)
-                for s, e in spans[lo + j]:
-                    keep |= (ends > s) & (starts < e) & (ends > starts)
-            if add_eos:
-                ids_arr = np.append(ids_arr, eos)
-                keep = np.append(keep, True)
-            yield ids_arr, np.where(keep, ids_arr, IGNORE)
+    ids_parts, trained_parts, lengths, ends, n_ends = [], [], [0], [], [0]
+    for ids, offsets, sample_spans in zip(enc["input_ids"], enc["offset_mapping"], spans):
+        ids_arr = np.asarray(ids, dtype=np.int32)
+        bounds = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+        starts, stops = bounds[:, 0], bounds[:, 1]
+        keep = np.zeros(len(ids_arr), dtype=bool)
+        turn_ends = []
+        for s, e in sample_spans:
+            keep |= (stops > s) & (starts < e) & (stops > starts)
+            turn_ends.append(int(np.searchsorted(starts, e, side="left")))  # first token starting at/after e
+        if loss_on == "all":
+            keep[:] = True
+        if add_eos:
+            ids_arr = np.append(ids_arr, np.int32(eos))
+            keep = np.append(keep, True)
+            if turn_ends and turn_ends[-1] == len(ids_arr) - 1:
+                turn_ends[-1] += 1  # the EOS belongs to the last turn
+        ids_parts.append(ids_arr)
+        trained_parts.append(keep)
+        lengths.append(len(ids_arr))
+        ends.extend(turn_ends)
+        n_ends.append(len(turn_ends))
+    return Tokens(np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32),
+                  np.concatenate(trained_parts) if trained_parts else np.zeros(0, bool),
+                  np.cumsum(lengths, dtype=np.int64), np.asarray(ends, np.int64), np.cumsum(n_ends, dtype=np.int64))
 
 
-def pack_wrapped(samples: list[tuple[np.ndarray, np.ndarray]], seq_length: int, eos_id: int) -> tuple[list[dict], dict]:
-    """The seed's ConstantLengthDataset: sample, EOS, sample, EOS, ... cut into full blocks."""
-    ids_parts, lab_parts = [], []
-    for ids, labels in samples:
-        ids_parts += [ids, np.asarray([eos_id])]
-        lab_parts += [labels, np.asarray([eos_id if (labels != IGNORE).any() else IGNORE])]
-    stream = np.concatenate(ids_parts) if ids_parts else np.zeros(0, dtype=np.int64)
-    lstream = np.concatenate(lab_parts) if lab_parts else np.zeros(0, dtype=np.int64)
-    n = len(stream) // seq_length
-    blocks = [{"input_ids": stream[i * seq_length : (i + 1) * seq_length].tolist(),
-               "labels": lstream[i * seq_length : (i + 1) * seq_length].tolist()} for i in range(n)]
-    return blocks, {"tail_tokens_dropped": int(len(stream) - n * seq_length)}
+def tokenize_split(folder: Path, tokenizer: Any, loss_on: str, add_eos: bool, batch_rows: int = 1000) -> Tokens:
+    """Tokenize a template split batch by batch (the fast tokenizer uses every core per batch)."""
+    parts = []
+    with progress() as bar:
+        task = bar.add_task(f"tokenize {Path(folder).name}", total=count_rows(folder))
+        for batch in iter_batches(folder, ["text", "spans"]):
+            cols = batch.to_pydict()
+            for lo in range(0, batch.num_rows, batch_rows):
+                parts.append(tokenize(cols["text"][lo : lo + batch_rows], cols["spans"][lo : lo + batch_rows],
+                                      tokenizer, loss_on, add_eos))
+            bar.advance(task, batch.num_rows)
+    return Tokens.concat(parts)
 
 
-def _fit(samples: list[tuple[np.ndarray, np.ndarray]], cfg: PackConfig) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
-    kept, truncated, dropped, no_labels = [], 0, 0, 0
-    for ids, labels in samples:
-        if len(ids) > cfg.seq_length:
-            if cfg.overlong == "drop":
-                dropped += 1
-                continue
-            ids, labels = ids[: cfg.seq_length], labels[: cfg.seq_length]
-            truncated += 1
-        if not (labels != IGNORE).any():
-            no_labels += 1  # truncation cut every trained token: it would train on nothing
+# -- fitting samples into seq_length (bfd and none) ------------------------------------------------
+
+
+def fit(tokens: Tokens, seq_length: int, overlong: str) -> tuple[Tokens, dict[str, int]]:
+    """Samples of at most seq_length tokens, in dataset order. Every input sample ends in exactly
+    one of OUTCOMES; tokens_in == tokens_out + tokens_truncated + tokens_dropped."""
+    lengths = tokens.lengths
+    counts: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+    trained_cum = np.concatenate([[0], np.cumsum(tokens.trained, dtype=np.int64)])
+    short = lengths <= seq_length
+    has_labels = trained_cum[tokens.offsets[1:]] > trained_cum[tokens.offsets[:-1]]
+    fine = np.flatnonzero(short & has_labels)
+    counts["kept"] = len(fine)
+    counts["dropped_no_labels"] = int((short & ~has_labels).sum())
+    tokens_dropped = int(lengths[short & ~has_labels].sum())
+    tokens_truncated = 0
+    # short samples are kept or dropped with array operations; only long ones are looked at one by one
+    extra: list[tuple[int, int, int, int]] = []  # (sample, piece number, start, stop) in flat positions
+    for i in np.flatnonzero(~short).tolist():
+        lo, n = int(tokens.offsets[i]), int(lengths[i])
+        if overlong == "drop":
+            counts["dropped_overlong"] += 1
+            tokens_dropped += n
             continue
-        kept.append((ids, labels))
-    return kept, {"truncated": truncated, "dropped_overlong": dropped, "dropped_no_labels": no_labels}
+        pieces = [(0, seq_length)] if overlong == "truncate" else _pieces(n, tokens.ends(i), seq_length)
+        made = [(lo + a, lo + b) for a, b in pieces if trained_cum[lo + b] > trained_cum[lo + a]]
+        if not made:
+            counts["dropped_no_labels"] += 1  # every trained token lay past seq_length
+            tokens_dropped += n
+            continue
+        counts["split" if len(made) > 1 else "truncated"] += 1
+        tokens_truncated += n - sum(b - a for a, b in made)
+        extra += [(i, k, a, b) for k, (a, b) in enumerate(made)]
+    sample = np.concatenate([fine, np.asarray([e[0] for e in extra], np.int64)])
+    piece = np.concatenate([np.zeros(len(fine), np.int64), np.asarray([e[1] for e in extra], np.int64)])
+    starts = np.concatenate([tokens.offsets[:-1][fine], np.asarray([e[2] for e in extra], np.int64)])
+    stops = np.concatenate([tokens.offsets[1:][fine], np.asarray([e[3] for e in extra], np.int64)])
+    order = np.lexsort((piece, sample))
+    lens = (stops - starts)[order]
+    idx, _ = _gather(starts[order], lens)
+    out = Tokens(tokens.ids[idx], tokens.trained[idx], np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
+    counts.update({"pieces": len(out), "tokens_truncated": tokens_truncated, "tokens_dropped": tokens_dropped})
+    return out, counts
 
 
-def bfd_bins(lengths: list[int], capacity: int) -> list[list[int]]:
+def _pieces(length: int, ends: np.ndarray, seq_length: int) -> list[tuple[int, int]]:
+    """Cut [0, length) at turn ends into pieces of at most seq_length, greedily taking as many
+    whole turns as fit; a single turn longer than seq_length keeps its first seq_length tokens."""
+    cuts = sorted({int(e) for e in ends if 0 < e < length} | {length})
+    pieces, start = [], 0
+    while start < length:
+        fitting = [c for c in cuts if start < c <= start + seq_length]
+        if fitting:
+            pieces.append((start, fitting[-1]))
+            start = fitting[-1]
+        else:
+            pieces.append((start, start + seq_length))
+            start = next(c for c in cuts if c > start)
+    return pieces
+
+
+def _gather(starts: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the ranges [start, start+len), concatenated, and each index's offset in its range."""
+    lens = lens.astype(np.int64)
+    out_starts = np.cumsum(lens) - lens
+    within = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(out_starts, lens)
+    return np.repeat(starts, lens) + within, within
+
+
+# -- packing -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Blocks:
+    """Packed rows as flat columns plus row offsets; `table()` makes the Arrow table written out."""
+
+    columns: dict[str, np.ndarray]
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def table(self) -> pa.Table:
+        off_type = pa.int32() if self.offsets[-1] < 2**31 else pa.int64()
+        offsets = pa.array(self.offsets.astype(off_type.to_pandas_dtype()), off_type)
+        make = pa.ListArray if off_type == pa.int32() else pa.LargeListArray
+        return pa.table({name: make.from_arrays(offsets, pa.array(values)) for name, values in self.columns.items()})
+
+    def rows(self) -> list[dict[str, list[int]]]:
+        return self.table().to_pylist()
+
+
+def pack_wrapped(tokens: Tokens, seq_length: int, eos_id: int) -> tuple[Blocks, dict]:
+    """The seed's ConstantLengthDataset: sample, EOS, sample, EOS, ... cut into full blocks. The
+    EOS after a sample is trained when the sample has trained tokens."""
+    ends = tokens.offsets[1:]
+    trained_cum = np.concatenate([[0], np.cumsum(tokens.trained, dtype=np.int64)])
+    any_trained = trained_cum[ends] > trained_cum[tokens.offsets[:-1]]
+    stream = np.insert(tokens.ids, ends, np.int32(eos_id))
+    labels = np.insert(tokens.labels(), ends, np.where(any_trained, eos_id, IGNORE).astype(np.int32))
+    n = len(stream) // seq_length
+    blocks = Blocks({"input_ids": stream[: n * seq_length], "labels": labels[: n * seq_length]},
+                    np.arange(n + 1, dtype=np.int64) * seq_length)
+    return blocks, {"eos_added": len(tokens), "tail_tokens_dropped": int(len(stream) - n * seq_length)}
+
+
+def bfd_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     """Best-fit decreasing: each item (longest first) goes to the fullest bin it still fits."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable").tolist()
+    lengths = list(map(int, lengths))
     bins: list[list[int]] = []
     free: list[tuple[int, int]] = []  # sorted (remaining space, bin index)
     for i in order:
-        pos = bisect.bisect_left(free, (lengths[i], -1))
+        n = lengths[i]
+        pos = bisect.bisect_left(free, (n, -1))
         if pos < len(free):
             space, b = free.pop(pos)
         else:
             space, b = capacity, len(bins)
             bins.append([])
         bins[b].append(i)
-        bisect.insort(free, (space - lengths[i], b))
+        if space - n:
+            bisect.insort(free, (space - n, b))
     return bins
 
 
-def pack_bfd(samples: list[tuple[np.ndarray, np.ndarray]], seq_length: int) -> list[dict]:
-    blocks = []
-    for members in bfd_bins([len(s[0]) for s in samples], seq_length):
-        members.sort()  # keep dataset order inside a block: easier to read and to test
-        blocks.append({
-            "input_ids": np.concatenate([samples[i][0] for i in members]).tolist(),
-            "labels": np.concatenate([samples[i][1] for i in members]).tolist(),
-            "position_ids": np.concatenate([np.arange(len(samples[i][0])) for i in members]).tolist(),
-        })
-    return blocks
+def pack_bfd(tokens: Tokens, seq_length: int) -> Blocks:
+    bins = bfd_bins(tokens.lengths, seq_length)
+    for members in bins:
+        members.sort()  # dataset order inside a block: easier to read and to test
+    order = np.fromiter((i for members in bins for i in members), dtype=np.int64, count=len(tokens))
+    idx, positions = _gather(tokens.offsets[:-1][order], tokens.lengths[order])
+    sizes = np.fromiter((int(tokens.lengths[m].sum()) for m in bins), dtype=np.int64, count=len(bins))
+    labels = np.where(tokens.trained[idx], tokens.ids[idx], IGNORE).astype(np.int32)
+    return Blocks({"input_ids": tokens.ids[idx], "labels": labels, "position_ids": positions.astype(np.int32)},
+                  np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
 
 
-def pack(samples: list[tuple[np.ndarray, np.ndarray]], cfg: PackConfig, eos_id: int) -> tuple[list[dict], dict]:
-    stats: dict[str, Any] = {"samples": len(samples), "tokens_in": int(sum(len(s[0]) for s in samples))}
+def pack(tokens: Tokens, cfg: PackConfig, eos_id: int) -> tuple[Blocks, dict]:
+    stats: dict[str, Any] = {"samples": len(tokens), "tokens_in": int(tokens.offsets[-1])}
     if cfg.strategy == "wrapped":
-        blocks, extra = pack_wrapped(samples, cfg.seq_length, eos_id)
+        blocks, extra = pack_wrapped(tokens, cfg.seq_length, eos_id)
     else:
-        fitted, extra = _fit(samples, cfg)
+        fitted, extra = fit(tokens, cfg.seq_length, cfg.overlong)
         if cfg.strategy == "bfd":
             blocks = pack_bfd(fitted, cfg.seq_length)
         else:
-            blocks = [{"input_ids": ids.tolist(), "labels": lab.tolist()} for ids, lab in fitted]
+            blocks = Blocks({"input_ids": fitted.ids, "labels": fitted.labels()}, fitted.offsets)
     stats.update(extra)
-    tokens = sum(len(b["input_ids"]) for b in blocks)
+    n_tokens = int(blocks.offsets[-1])
     slots = len(blocks) * cfg.seq_length
     stats.update({
         "blocks": len(blocks),
-        "tokens": tokens,
-        "trained_tokens": int(sum(sum(1 for x in b["labels"] if x != IGNORE) for b in blocks)),
-        "padding_share": round(1 - tokens / slots, 4) if slots else 0.0,
+        "tokens": n_tokens,
+        "trained_tokens": int(np.count_nonzero(blocks.columns["labels"] != IGNORE)),
+        "padding_share": round(1 - n_tokens / slots, 4) if slots else 0.0,
     })
     return blocks, stats
 
 
 def run(run: RunDir, out: Path) -> None:
-    import datasets
-
     from ..models import load_tokenizer
 
     cfg = run.recipe.pack
     tokenizer = load_tokenizer(run.recipe.model.ref, run.recipe.model.trust_remote_code)
     add_eos = needs_eos(run.recipe.template)
-    template_dir = run.stage_dir("template")
     stats: dict[str, Any] = {}
-    for split_dir in sorted(p for p in template_dir.iterdir() if p.is_dir()):
-        ds = datasets.load_from_disk(str(split_dir))
-        samples = []
-        with progress() as bar:
-            task = bar.add_task(f"tokenize {split_dir.name}", total=len(ds))
-            for sample in tokenize(ds["text"], ds["spans"], tokenizer, cfg.loss_on, add_eos):
-                samples.append(sample)
-                bar.advance(task)
-        blocks, split_stats = pack(samples, cfg, tokenizer.eos_token_id)
-        if not blocks:
+    for split_dir in split_dirs(run.stage_dir("template")):
+        tokens = tokenize_split(split_dir, tokenizer, cfg.loss_on, add_eos)
+        blocks, split_stats = pack(tokens, cfg, tokenizer.eos_token_id)
+        del tokens
+        if not len(blocks):
             raise ValueError(f"pack: split '{split_dir.name}' gives no blocks of {cfg.seq_length} tokens "
                              f"({split_stats['tokens_in']} tokens in); lower pack.seq_length")
-        datasets.Dataset.from_list(blocks).save_to_disk(str(out / split_dir.name))
+        with SplitWriter(out / split_dir.name) as writer:
+            writer.add_table(blocks.table())
         stats[split_dir.name] = split_stats
     stats["strategy"] = cfg.strategy
     stats["seq_length"] = cfg.seq_length

@@ -9,6 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
+from ..arrow_io import SplitWriter, count_rows, iter_batches, split_dirs
 from ..config import TemplateConfig
 from ..progress import progress
 from ..rundir import RunDir, write_json
@@ -99,27 +102,35 @@ def needs_eos(cfg: TemplateConfig) -> bool:
     return cfg.kind != "chat"
 
 
-def run(run: RunDir, out: Path) -> None:
-    import datasets
+TEMPLATE_SCHEMA = pa.schema([
+    ("text", pa.string()),
+    ("spans", pa.list_(pa.list_(pa.int64()))),
+    ("prompt", pa.string()),
+    ("reference", pa.string()),
+    ("question", pa.string()),
+    ("source", pa.string()),
+])
 
+
+def run(run: RunDir, out: Path) -> None:
     from ..models import load_tokenizer
 
     cfg = run.recipe.template
     load_dir = run.stage_dir("load")
     tokenizer = load_tokenizer(run.recipe.model.ref, run.recipe.model.trust_remote_code) if cfg.kind == "chat" else None
     summary: dict[str, Any] = {}
-    for split_dir in sorted(p for p in load_dir.iterdir() if p.is_dir()):
-        ds = datasets.load_from_disk(str(split_dir))
-        rows = []
-        with progress() as bar:
-            task = bar.add_task(f"template {split_dir.name}", total=len(ds))
-            for rec in ds:
-                text, spans = render(rec["messages"], cfg, tokenizer)
-                prompt = render_prompt(rec["messages"][:-1], cfg, tokenizer)
-                rows.append({"text": text, "spans": [list(s) for s in spans], "prompt": prompt,
-                             "reference": rec["messages"][-1]["content"],
-                             "question": rec["messages"][-2]["content"], "source": rec["source"]})
-                bar.advance(task)
-        datasets.Dataset.from_list(rows).save_to_disk(str(out / split_dir.name))
-        summary[split_dir.name] = {"samples": len(rows), "chars": sum(len(r["text"]) for r in rows)}
+    for split_dir in split_dirs(load_dir):
+        chars = 0
+        with progress() as bar, SplitWriter(out / split_dir.name, TEMPLATE_SCHEMA) as writer:
+            task = bar.add_task(f"template {split_dir.name}", total=count_rows(split_dir))
+            for batch in iter_batches(split_dir):
+                for rec in batch.to_pylist():
+                    text, spans = render(rec["messages"], cfg, tokenizer)
+                    prompt = render_prompt(rec["messages"][:-1], cfg, tokenizer)
+                    writer.add({"text": text, "spans": [list(s) for s in spans], "prompt": prompt,
+                                "reference": rec["messages"][-1]["content"],
+                                "question": rec["messages"][-2]["content"], "source": rec["source"]})
+                    chars += len(text)
+                bar.advance(task, batch.num_rows)
+        summary[split_dir.name] = {"samples": writer.count, "chars": chars}
     write_json(out / "summary.json", {"kind": cfg.kind, **summary})
