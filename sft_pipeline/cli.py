@@ -30,14 +30,16 @@ RunDirOpt = typer.Option(None, "--run-dir", help="run directory (default: the re
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from .formats import FormatError
+    from .isolation import IsolationError
     from .models import ModelRefError
     from .sources import SourceError
     from .stages.merge import MergeError
+    from .stages.pack import PackError
     from .stages.template import TemplateError
     from .stages.train import TrainConfigError
 
     return (RecipeError, StageError, SourceError, ModelRefError, FormatError, TemplateError,
-            TrainConfigError, MergeError, OSError)
+            TrainConfigError, MergeError, PackError, IsolationError, OSError)
 
 
 def guarded(fn: Callable[[], None]) -> None:

@@ -31,7 +31,7 @@ import pytest
 from sft_pipeline.config import DataConfig, PackConfig, TemplateConfig
 from sft_pipeline.sources import SourceError
 from sft_pipeline.stages.load import load_split
-from sft_pipeline.stages.pack import IGNORE, Tokens, pack, tokenize
+from sft_pipeline.stages.pack import IGNORE, Tokens, pack, tokenize, with_eos
 from sft_pipeline.stages.template import render
 
 # ---- expectations ------------------------------------------------------------------------------
@@ -886,7 +886,7 @@ def members(blocks: list[dict], strategy: str) -> int:
 )
 def test_pack_overlong_samples_are_counted(samples, strategy, names, overlong, expected):
     chosen = [samples[n] for n in names]
-    blocks, stats = pack(Tokens.from_samples(chosen), PackConfig(seq_length=SEQ, strategy=strategy, overlong=overlong), eos_id=0)
+    blocks, stats = pack(Tokens.from_samples(chosen), PackConfig(seq_length=SEQ, strategy=strategy, overlong=overlong))
     blocks = blocks.rows()
     assert stats["samples"] == len(chosen)
     assert {k: stats[k] for k in expected} == expected
@@ -905,9 +905,9 @@ def test_pack_wrapped_loses_no_token_of_an_overlong_sample(samples):
     """wrapped never truncates a sample: its tokens continue in the next block, and the only tokens
     not in a block are the counted tail."""
     chosen = [samples["short"], samples["long_answer"], samples["long_prompt"]]
-    blocks, stats = pack(Tokens.from_samples(chosen), PackConfig(seq_length=SEQ, strategy="wrapped"), eos_id=0)
+    blocks, stats = pack(with_eos(Tokens.from_samples(chosen), 0), PackConfig(seq_length=SEQ, strategy="wrapped"))
     blocks = blocks.rows()
     assert stats["samples"] == 3
-    assert len(blocks) * SEQ + stats["tail_tokens_dropped"] == stats["tokens_in"] + stats["samples"]  # + one EOS each
+    assert len(blocks) * SEQ + stats["tail_tokens_dropped"] == stats["tokens_in"]  # samples + one EOS each
     stream = np.concatenate([np.append(ids, 0) for ids, _ in chosen])
     assert np.concatenate([b["input_ids"] for b in blocks]).tolist() == stream[: len(blocks) * SEQ].tolist()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from sft_pipeline.config import PackConfig, TemplateConfig
-from sft_pipeline.stages.pack import IGNORE, Tokens, bfd_bins, fit, pack, pack_wrapped, tokenize
+from sft_pipeline.stages.pack import IGNORE, Tokens, bfd_bins, fit, pack, pack_wrapped, tokenize, with_eos
 from sft_pipeline.stages.template import render
 
 
@@ -16,7 +16,8 @@ def _samples(lengths, start=10):
 
 
 def _pack(samples, cfg, eos_id=2):
-    blocks, stats = pack(Tokens.from_samples(samples), cfg, eos_id)
+    tokens = Tokens.from_samples(samples)
+    blocks, stats = pack(with_eos(tokens, eos_id) if cfg.strategy == "wrapped" else tokens, cfg)
     return blocks.rows(), stats
 
 
@@ -34,7 +35,7 @@ def reference_constant_length(samples, seq_length, eos):
 
 def test_wrapped_equals_reference_loop():
     samples = _samples([5, 9, 3, 14, 7, 1])
-    blocks, stats = pack_wrapped(Tokens.from_samples(samples), 8, eos_id=2)
+    blocks, stats = pack_wrapped(with_eos(Tokens.from_samples(samples), 2), 8)
     assert [b["input_ids"] for b in blocks.rows()] == reference_constant_length(samples, 8, 2)
     assert stats["tail_tokens_dropped"] == (sum([5, 9, 3, 14, 7, 1]) + 6) % 8
 
@@ -117,3 +118,136 @@ def test_bfd_block_logits_equal_each_sample_alone(tiny_model_dir):
             alone = model(input_ids=ids).logits[0]
             torch.testing.assert_close(packed[offset : offset + n], alone, atol=1e-5, rtol=1e-5)
             offset += n
+
+
+# ---- overlong: split at turn ends; nothing lost but what is counted ----------------------------
+
+
+def _random_tokens(rng, n, max_len, max_turns=4, min_turns=1):
+    """Samples of random length with random assistant stretches; turn ends after each stretch."""
+    ids, trained, lengths, ends, n_ends = [], [], [0], [], [0]
+    for _ in range(n):
+        length = int(rng.integers(min_turns, max_len))
+        # conversations end on an assistant turn: the last turn ends at the last token
+        inner = rng.choice(np.arange(1, length), size=min(length - 1, int(rng.integers(min_turns - 1, max_turns))), replace=False)
+        cuts = np.sort(np.append(inner, length))
+        mask = np.zeros(length, bool)
+        lo = 0
+        for c in cuts:  # each turn: a user part, then an assistant part ending at the cut
+            mid = int(rng.integers(lo, c))
+            mask[mid:c] = True
+            lo = c
+        ids.append(rng.integers(3, 1000, size=length).astype(np.int32))
+        trained.append(mask)
+        lengths.append(length)
+        ends.extend(cuts.tolist())
+        n_ends.append(len(cuts))
+    return Tokens(np.concatenate(ids), np.concatenate(trained), np.cumsum(lengths, dtype=np.int64),
+                  np.asarray(ends, np.int64), np.cumsum(n_ends, dtype=np.int64))
+
+
+def test_split_cuts_a_long_conversation_at_turn_ends(tiny_tokenizer):
+    conv = []
+    for q, a in [("What is the capital of France?", "Paris is the capital of France."),
+                 ("And water?", "Water boils at 100 degrees."),
+                 ("How do I sort a list?", "Use sorted() or list.sort()."),
+                 ("And the fox?", "The quick brown fox jumps over the lazy dog.")]:
+        conv += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    text, spans = render(conv, TemplateConfig(kind="chat"), tiny_tokenizer)
+    tokens = tokenize([text], [spans], tiny_tokenizer, "assistant", add_eos=False)
+    ends = tokens.ends(0).tolist()
+    assert len(ends) == 4 and ends[-1] == len(tokens.ids)
+    longest_turn = max(np.diff([0] + ends))
+    seq = int(longest_turn + 2)
+    assert len(tokens.ids) > seq
+    fitted, stats = fit(tokens, seq, "split")
+    assert (stats["split"], stats["kept"], stats["truncated"], stats["tokens_truncated"]) == (1, 0, 0, 0)
+    assert stats["pieces"] == len(fitted) >= 2
+    assert np.array_equal(fitted.ids, tokens.ids) and np.array_equal(fitted.trained, tokens.trained)  # nothing lost
+    assert set(fitted.offsets[1:].tolist()) <= set(ends)  # every cut is at the end of an assistant turn
+    assert all(n <= seq for n in fitted.lengths)
+
+
+def _expected_pieces(tokens, seq, overlong):
+    """What each sample should become, written plainly: a list of (ids, trained) pieces."""
+    out = []
+    for i in range(len(tokens)):
+        ids, trained = tokens.ids[tokens.offsets[i]:tokens.offsets[i + 1]], tokens.trained[tokens.offsets[i]:tokens.offsets[i + 1]]
+        if len(ids) <= seq:
+            ranges = [(0, len(ids))]
+        elif overlong == "drop":
+            ranges = []
+        elif overlong == "truncate":
+            ranges = [(0, seq)]
+        else:  # whole turns while they fit; a turn longer than seq keeps its first seq tokens
+            ranges, start, ends = [], 0, sorted(set(tokens.ends(i).tolist()) | {len(ids)})
+            while start < len(ids):
+                fitting = [e for e in ends if start < e <= start + seq]
+                stop = fitting[-1] if fitting else start + seq
+                ranges.append((start, stop))
+                start = fitting[-1] if fitting else min(e for e in ends if e > start)
+        out += [(ids[a:b].tolist(), trained[a:b].tolist()) for a, b in ranges if trained[a:b].any()]
+    return out
+
+
+@pytest.mark.parametrize("overlong", ["truncate", "drop", "split"])
+@pytest.mark.parametrize("strategy", ["bfd", "none"])
+def test_every_token_is_in_a_block_or_counted(overlong, strategy):
+    rng = np.random.default_rng(0)
+    tokens = _random_tokens(rng, 300, 60)
+    blocks, stats = pack(tokens, PackConfig(seq_length=24, strategy=strategy, overlong=overlong))
+    assert stats["tokens_in"] == stats["tokens"] + stats["tokens_truncated"] + stats["tokens_dropped"]
+    assert sum(stats[k] for k in ("kept", "truncated", "split", "dropped_overlong", "dropped_no_labels")) == 300
+    assert stats[{"truncate": "truncated", "drop": "dropped_overlong", "split": "split"}[overlong]] > 0
+    expected = [(ids, [i if t else IGNORE for i, t in zip(ids, tr)]) for ids, tr in _expected_pieces(tokens, 24, overlong)]
+    rows = blocks.rows()
+    if strategy == "none":  # one piece per row, in dataset order
+        got = [(r["input_ids"], r["labels"]) for r in rows]
+    else:  # bfd: cut each block where position_ids restart
+        got = []
+        for r in rows:
+            starts = [i for i, p in enumerate(r["position_ids"]) if p == 0] + [len(r["position_ids"])]
+            got += [(r["input_ids"][a:b], r["labels"][a:b]) for a, b in zip(starts, starts[1:])]
+        got, expected = sorted(got), sorted(expected)
+    assert got == expected
+    assert all(len(r["input_ids"]) <= 24 for r in rows)
+
+
+def test_split_loses_nothing_when_every_turn_fits():
+    rng = np.random.default_rng(1)
+    tokens = _random_tokens(rng, 200, 120, max_turns=8, min_turns=4)
+    longest_turn = max(int(np.diff(np.concatenate([[0], tokens.ends(i)])).max()) for i in range(len(tokens)))
+    fitted, stats = fit(tokens, longest_turn, "split")
+    assert stats["split"] > 0 and stats["tokens_truncated"] == 0
+    assert stats["tokens_dropped"] == sum(int(tokens.lengths[i]) for i in range(len(tokens))
+                                          if not tokens.trained[tokens.offsets[i]:tokens.offsets[i + 1]].any())
+
+
+def _reference_bfd(lengths, capacity):
+    """Best-fit decreasing as in the textbook: longest first, into the bin with least room left that fits."""
+    bins, room = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        fits = [b for b in range(len(bins)) if room[b] >= lengths[i]]
+        if fits:
+            b = min(fits, key=lambda b: (room[b], b))
+        else:
+            bins.append([])
+            room.append(capacity)
+            b = len(bins) - 1
+        bins[b].append(i)
+        room[b] -= lengths[i]
+    return sorted(sorted(b) for b in bins)
+
+
+def test_bfd_bins_match_the_textbook_algorithm_on_random_lengths():
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(1, 65, size=400).tolist()
+    assert sorted(sorted(b) for b in bfd_bins(lengths, 64)) == _reference_bfd(lengths, 64)
+
+
+def test_wrapped_equals_reference_loop_on_random_samples():
+    rng = np.random.default_rng(3)
+    samples = [(ids, ids) for ids in (rng.integers(3, 500, size=int(rng.integers(1, 90))) for _ in range(200))]
+    blocks, stats = pack(with_eos(Tokens.from_samples(samples), 2), PackConfig(seq_length=64, strategy="wrapped"))
+    assert [r["input_ids"] for r in blocks.rows()] == reference_constant_length(samples, 64, 2)
+    assert stats["tokens"] + stats["tail_tokens_dropped"] == stats["tokens_in"] == sum(len(s[0]) + 1 for s in samples)

@@ -1,5 +1,7 @@
+import pytest
+
 from sft_pipeline.config import TemplateConfig
-from sft_pipeline.stages.template import needs_eos, render, render_prompt
+from sft_pipeline.stages.template import needs_eos, render, render_prompt, render_sample
 
 CONV = [
     {"role": "user", "content": "Hi?"},
@@ -46,3 +48,17 @@ def test_chat_system_prompt_is_added(tiny_tokenizer):
 
 def test_eos_only_for_plain_templates():
     assert needs_eos(TemplateConfig(kind="seed")) and not needs_eos(TemplateConfig(kind="chat"))
+
+
+@pytest.mark.parametrize("kind", ["seed", "custom", "chat"])
+@pytest.mark.parametrize("turns", [2, 4])
+def test_render_sample_prompt_is_the_prompt_for_the_last_answer(tiny_tokenizer, kind, turns):
+    """The template stage takes the prompt from render_sample's by-product; it must be exactly
+    what render_prompt gives generation and evaluation."""
+    conv = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "And water?"}, {"role": "assistant", "content": "Wet."}][:turns]
+    cfg = TemplateConfig(kind=kind, system="Be brief." if kind == "chat" else None)
+    text, spans, prompt = render_sample(conv, cfg, tiny_tokenizer)
+    assert (text, spans) == render(conv, cfg, tiny_tokenizer)
+    assert prompt == render_prompt(conv[:-1], cfg, tiny_tokenizer)
+    assert text.startswith(prompt) and text[len(prompt):].startswith(conv[-1]["content"])

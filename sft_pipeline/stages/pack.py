@@ -15,6 +15,8 @@ Arrow file: packing is index arithmetic over whole arrays, never a Python loop o
 from __future__ import annotations
 
 import bisect
+import heapq
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -29,6 +31,12 @@ from ..rundir import RunDir, write_json
 from .template import needs_eos
 
 IGNORE = -100
+
+
+class PackError(ValueError):
+    pass
+
+
 STRATEGIES = ("wrapped", "bfd", "none")
 OUTCOMES = ("kept", "truncated", "split", "dropped_overlong", "dropped_no_labels")
 
@@ -57,7 +65,7 @@ class Tokens:
         return np.diff(self.offsets)
 
     def labels(self) -> np.ndarray:
-        return np.where(self.trained, self.ids, IGNORE).astype(np.int32)
+        return np.where(self.trained, self.ids, np.int32(IGNORE))
 
     def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = self.offsets[i], self.offsets[i + 1]
@@ -101,14 +109,26 @@ def _join_offsets(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(out)
 
 
+def _encode(texts: list[str], tokenizer: Any) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+    """Token ids and character offsets. The Rust backend is called directly when it would do
+    exactly what the tokenizer's __call__ does (no truncation or padding configured): the
+    Python wrapper around it costs a third of the time."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        encodings = backend.encode_batch(texts, add_special_tokens=True)
+        return [e.ids for e in encodings], [e.offsets for e in encodings]
+    enc = tokenizer(texts, return_offsets_mapping=True, add_special_tokens=True)
+    return enc["input_ids"], enc["offset_mapping"]
+
+
 def tokenize(texts: list[str], spans: list[list[list[int]]], tokenizer: Any, loss_on: str, add_eos: bool) -> Tokens:
     """One batch of rendered samples to Tokens. A token is trained when its characters overlap
-    an assistant span (byte-level BPE glues the answer's first word to the space before it); the
-    appended EOS closes the last (assistant) turn."""
-    enc = tokenizer(texts, return_offsets_mapping=True, add_special_tokens=True)
+    an assistant span (byte-level BPE glues the answer's first word to the space before it); an
+    appended EOS closes the last (assistant) turn and is trained when anything before it is."""
+    all_ids, all_offsets = _encode(texts, tokenizer)
     eos = tokenizer.eos_token_id
     ids_parts, trained_parts, lengths, ends, n_ends = [], [], [0], [], [0]
-    for ids, offsets, sample_spans in zip(enc["input_ids"], enc["offset_mapping"], spans):
+    for ids, offsets, sample_spans in zip(all_ids, all_offsets, spans):
         ids_arr = np.asarray(ids, dtype=np.int32)
         bounds = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
         starts, stops = bounds[:, 0], bounds[:, 1]
@@ -121,7 +141,7 @@ def tokenize(texts: list[str], spans: list[list[list[int]]], tokenizer: Any, los
             keep[:] = True
         if add_eos:
             ids_arr = np.append(ids_arr, np.int32(eos))
-            keep = np.append(keep, True)
+            keep = np.append(keep, keep.any())
             if turn_ends and turn_ends[-1] == len(ids_arr) - 1:
                 turn_ends[-1] += 1  # the EOS belongs to the last turn
         ids_parts.append(ids_arr)
@@ -240,56 +260,75 @@ class Blocks:
         return self.table().to_pylist()
 
 
-def pack_wrapped(tokens: Tokens, seq_length: int, eos_id: int) -> tuple[Blocks, dict]:
-    """The seed's ConstantLengthDataset: sample, EOS, sample, EOS, ... cut into full blocks. The
-    EOS after a sample is trained when the sample has trained tokens."""
+def with_eos(tokens: Tokens, eos_id: int) -> Tokens:
+    """Every sample followed by EOS, trained when the sample has trained tokens (what tokenize
+    does with add_eos; for samples that were tokenized without it)."""
     ends = tokens.offsets[1:]
     trained_cum = np.concatenate([[0], np.cumsum(tokens.trained, dtype=np.int64)])
     any_trained = trained_cum[ends] > trained_cum[tokens.offsets[:-1]]
-    stream = np.insert(tokens.ids, ends, np.int32(eos_id))
-    labels = np.insert(tokens.labels(), ends, np.where(any_trained, eos_id, IGNORE).astype(np.int32))
-    n = len(stream) // seq_length
-    blocks = Blocks({"input_ids": stream[: n * seq_length], "labels": labels[: n * seq_length]},
+    return Tokens(np.insert(tokens.ids, ends, np.int32(eos_id)), np.insert(tokens.trained, ends, any_trained),
+                  tokens.offsets + np.arange(len(tokens.offsets), dtype=np.int64))
+
+
+def pack_wrapped(tokens: Tokens, seq_length: int) -> tuple[Blocks, dict]:
+    """The seed's ConstantLengthDataset: sample, EOS, sample, EOS, ... cut into full blocks. The
+    samples must already end in EOS (tokenize with add_eos, or with_eos): cutting is then a view."""
+    n = int(tokens.offsets[-1]) // seq_length
+    used = n * seq_length
+    blocks = Blocks({"input_ids": tokens.ids[:used], "labels": tokens.labels()[:used] if used else tokens.ids[:0]},
                     np.arange(n + 1, dtype=np.int64) * seq_length)
-    return blocks, {"eos_added": len(tokens), "tail_tokens_dropped": int(len(stream) - n * seq_length)}
+    return blocks, {"tail_tokens_dropped": int(tokens.offsets[-1]) - used}
 
 
 def bfd_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
-    """Best-fit decreasing: each item (longest first) goes to the fullest bin it still fits."""
+    """Best-fit decreasing: each item (longest first) goes to the fullest bin it still fits, the
+    lowest-numbered one among equals. Open bins are kept in one heap per remaining space, and
+    the distinct remaining spaces (at most capacity of them) in a sorted list: a lookup is a
+    bisect over a few hundred ints, whatever the number of bins."""
     order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable").tolist()
-    lengths = list(map(int, lengths))
+    sizes = list(map(int, lengths))
     bins: list[list[int]] = []
-    free: list[tuple[int, int]] = []  # sorted (remaining space, bin index)
+    by_space: list[list[int]] = [[] for _ in range(capacity + 1)]  # heaps of bin numbers
+    spaces: list[int] = []  # sorted remaining spaces that have an open bin
     for i in order:
-        n = lengths[i]
-        pos = bisect.bisect_left(free, (n, -1))
-        if pos < len(free):
-            space, b = free.pop(pos)
+        n = sizes[i]
+        pos = bisect.bisect_left(spaces, n)
+        if pos < len(spaces):
+            space = spaces[pos]
+            b = heapq.heappop(by_space[space])
+            if not by_space[space]:
+                del spaces[pos]
         else:
             space, b = capacity, len(bins)
             bins.append([])
         bins[b].append(i)
-        if space - n:
-            bisect.insort(free, (space - n, b))
+        rest = space - n
+        if rest > 0:
+            if not by_space[rest]:
+                bisect.insort(spaces, rest)
+            heapq.heappush(by_space[rest], b)
     return bins
 
 
 def pack_bfd(tokens: Tokens, seq_length: int) -> Blocks:
-    bins = bfd_bins(tokens.lengths, seq_length)
+    lengths = tokens.lengths
+    bins = bfd_bins(lengths, seq_length)
     for members in bins:
         members.sort()  # dataset order inside a block: easier to read and to test
-    order = np.fromiter((i for members in bins for i in members), dtype=np.int64, count=len(tokens))
-    idx, positions = _gather(tokens.offsets[:-1][order], tokens.lengths[order])
-    sizes = np.fromiter((int(tokens.lengths[m].sum()) for m in bins), dtype=np.int64, count=len(bins))
-    labels = np.where(tokens.trained[idx], tokens.ids[idx], IGNORE).astype(np.int32)
-    return Blocks({"input_ids": tokens.ids[idx], "labels": labels, "position_ids": positions.astype(np.int32)},
-                  np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+    order = np.fromiter(itertools.chain.from_iterable(bins), dtype=np.int64, count=len(tokens))
+    idx, positions = _gather(tokens.offsets[:-1][order], lengths[order])
+    per_bin = np.fromiter(map(len, bins), dtype=np.int64, count=len(bins))
+    block_offsets = np.concatenate([[0], np.cumsum(lengths[order])[np.cumsum(per_bin) - 1]]) if len(bins) else np.zeros(1, np.int64)
+    ids = tokens.ids[idx]
+    labels = np.where(tokens.trained[idx], ids, np.int32(IGNORE))
+    return Blocks({"input_ids": ids, "labels": labels, "position_ids": positions.astype(np.int32)}, block_offsets.astype(np.int64))
 
 
-def pack(tokens: Tokens, cfg: PackConfig, eos_id: int) -> tuple[Blocks, dict]:
+def pack(tokens: Tokens, cfg: PackConfig) -> tuple[Blocks, dict]:
+    """For wrapped, every sample must end in EOS (tokenize_split with add_eos, or with_eos)."""
     stats: dict[str, Any] = {"samples": len(tokens), "tokens_in": int(tokens.offsets[-1])}
     if cfg.strategy == "wrapped":
-        blocks, extra = pack_wrapped(tokens, cfg.seq_length, eos_id)
+        blocks, extra = pack_wrapped(tokens, cfg.seq_length)
     else:
         fitted, extra = fit(tokens, cfg.seq_length, cfg.overlong)
         if cfg.strategy == "bfd":
@@ -312,15 +351,25 @@ def run(run: RunDir, out: Path) -> None:
     from ..models import load_tokenizer
 
     cfg = run.recipe.pack
-    tokenizer = load_tokenizer(run.recipe.model.ref, run.recipe.model.trust_remote_code)
-    add_eos = needs_eos(run.recipe.template)
+    model = run.recipe.model
+    if cfg.strategy == "bfd":  # refuse before tokenizing anything
+        from transformers import AutoConfig
+
+        from ..isolation import check_bfd
+        from ..models import resolve
+
+        config = AutoConfig.from_pretrained(resolve(model.ref).path, trust_remote_code=model.trust_remote_code)
+        check_bfd(config, model.attn_implementation, model.trust_remote_code)
+    tokenizer = load_tokenizer(model.ref, model.trust_remote_code)
+    # wrapped follows the seed: EOS after every sample; otherwise only plain templates need one
+    add_eos = needs_eos(run.recipe.template) or cfg.strategy == "wrapped"
     stats: dict[str, Any] = {}
     for split_dir in split_dirs(run.stage_dir("template")):
         tokens = tokenize_split(split_dir, tokenizer, cfg.loss_on, add_eos)
-        blocks, split_stats = pack(tokens, cfg, tokenizer.eos_token_id)
+        blocks, split_stats = pack(tokens, cfg)
         del tokens
         if not len(blocks):
-            raise ValueError(f"pack: split '{split_dir.name}' gives no blocks of {cfg.seq_length} tokens "
+            raise PackError(f"pack: split '{split_dir.name}' gives no blocks of {cfg.seq_length} tokens "
                              f"({split_stats['tokens_in']} tokens in); lower pack.seq_length")
         with SplitWriter(out / split_dir.name) as writer:
             writer.add_table(blocks.table())

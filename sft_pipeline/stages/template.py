@@ -59,14 +59,17 @@ def _chat(tokenizer: Any, messages: list[dict[str, str]], gen: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
 
 
-def _render_chat(messages: list[dict[str, str]], tokenizer: Any) -> tuple[str, list[Span]]:
+def _render_chat(messages: list[dict[str, str]], tokenizer: Any) -> tuple[str, list[Span], str]:
+    """Text, assistant spans, and the prompt before the last turn (a by-product: that prefix is
+    rendered anyway, and jinja rendering is most of this stage's time)."""
     text = _chat(tokenizer, messages, gen=False)
     spans: list[Span] = []
+    prefix = ""
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant":
             continue
         prefix = _chat(tokenizer, messages[:i], gen=True)
-        upto = _chat(tokenizer, messages[: i + 1], gen=False)
+        upto = text if i == len(messages) - 1 else _chat(tokenizer, messages[: i + 1], gen=False)
         if text.startswith(upto) and upto.startswith(prefix):
             spans.append((len(prefix), len(upto)))  # the answer and its end-of-turn markup
             continue
@@ -75,16 +78,23 @@ def _render_chat(messages: list[dict[str, str]], tokenizer: Any) -> tuple[str, l
         if start < 0:
             raise TemplateError("the tokenizer's chat template changes assistant text; use template.kind: custom")
         spans.append((start, start + len(msg["content"])))
-    return text, spans
+    return text, spans, prefix
 
 
 def render(messages: list[dict[str, str]], cfg: TemplateConfig, tokenizer: Any = None) -> tuple[str, list[Span]]:
-    messages = _with_system(messages, cfg)
+    text, spans, _ = render_sample(messages, cfg, tokenizer)
+    return text, spans
+
+
+def render_sample(messages: list[dict[str, str]], cfg: TemplateConfig, tokenizer: Any = None) -> tuple[str, list[Span], str]:
+    """The training text, its assistant spans, and the prompt for the last answer (what
+    generation and evaluation feed the model)."""
     if cfg.kind == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise TemplateError("template.kind: chat needs a tokenizer with a chat template; use seed or custom")
-        return _render_chat(messages, tokenizer)
-    return _render_plain(messages, cfg)
+        return _render_chat(_with_system(messages, cfg), tokenizer)
+    text, spans = _render_plain(_with_system(messages, cfg), cfg)
+    return text, spans, render_prompt(messages[:-1], cfg)
 
 
 def render_prompt(messages: list[dict[str, str]], cfg: TemplateConfig, tokenizer: Any = None) -> str:
@@ -125,8 +135,7 @@ def run(run: RunDir, out: Path) -> None:
             task = bar.add_task(f"template {split_dir.name}", total=count_rows(split_dir))
             for batch in iter_batches(split_dir):
                 for rec in batch.to_pylist():
-                    text, spans = render(rec["messages"], cfg, tokenizer)
-                    prompt = render_prompt(rec["messages"][:-1], cfg, tokenizer)
+                    text, spans, prompt = render_sample(rec["messages"], cfg, tokenizer)
                     writer.add({"text": text, "spans": [list(s) for s in spans], "prompt": prompt,
                                 "reference": rec["messages"][-1]["content"],
                                 "question": rec["messages"][-2]["content"], "source": rec["source"]})
