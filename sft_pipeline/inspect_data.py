@@ -36,7 +36,7 @@ def marked(ids: list[int], labels: list[int], tokenizer: Any) -> Text:
 
 def show(run: RunDir, console: Console, samples: int = 2) -> None:
     from .models import load_tokenizer
-    from .stages.pack import tokenize_split
+    from .stages.pack import OUTCOMES, fit, tokenize_split
     from .stages.template import needs_eos
 
     recipe = run.recipe
@@ -63,11 +63,19 @@ def show(run: RunDir, console: Console, samples: int = 2) -> None:
     for label, count in histogram(lengths, recipe.pack.seq_length):
         hist.add_row(label, str(count), "#" * round(30 * count / top))
     console.print(hist)
+    cfg = recipe.pack
+    if cfg.strategy == "wrapped":
+        console.print(f"pack (wrapped): no sample is cut or dropped; samples run on across blocks of {cfg.seq_length}")
+    else:  # what pack will do with the samples that do not fit, before it runs
+        _, outcome = fit(tokens, cfg.seq_length, cfg.overlong)
+        console.print(f"pack ({cfg.strategy}, overlong: {cfg.overlong}) of {len(tokens)} train samples: " + ", ".join(
+            f"{k} {outcome[k]}" for k in OUTCOMES) + f"; tokens cut {outcome['tokens_truncated']}, "
+            f"in dropped samples {outcome['tokens_dropped']}")
     if run.stage_state("pack") == "complete":
         pack_stats = read_json(run.path / "pack" / "stats.json")
-        console.print(f"pack ({pack_stats['strategy']}): " + "; ".join(
+        console.print(f"pack ({pack_stats['strategy']}) made: " + "; ".join(
             f"{k}: {v['blocks']} blocks, {v['trained_tokens']}/{v['tokens']} tokens trained, "
-            f"padding {v['padding_share']:.1%}, truncated {v.get('truncated', 0)}"
+            f"padding {v['padding_share']:.1%}"
             for k, v in pack_stats.items() if isinstance(v, dict)))
     for i in range(min(samples, len(tokens))):
         ids, labels = tokens.sample(i)

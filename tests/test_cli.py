@@ -59,3 +59,14 @@ def test_inspect_shows_counts_histogram_and_marked_sample(tmp_path, recipe_facto
     assert result.exit_code == 0, result.output
     assert "records" in result.output and "sample lengths" in result.output and "trained" in result.output
     assert not (tmp_path / "run" / "train").exists()  # nothing trained
+
+
+def test_inspect_tells_what_pack_will_do_with_overlong_samples(tmp_path, recipe_factory):
+    import re
+
+    recipe_path = _recipe_file(tmp_path, recipe_factory(pack={"seq_length": 48, "overlong": "split"}))
+    result = runner.invoke(app, ["inspect", recipe_path, "--samples", "0"])
+    assert result.exit_code == 0, result.output
+    line = next(l for l in result.output.splitlines() if "overlong: split" in l)
+    counts = {k: int(v) for k, v in re.findall(r"(kept|truncated|split|dropped_overlong|dropped_no_labels) (\d+)", line)}
+    assert counts["split"] > 0 and sum(counts.values()) == 12  # every train sample has one outcome
