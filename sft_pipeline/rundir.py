@@ -59,11 +59,18 @@ def _now() -> str:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file in the same folder, fsync, then rename: readers see old or new."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:  # disk full mid-write: do not leave the half-written temp file taking space
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
 
 
 def write_json(path: Path, data: Any) -> None:
