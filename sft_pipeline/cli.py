@@ -151,12 +151,12 @@ def inspect_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, ru
 
 @app.command("validate")
 def validate_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt) -> None:
-    """Check a recipe (keys, types, model reference) without loading anything large."""
-    from .models import check_ref
+    """Check a recipe (keys, types, data files, model reference) without loading anything large."""
+    from .preflight import check_all
 
     def go() -> None:
         recipe = resolve_recipe(target, set_, None)
-        check_ref(recipe.model.ref)
+        check_all(recipe)
         out.print(f"{target}: ok ({recipe.name} -> {recipe.resolved_run_dir()})")
 
     guarded(go)

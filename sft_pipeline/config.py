@@ -94,9 +94,16 @@ class LoraSection(Section):
     use_rslora: bool = False
 
 
+# transformers.SchedulerType's values (a test keeps this list in step with the installed version);
+# spelled out here so a typo is refused when the recipe loads, not after the model has loaded.
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                 "warmup_stable_decay", "greedy")
+
+
 class TrainConfig(Section):
     num_train_epochs: float = Field(default=3, gt=0)
-    max_steps: int = -1
+    max_steps: int = Field(default=-1, ge=-1)  # -1: num_train_epochs decides
     per_device_train_batch_size: int = Field(default=8, ge=1)
     per_device_eval_batch_size: int = Field(default=8, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
@@ -106,9 +113,9 @@ class TrainConfig(Section):
     weight_decay: float = Field(default=0.0, ge=0)
     eval_strategy: Literal["no", "steps", "epoch"] = "epoch"
     save_strategy: Literal["no", "steps", "epoch"] = "epoch"
-    eval_steps: int | None = None
-    save_steps: int | None = None
-    save_total_limit: int | None = 2
+    eval_steps: int | None = Field(default=None, ge=1)
+    save_steps: int | None = Field(default=None, ge=1)
+    save_total_limit: int | None = Field(default=2, ge=1)  # None keeps every checkpoint
     logging_steps: int = Field(default=10, ge=1)
     seed: int = 42
     # auto: bf16 where the hardware runs it fast (GPU with bf16, CPU with AMX/AVX512-BF16), else fp32
@@ -121,6 +128,13 @@ class TrainConfig(Section):
     @classmethod
     def _yaml_no(cls, v: Any) -> Any:
         return "no" if v is False else v  # YAML 1.1 reads a bare `no` as False
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _known_scheduler(cls, v: str) -> str:
+        if v not in LR_SCHEDULERS:
+            raise ValueError(f"unknown scheduler {v!r}; expected one of {', '.join(LR_SCHEDULERS)}")
+        return v
 
 
 class TrackingConfig(Section):

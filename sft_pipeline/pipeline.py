@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import shutil
 import sys
 from typing import Callable
 
 from rich.console import Console
 
+from . import preflight, write_faults
 from .config import Recipe
 from .rundir import STAGES, RunDir, StageError
 
@@ -26,20 +28,35 @@ def run_stage(run: RunDir, stage: str, force: bool = False) -> bool:
     """Run one stage unless it is up to date. Returns True when it ran."""
     if stage not in STAGES and stage not in EXTRA:
         raise StageError(f"unknown stage '{stage}'")
-    with run.locked(" ".join(sys.argv) or stage):
-        if not force and run.stage_state(stage) == "complete":
-            console.print(f"[green]{stage}[/]: up to date")
-            return False
-        console.rule(f"[bold]{stage}")
-        with run.stage_output(stage, keep_partial=(stage == "train")) as out:
-            _runner(stage)(run, out)
-        rec = run.stage_record(stage) or {}
-        console.print(f"[green]{stage}[/]: done in {rec.get('seconds', '?')} s -> {run.path / stage}")
-        return True
+    try:
+        with run.locked(" ".join(sys.argv) or stage):
+            if not force and run.stage_state(stage) == "complete":
+                console.print(f"[green]{stage}[/]: up to date")
+                return False
+            preflight.check(run.recipe, [stage])
+            console.rule(f"[bold]{stage}")
+            with run.stage_output(stage, keep_partial=(stage == "train")) as out:
+                _runner(stage)(run, out)
+    except Exception as exc:
+        # Disk full, read-only, quota: one line naming the path and the cause, not a traceback.
+        # The manifest records a stage last, so nothing is recorded as complete; the work folder
+        # is removed to give the space back, except train's (its checkpoints are resumed from).
+        cause = None if isinstance(exc, StageError) else write_faults.find_cause(exc, run.path)
+        if cause is None:
+            raise
+        if stage != "train":
+            shutil.rmtree(run.work_dir(stage), ignore_errors=True)
+        raise StageError(write_faults.describe(stage, cause, run.work_dir(stage), run.path)) from exc
+    rec = run.stage_record(stage) or {}
+    console.print(f"[green]{stage}[/]: done in {rec.get('seconds', '?')} s -> {run.path / stage}")
+    return True
 
 
 def run_all(recipe: Recipe, force: bool = False, until: str | None = None) -> RunDir:
     run = RunDir(recipe.resolved_run_dir(), recipe)
+    todo = STAGES[: STAGES.index(until) + 1] if until in STAGES else STAGES
+    # Everything the stages to run will read is checked before the first one starts.
+    preflight.check(recipe, [s for s in todo if force or run.stage_state(s) != "complete"])
     for stage in STAGES:
         run_stage(run, stage, force=force)
         if stage == until:

@@ -1,0 +1,101 @@
+"""Cheap checks of what a recipe points at, before a stage does any work.
+
+The schema (config.py) checks every key's type, range and choices. This checks the keys that
+name something outside the recipe: the data files, the model reference, the run directory, and
+train.extra_args. Nothing large is read and no model loads, so a bad recipe is refused in well
+under a second with one line naming the key. Only the stages that are about to run are checked:
+a run directory whose load stage is complete does not need its data source any more (train and
+merge may run on another machine than load).
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from pathlib import Path
+from typing import Iterable
+
+from .config import Recipe, RecipeError
+
+# Stages that read the data source, and those that load the tokenizer or the model.
+READS_DATA = {"load"}
+READS_MODEL = {"template", "pack", "prepare", "train", "merge", "evaluate"}
+# An HF hub id: `name` or `namespace/name`, letters, digits, `-`, `_`, `.` (huggingface_hub's rules).
+HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
+
+
+def check(recipe: Recipe, stages: Iterable[str]) -> None:
+    """Raise RecipeError (one line, naming the key) for the first bad reference `stages` use."""
+    stages = set(stages)
+    _check_run_dir(recipe)
+    if stages & READS_DATA:
+        _check_data(recipe)
+    if stages & READS_MODEL:
+        _check_model_ref(recipe.model.ref)
+    if "train" in stages and recipe.train.extra_args:
+        _check_extra_args(recipe.train.extra_args)
+
+
+def check_all(recipe: Recipe) -> None:
+    """What `sft-pipeline validate` runs: every check, whatever the run directory holds."""
+    check(recipe, READS_DATA | READS_MODEL)
+
+
+def _check_run_dir(recipe: Recipe) -> None:
+    path = recipe.resolved_run_dir()
+    if path.exists() and not path.is_dir():
+        raise RecipeError(f"run_dir: {path}: exists and is not a folder")
+
+
+def _check_data(recipe: Recipe) -> None:
+    data = recipe.data
+    _check_source("data.source", data.source, [data.train_split])
+    if data.eval_source is not None:
+        splits = [data.eval_split] if data.eval_split is not None else []
+        _check_source("data.eval_source", data.eval_source, splits)
+
+
+def _check_source(key: str, source: str, splits: list[str]) -> None:
+    from .sources import BUNDLED_DATA, source_kind
+
+    kind = source_kind(source)
+    if kind == "bundled":
+        name = source.split(":", 1)[1]
+        if not (BUNDLED_DATA / name).is_dir():
+            known = sorted(p.name for p in BUNDLED_DATA.iterdir() if p.is_dir()) if BUNDLED_DATA.is_dir() else []
+            raise RecipeError(f"{key}: unknown bundled dataset '{name}'; known: {', '.join(known)}")
+    elif kind == "local":
+        for split in splits or ["train"]:
+            pattern = str(Path(source.replace("{split}", split)).expanduser())
+            if any(ch in pattern for ch in "*?["):
+                if not glob.glob(pattern):
+                    raise RecipeError(f"{key}: {pattern}: no file matches")
+            elif not Path(pattern).exists():
+                raise RecipeError(f"{key}: {pattern}: no such file or folder")
+    # hub ids and Deep Lake paths are checked when read: that needs the network
+
+
+def _check_model_ref(ref: str) -> None:
+    from .models import ModelRefError, check_ref
+
+    try:
+        check_ref(ref)
+    except ModelRefError as err:
+        msg = str(err)
+        raise RecipeError(msg if msg.startswith("model.ref") else f"model.ref: {msg}") from None
+    looks_local = ref.startswith(("bundled:", ".", "/", "~")) or ref.endswith(".gguf") or Path(ref).expanduser().is_dir()
+    if not looks_local and not HUB_ID.match(ref):
+        raise RecipeError(f"model.ref: {ref!r}: not a bundled model, an existing folder or .gguf file, "
+                          "or a hub id (org/name)")
+
+
+def _check_extra_args(extra: dict) -> None:
+    # Needs TRL's SFTConfig (a few seconds to import), so only when extra_args is set.
+    import dataclasses
+
+    from trl import SFTConfig
+
+    known = {f.name for f in dataclasses.fields(SFTConfig)}
+    for key in extra:
+        if key not in known:
+            raise RecipeError(f"train.extra_args.{key}: not an SFTConfig argument")
