@@ -28,12 +28,13 @@ def run_stage(run: RunDir, stage: str, force: bool = False) -> bool:
     """Run one stage unless it is up to date. Returns True when it ran."""
     if stage not in STAGES and stage not in EXTRA:
         raise StageError(f"unknown stage '{stage}'")
+    if force or run.stage_state(stage) != "complete":
+        preflight.check(run.recipe, [stage])  # a bad data file or model ref: refused before anything is written
     try:
         with run.locked(" ".join(sys.argv) or stage):
             if not force and run.stage_state(stage) == "complete":
                 console.print(f"[green]{stage}[/]: up to date")
                 return False
-            preflight.check(run.recipe, [stage])
             console.rule(f"[bold]{stage}")
             with run.stage_output(stage, keep_partial=(stage == "train")) as out:
                 _runner(stage)(run, out)
