@@ -179,6 +179,10 @@ def fit(tokens: Tokens, seq_length: int, overlong: str) -> tuple[Tokens, dict[st
     trained_cum = np.concatenate([[0], np.cumsum(tokens.trained, dtype=np.int64)])
     short = lengths <= seq_length
     has_labels = trained_cum[tokens.offsets[1:]] > trained_cum[tokens.offsets[:-1]]
+    if (short & has_labels).all():  # nothing to cut or drop: the common case costs no copy
+        counts["kept"] = len(tokens)
+        counts.update({"pieces": len(tokens), "tokens_truncated": 0, "tokens_dropped": 0})
+        return tokens, counts
     fine = np.flatnonzero(short & has_labels)
     counts["kept"] = len(fine)
     counts["dropped_no_labels"] = int((short & ~has_labels).sum())
@@ -230,11 +234,17 @@ def _pieces(length: int, ends: np.ndarray, seq_length: int) -> list[tuple[int, i
 
 
 def _gather(starts: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flat indices of the ranges [start, start+len), concatenated, and each index's offset in its range."""
+    """Flat indices of the ranges [start, start+len), concatenated, and each index's offset in its
+    range; int32 while the numbers fit (half the memory of the largest arrays in this stage)."""
     lens = lens.astype(np.int64)
-    out_starts = np.cumsum(lens) - lens
-    within = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(out_starts, lens)
-    return np.repeat(starts, lens) + within, within
+    total = int(lens.sum())
+    top = int(starts.max() + lens.max()) if len(lens) else 0
+    dtype = np.int32 if max(total, top) < 2**31 else np.int64
+    within = np.arange(total, dtype=dtype)
+    within -= np.repeat((np.cumsum(lens) - lens).astype(dtype), lens)
+    idx = np.repeat(starts.astype(dtype), lens)
+    idx += within
+    return idx, within
 
 
 # -- packing -------------------------------------------------------------------------------------------
@@ -321,7 +331,8 @@ def pack_bfd(tokens: Tokens, seq_length: int) -> Blocks:
     block_offsets = np.concatenate([[0], np.cumsum(lengths[order])[np.cumsum(per_bin) - 1]]) if len(bins) else np.zeros(1, np.int64)
     ids = tokens.ids[idx]
     labels = np.where(tokens.trained[idx], ids, np.int32(IGNORE))
-    return Blocks({"input_ids": ids, "labels": labels, "position_ids": positions.astype(np.int32)}, block_offsets.astype(np.int64))
+    return Blocks({"input_ids": ids, "labels": labels, "position_ids": positions.astype(np.int32, copy=False)},
+                  block_offsets.astype(np.int64))
 
 
 def pack(tokens: Tokens, cfg: PackConfig) -> tuple[Blocks, dict]:
