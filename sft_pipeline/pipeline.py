@@ -32,6 +32,9 @@ def run_stage(run: RunDir, stage: str, force: bool = False) -> bool:
         preflight.check(run.recipe, [stage])  # a bad data file or model ref: refused before anything is written
     try:
         with run.locked(" ".join(sys.argv) or stage):
+            if not force and run.adopt(stage):  # killed between its rename and its manifest record
+                console.print(f"[green]{stage}[/]: had finished before a crash; recorded now")
+                return False
             if not force and run.stage_state(stage) == "complete":
                 console.print(f"[green]{stage}[/]: up to date")
                 return False

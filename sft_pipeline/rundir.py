@@ -22,6 +22,7 @@ from typing import Any, Iterator
 from .config import Recipe, recipe_to_yaml
 
 STAGES = ("load", "template", "pack", "prepare", "train", "merge")
+COMPLETE = ".complete"  # in a stage folder: the fingerprint it was completed for
 
 # Which recipe sections (or single keys) each stage's output depends on, besides its upstream.
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
@@ -129,6 +130,22 @@ class RunDir:
             raise StageError(f"stage '{stage}' {what} in {self.path}: run `sft-pipeline {stage} <recipe>` first")
         return self.path / stage
 
+    def adopt(self, stage: str) -> bool:
+        """Record a stage killed after its folder was renamed into place but before the manifest
+        said so: the rename happens only once the stage has finished, and the folder's COMPLETE
+        file names the inputs it was made from. Nothing finished is redone."""
+        done = self.path / stage / COMPLETE
+        rec = self.stage_record(stage)
+        if (rec and rec.get("status") == "complete") or not done.is_file() or done.read_text() != self.fingerprint(stage):
+            return False
+        summary_path = self.path / stage / "summary.json"
+        self._record(stage, {
+            "status": "complete", "fingerprint": self.fingerprint(stage), "recovered": _now(),
+            "summary": read_json(summary_path) if summary_path.is_file() else {},
+            "versions": versions(), "command": " ".join(sys.argv),
+        })
+        return True
+
     def _record(self, stage: str, record: dict[str, Any]) -> None:
         manifest = self.manifest()
         manifest["recipe"] = json.loads(self.recipe.model_dump_json())
@@ -185,7 +202,8 @@ class RunDir:
         fingerprint = self.fingerprint(stage)
         work = self.work_dir(stage)
         marker = work / ".fingerprint"
-        if work.exists() and not (keep_partial and marker.is_file() and marker.read_text() == fingerprint):
+        ours = any(m.is_file() and m.read_text() == fingerprint for m in (marker, work / COMPLETE))
+        if work.exists() and not (keep_partial and ours):
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
         marker.write_text(fingerprint)
@@ -193,7 +211,10 @@ class RunDir:
         started = _now()
         t0 = _dt.datetime.now()
         yield work
-        marker.unlink()
+        # The folder says which inputs it is complete for, and reaches the disk before it is
+        # renamed into place (a lost VM keeps only what was written back).
+        os.replace(marker, work / COMPLETE)
+        _fsync_tree(work)
         final = self.path / stage
         # Forget the old record first: from here until the new record, the stage reads as missing.
         manifest = self.manifest()
@@ -206,6 +227,7 @@ class RunDir:
             os.replace(final, old)
             shutil.rmtree(old)
         os.replace(work, final)
+        _fsync_dir(self.path)
         summary_path = final / "summary.json"
         summary = read_json(summary_path) if summary_path.is_file() else {}
         self._record(
@@ -221,6 +243,25 @@ class RunDir:
                 "command": " ".join(sys.argv),
             },
         )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))
 
 
 def versions() -> dict[str, str]:
