@@ -35,7 +35,8 @@ class DataConfig(Section):
     eval_source: str | None = None
     eval_split: str | None = "test"
     max_records: int | None = Field(default=None, ge=1)  # cap per split, for quick trials
-    # Where the source has no eval split: carve one from train, a count (>= 1) or a fraction (< 1).
+    # Where the source has no `eval_split` (a single file, a Deep Lake dataset): carve one from
+    # train, a count (>= 1) or a fraction (< 1). A source that has the split uses it.
     eval_size: float | None = Field(default=None, gt=0)
     split_seed: int = 42
 
@@ -197,8 +198,10 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _eval_needs_split(self) -> "Recipe":
-        if self.train.eval_strategy != "no" and self.data.eval_split is None:
-            raise ValueError("train.eval_strategy needs data.eval_split (or set eval_strategy: no)")
+        if self.train.eval_strategy != "no" and self.data.eval_split is None and self.data.eval_size is None \
+                and self.data.eval_source is None:
+            raise ValueError("train.eval_strategy needs an eval set: data.eval_split, eval_size or eval_source "
+                             "(or set eval_strategy: no)")
         return self
 
     def resolved_run_dir(self) -> Path:

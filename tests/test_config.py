@@ -133,7 +133,7 @@ def test_style_regex_null_is_allowed(tmp_path):
 
 def test_eval_strategy_needs_eval_split(tmp_path):
     msg = load_error(write(tmp_path, "data:\n  eval_split: null\ntrain:\n  eval_strategy: steps\n"))
-    assert "train.eval_strategy needs data.eval_split" in msg
+    assert "train.eval_strategy needs an eval set: data.eval_split, eval_size or eval_source" in msg
 
 
 def test_no_eval_split_is_fine_without_evaluation(tmp_path):

@@ -238,3 +238,39 @@ def test_seeded_eval_carve(tmp_path, recipe_factory):
     train = datasets.load_from_disk(str(run.path / "load" / "train"))
     evals = datasets.load_from_disk(str(run.path / "load" / "eval"))
     assert not {str(m) for m in train["messages"]} & {str(m) for m in evals["messages"]}
+
+
+def _load(recipe):
+    from sft_pipeline.pipeline import run_stage
+
+    run = RunDir(recipe.resolved_run_dir(), recipe)
+    run_stage(run, "load")
+    return read_json(run.path / "load" / "stats.json")
+
+
+def test_a_source_with_a_test_split_uses_it_even_with_eval_size(recipe_factory, lima_dir):
+    stats = _load(recipe_factory(data={"source": str(lima_dir), "eval_size": 0.5}))
+    assert stats["eval"]["split"] == "test" and stats["eval"]["kept"] == 4 and "carved_from" not in stats["eval"]
+    assert stats["train"]["kept"] == 12 and "kept_after_eval_carve" not in stats["train"]
+
+
+def test_a_single_file_is_never_read_again_as_its_own_test_split(tmp_path, recipe_factory):
+    """One file has no test split: the default eval_split must not evaluate on the training rows."""
+    src = write_jsonl(tmp_path / "all.jsonl", lima_rows(20))
+    with pytest.raises(SourceError, match=r"^data.eval_split: .*all.jsonl has no 'test' split; set data.eval_size"):
+        _load(recipe_factory(data={"source": str(src)}))
+    stats = _load(recipe_factory(data={"source": str(src), "eval_size": 4}))
+    assert stats["eval"]["carved_from"] == "train" and stats["eval"]["kept"] == 4
+    assert stats["train"]["kept_after_eval_carve"] == 16
+
+
+def test_has_split_by_source_kind(tmp_path, lima_dir):
+    from sft_pipeline.sources import has_split
+
+    assert has_split(str(lima_dir), "test") and not has_split(str(lima_dir), "validation")
+    assert has_split(str(lima_dir / "{split}.jsonl"), "test") and not has_split(str(lima_dir / "{split}.jsonl"), "dev")
+    assert has_split(str(lima_dir / "train.jsonl"), "test") is False  # one file: one undivided set
+    assert has_split(str(lima_dir / "*.jsonl"), "test") is False
+    assert has_split("bundled:lima_house_style", "test") is True
+    (tmp_path / "dl" / "_deeplake_log").mkdir(parents=True)
+    assert has_split(str(tmp_path / "dl"), "test") is False  # a Deep Lake dataset has no splits

@@ -31,6 +31,19 @@ def source_kind(source: str) -> str:
     return "hf"
 
 
+def has_split(source: str, split: str) -> bool | None:
+    """Whether the source has this split; None when it cannot be told without reading (a hub
+    dataset while offline): reading it then decides. A Deep Lake dataset is one undivided set."""
+    kind = source_kind(source)
+    if kind == "bundled":
+        return local.has_split(str(BUNDLED_DATA / source.split(":", 1)[1]), split)
+    if kind == "local":
+        return local.has_split(source, split)
+    if kind == "deeplake":
+        return False
+    return hf.has_split(source.removeprefix("hf:"), split)
+
+
 def read_records(source: str, split: str) -> Iterator[Record]:
     kind = source_kind(source)
     if kind == "bundled":

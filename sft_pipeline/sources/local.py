@@ -50,6 +50,16 @@ def resolve_files(source: str, split: str) -> list[Path]:
     return files
 
 
+def has_split(source: str, split: str) -> bool:
+    """Only a folder of split files or a path with '{split}' has named splits; a plain file or a
+    glob is one undivided set (reading it as 'test' too would evaluate on the training data)."""
+    if "{split}" in source:
+        pattern = str(Path(source.replace("{split}", split)).expanduser())
+        return any(Path(p).is_file() for p in glob.glob(pattern)) if any(c in pattern for c in "*?[") else Path(pattern).is_file()
+    folder = Path(source).expanduser()
+    return folder.is_dir() and any(p.suffix in SUFFIXES and p.stem.split("-")[0] == split for p in folder.iterdir())
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):

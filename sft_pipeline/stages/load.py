@@ -21,7 +21,7 @@ from ..arrow_io import SplitWriter, iter_batches
 from ..formats import FormatError, detect_format, rename_columns, to_conversation
 from ..progress import progress
 from ..rundir import RunDir, write_json
-from ..sources import SourceError, read_records
+from ..sources import SourceError, has_split, read_records
 
 SPLITS = ("train", "eval")
 EXAMPLES_PER_REASON = 3
@@ -105,23 +105,39 @@ def carve_eval(rows: list[dict[str, Any]], size: float, seed: int) -> tuple[list
 def run(run: RunDir, out: Path) -> None:
     cfg = run.recipe.data
     plan = [("train", cfg.source, cfg.train_split)]
-    if cfg.eval_split is not None and cfg.eval_size is None:  # with eval_size, eval is carved from train
-        plan.append(("eval", cfg.eval_source or cfg.source, cfg.eval_split))
+    carve = _eval_plan(cfg, plan)
     stats: dict[str, Any] = {}
     for name, source, split in plan:
         split_stats: dict[str, Any] = {}
-        folder = out / (f".{name}-all" if cfg.eval_size is not None else name)
+        folder = out / (f".{name}-all" if carve and name == "train" else name)
         with SplitWriter(folder, LOAD_SCHEMA) as writer:
             for row in iter_split(source, split, cfg.format, cfg.max_records, cfg.columns, split_stats):
                 writer.add(row)
             if not split_stats["kept"]:
                 raise SourceError(f"data.source: {source} (split {split}): no usable records ({split_stats['dropped'] or 'empty'})")
         stats[name] = split_stats
-    if cfg.eval_size is not None:
+    if carve:
         stats["eval"] = _carve(out, stats["train"]["kept"], cfg.eval_size, cfg.split_seed)
         stats["train"]["kept_after_eval_carve"] = stats["train"]["kept"] - stats["eval"]["kept"]
     write_json(out / "stats.json", stats)
     write_json(out / "summary.json", {s: {"kept": v["kept"], "dropped": sum(v["dropped"].values())} for s, v in stats.items()})
+
+
+def _eval_plan(cfg: Any, plan: list[tuple[str, str, str]]) -> bool:
+    """Where eval comes from: eval_source, else the source's own eval split, else (eval_size) a
+    seeded carve from train. Appends to plan; returns True to carve."""
+    if cfg.eval_source is not None:
+        plan.append(("eval", cfg.eval_source, cfg.eval_split or cfg.train_split))
+        return False
+    if cfg.eval_split is not None:
+        if has_split(cfg.source, cfg.eval_split) is not False:
+            plan.append(("eval", cfg.source, cfg.eval_split))
+            return False
+        if cfg.eval_size is None:
+            raise SourceError(
+                f"data.eval_split: {cfg.source} has no '{cfg.eval_split}' split; set data.eval_size "
+                "(a count, or a fraction < 1) to carve a seeded one from train, or data.eval_split: null")
+    return cfg.eval_size is not None
 
 
 def _carve(out: Path, n_rows: int, size: float, seed: int) -> dict[str, Any]:
