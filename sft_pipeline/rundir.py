@@ -144,6 +144,8 @@ class RunDir:
             "summary": read_json(summary_path) if summary_path.is_file() else {},
             "versions": versions(), "command": " ".join(sys.argv),
         })
+        for leftover in (self.work_dir(stage), self.path / ".partial" / f"{stage}.old"):
+            shutil.rmtree(leftover, ignore_errors=True)  # a later attempt's work: superseded
         return True
 
     def _record(self, stage: str, record: dict[str, Any]) -> None:
@@ -220,10 +222,10 @@ class RunDir:
         manifest = self.manifest()
         if manifest.get("stages", {}).pop(stage, None) is not None:
             write_json(self.manifest_path, manifest)
+        old = self.path / ".partial" / f"{stage}.old"
+        if old.exists():  # left by a run killed while replacing its output
+            shutil.rmtree(old)
         if final.exists():
-            old = self.path / ".partial" / f"{stage}.old"
-            if old.exists():
-                shutil.rmtree(old)
             os.replace(final, old)
             shutil.rmtree(old)
         os.replace(work, final)
