@@ -13,7 +13,7 @@ SET ?=
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test test-fast run status load template pack prepare train merge evaluate inspect \
+.PHONY: help install demo test test-fast test-faults run status load template pack prepare train merge evaluate inspect \
         generate validate docker-build clean
 
 help:
@@ -38,6 +38,9 @@ test: install ## the test suite (CI runs exactly this)
 
 test-fast: install ## the unit tests only, without the end-to-end runs
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-faults: install ## fault injection on the bundled model (kill/resume, lock, disk full, read-only); prints a table
+	$(BIN)/python -m pytest -q -m faults tests/faults $(PYTEST_ARGS)
 
 run: install ## every stage that is not up to date: make run RECIPE=recipes/x.yaml
 	$(BIN)/sft-pipeline run $(RECIPE) $(SET)
