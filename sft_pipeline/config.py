@@ -122,6 +122,9 @@ class TrainConfig(Section):
     # auto: bf16 where the hardware runs it fast (GPU with bf16, CPU with AMX/AVX512-BF16), else fp32
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     dataloader_num_workers: int = Field(default=0, ge=0)
+    # CPU only: LoRA dropout masks from numpy's SFC64 generator, seeded from torch's (dropout.py);
+    # torch's bernoulli_ is single-threaded and ~15% of a LoRA step on a 2-core CPU. Same p, other draws.
+    fast_dropout: bool = True
     # Any other trl.SFTConfig argument, checked against SFTConfig's fields when the stage runs.
     extra_args: dict[str, Any] = Field(default_factory=dict)
 

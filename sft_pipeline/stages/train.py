@@ -2,6 +2,12 @@
 
 Precision follows the hardware (hardware.py). Checkpoints go to the stage's work folder, so a
 killed run resumes from the last one when the stage is run again with the same recipe.
+
+Speed (README, "Training speed and memory"): the trainer is SFTTrainer with its loss replaced by
+loss.labelled_loss (the LM head only on labelled positions, and none of TRL's per-step entropy
+and token-accuracy metrics, which cost passes over full-vocabulary logits); gradient
+checkpointing only when prepare's memory estimate needs it; evaluation computes the loss only.
+Each step's time and tokens go to metrics.json beside the peak memory and prepare's estimate.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import os
 import resource
 import shutil
 import signal
+import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +26,7 @@ from rich.console import Console
 
 from ..config import Recipe
 from ..hardware import choose_precision, detect
+from ..memory import GIB
 from ..rundir import RunDir, read_json, write_json
 
 console = Console(stderr=True)
@@ -51,7 +60,7 @@ def sft_config(recipe: Recipe, out: Path, checkpointing: bool, precision: str, t
     for key in t.extra_args:
         if key not in known:
             raise TrainConfigError(f"train.extra_args.{key}: not an SFTConfig argument")
-    fields = t.model_dump(exclude={"precision", "extra_args"})
+    fields = t.model_dump(exclude={"precision", "extra_args", "fast_dropout"})
     fields = {k: v for k, v in fields.items() if v is not None}
     kwargs: dict[str, Any] = dict(
         output_dir=str(out / "checkpoints"),
@@ -67,6 +76,9 @@ def sft_config(recipe: Recipe, out: Path, checkpointing: bool, precision: str, t
         padding_free=False,
         remove_unused_columns=False,
         disable_tqdm=False,
+        # no compute_metrics: evaluation needs the loss only, not every eval logit (an extra
+        # forward per batch and all of them kept in memory, which is what SFTTrainer does otherwise)
+        prediction_loss_only=True,
     )
     if "save_safetensors" in known:  # gone in newer transformers, where safetensors is the only way
         kwargs["save_safetensors"] = True
@@ -107,6 +119,95 @@ class Interrupted(SystemExit):
     pass
 
 
+class StepTimer:
+    """Wall time and tokens (every position computed, padding included) of each optimizer step."""
+
+    def __init__(self, cuda: bool = False) -> None:
+        self.cuda = cuda
+        self.seconds: list[float] = []
+        self.tokens: list[int] = []
+        self._pending = 0
+        self._start = 0.0
+
+    def add_tokens(self, n: int) -> None:
+        self._pending += n
+
+    def _now(self) -> float:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+                outer._start = outer._now()
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+                outer.seconds.append(outer._now() - outer._start)
+                outer.tokens.append(outer._pending)
+                outer._pending = 0
+
+        return _Callback()
+
+    def summary(self) -> dict[str, Any]:
+        """Median seconds per step and tokens/s over the steps after the first (the warm-up)."""
+        timed = list(zip(self.seconds, self.tokens))[1:] or list(zip(self.seconds, self.tokens))
+        if not timed:
+            return {"seconds_per_step": None, "tokens_per_second": None}
+        return {
+            "seconds_per_step": statistics.median(s for s, _ in timed),
+            "tokens_per_second": sum(t for _, t in timed) / sum(s for s, _ in timed),
+        }
+
+
+def trainer_class() -> Any:
+    """SFTTrainer with its loss replaced by loss.labelled_loss where that is the same loss."""
+    from trl import SFTTrainer
+
+    from ..loss import labelled_loss, unsupported_reason
+
+    class PipelineSFTTrainer(SFTTrainer):
+        step_timer: StepTimer | None = None
+
+        def _labelled_loss_applies(self, model: Any, inputs: dict[str, Any]) -> bool:
+            return (
+                self.accelerator.unwrap_model(model) is model  # DDP/FSDP/compiled wrappers: their forward
+                and self.compute_loss_func is None
+                and self.label_smoother is None
+                and self.args.loss_type == "nll"
+                and not self.aux_loss_enabled
+                and "labels" in inputs
+                and "shift_labels" not in inputs
+                and unsupported_reason(model) is None
+            )
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            if return_outputs or not self._labelled_loss_applies(model, inputs):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, _ = labelled_loss(model, inputs, num_items_in_batch)
+            # as SFTTrainer: num_items_in_batch counts every rank's tokens and DDP averages gradients
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            if self.model.training:
+                self._total_train_tokens += inputs["input_ids"].numel()
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return loss
+
+        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+            if self.step_timer is not None:
+                self.step_timer.add_tokens(int(inputs["input_ids"].numel()))
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    return PipelineSFTTrainer
+
+
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt", "adapter_model.safetensors")
 
 
@@ -126,6 +227,46 @@ def last_checkpoint(folder: Path) -> str | None:
     return None
 
 
+def choose_attention(model: Any, requested: str | None, hw: Any) -> str:
+    """The attention the training run uses. A recipe's choice stands; with none: flash attention 2
+    on a GPU where it is installed (padding-free through position_ids), else attention.packed_sdpa
+    if a probe shows this architecture keeps packed samples apart with it, else the model's default."""
+    import importlib.util
+
+    from .. import attention
+    from ..isolation import TOLERANCE, probe
+
+    current = model.config._attn_implementation
+    if requested is not None:
+        return current
+    wanted = None
+    if hw.device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        wanted = "flash_attention_2"
+    else:
+        attention.register()
+        try:
+            if probe(model.config, attention.NAME) <= TOLERANCE:
+                wanted = attention.NAME
+        except Exception:  # an architecture the probe cannot build: keep the default
+            wanted = None
+    if wanted:
+        try:
+            model.set_attn_implementation(wanted)
+        except (ValueError, ImportError) as err:
+            console.print(f"[yellow]attention {wanted} not used: {str(err).splitlines()[0]}")
+    return model.config._attn_implementation
+
+
+def speed_setup(model: Any, recipe: Recipe, hw: Any) -> dict[str, Any]:
+    """What train changes on the prepared model for speed (recorded in metrics.json)."""
+    from ..dropout import use_fast_dropout
+
+    causal = model.get_base_model()
+    done: dict[str, Any] = {"attention": choose_attention(causal, recipe.model.attn_implementation, hw)}
+    done["fast_lora_dropout"] = (use_fast_dropout(model) if hw.device == "cpu" and recipe.train.fast_dropout else 0)
+    return done
+
+
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -133,7 +274,6 @@ def peak_rss_bytes() -> int:
 def run(run: RunDir, out: Path) -> None:
     import datasets
     import torch
-    from trl import SFTTrainer
 
     from ..collate import PackedCollator
     from ..models import load_tokenizer
@@ -160,14 +300,17 @@ def run(run: RunDir, out: Path) -> None:
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
     torch.manual_seed(recipe.train.seed)
     model = build_model(recipe, hw, prep["gradient_checkpointing"], adapter=prep_dir / "adapter", trainable=True)
+    speed = speed_setup(model, recipe, hw)
 
     stopper = StopOnSignal()
     stopper.install()
-    trainer = SFTTrainer(
+    timer = StepTimer(cuda=hw.device == "cuda")
+    trainer = trainer_class()(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
         processing_class=tokenizer, data_collator=PackedCollator(tokenizer.pad_token_id),
-        callbacks=[stopper.callback()],
+        callbacks=[stopper.callback(), timer.callback()],
     )
+    trainer.step_timer = timer
     resume = last_checkpoint(out / "checkpoints")
     if resume:
         console.print(f"[bold]Resuming[/] from {resume}")
@@ -188,19 +331,28 @@ def run(run: RunDir, out: Path) -> None:
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    peak = peak_rss_bytes() if hw.device == "cpu" else torch.cuda.max_memory_allocated()
+    estimate_bytes = int(prep["memory_estimate_gib"] * GIB)
     metrics = {
         "train_runtime_s": result.metrics.get("train_runtime"),
         "steps": trainer.state.global_step,
         "precision": precision,
+        "gradient_checkpointing": prep["gradient_checkpointing"],
+        **speed,
         "final_train_loss": losses[-1] if losses else None,
         "mean_train_loss": result.training_loss,
         "eval_losses": evals,
+        **timer.summary(),
+        "step_seconds": [round(s, 4) for s in timer.seconds],
+        "step_tokens": timer.tokens,
         "peak_rss_bytes": peak_rss_bytes() if hw.device == "cpu" else None,
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if hw.device == "cuda" else None,
         "memory_estimate_gib": prep["memory_estimate_gib"],
+        # measured peak (RSS on a CPU, allocated GPU memory on a GPU) over prepare's estimate
+        "peak_over_estimate": round(peak / estimate_bytes, 3) if estimate_bytes else None,
         "resumed_from": resume,
         "trackers": trackers,
         "log_history": history,
     }
     write_json(out / "metrics.json", metrics)
-    write_json(out / "summary.json", {k: metrics[k] for k in ("steps", "precision", "final_train_loss", "eval_losses", "train_runtime_s")})
+    write_json(out / "summary.json", {k: metrics[k] for k in ("steps", "precision", "final_train_loss", "eval_losses", "train_runtime_s", "tokens_per_second")})

@@ -1,0 +1,91 @@
+"""The training loss with the LM head applied only where a label is set.
+
+A causal LM's own loss projects every position through the LM head, (batch, seq, vocab) logits,
+and then ignores the positions labelled -100. With `loss_on: assistant` a quarter to a half of
+the positions are prompts, and on a small model the LM head is a large share of the step (on
+SmolLM2-135M, 49152 x 576 per token: a fifth of the whole forward). So: run the backbone to its
+hidden states, keep the (shifted) labelled positions, project only those, cross-entropy. The
+result is the model's own loss, summed over labelled tokens and divided by their count (or by
+`num_items_in_batch`, as Trainer passes it for gradient accumulation); tests check it equals
+`model(..., labels=...).loss` and gives the same gradients.
+
+The labelled positions' logits are materialized (fastest on a CPU) unless they would exceed
+`MATERIALIZE_LIMIT_BYTES`; then TRL's chunked log-prob kernel (Triton on a GPU) projects them in
+tiles and recomputes the tiles in backward, so no (tokens, vocab) tensor is kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MATERIALIZE_LIMIT_BYTES = 512 * 1024**2
+IGNORE = -100
+# Config keys of models whose forward transforms the LM head's output (softcapping, scaling):
+# their loss is left to the model's own forward.
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier",
+                    "lm_head_multiplier")
+
+
+def causal_lm(model: Any) -> Any:
+    """The *ForCausalLM module under a PEFT wrapper (LoRA layers injected in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """None when `labelled_loss` equals this model's own loss; otherwise why it would not."""
+    import torch
+
+    causal = causal_lm(model)
+    cfg = causal.config.get_text_config() if hasattr(causal.config, "get_text_config") else causal.config
+    for key in LOGIT_TRANSFORMS:
+        if getattr(cfg, key, None) not in (None, 1, 1.0):
+            return f"the model's forward applies {key} to its logits"
+    if getattr(cfg, "output_router_logits", False):
+        return "a mixture-of-experts load-balancing loss is added to the model's own loss"
+    head = causal.get_output_embeddings()
+    if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
+        return "the model has no linear LM head"
+    backbone = getattr(causal, "base_model", None)
+    if backbone is None or backbone is causal:
+        return "the model has no separate backbone module"
+    return None
+
+
+def labelled_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None,
+                  limit_bytes: int = MATERIALIZE_LIMIT_BYTES) -> tuple[Any, Any]:
+    """(loss, number of labelled positions). `inputs` as a causal LM takes them, with `labels`."""
+    import torch
+    import torch.nn.functional as F
+
+    causal = causal_lm(model)
+    backbone, head = causal.base_model, causal.get_output_embeddings()
+    kwargs = {k: v for k, v in inputs.items() if k != "labels"}
+    kwargs["use_cache"] = False  # with a cache, transformers would ignore packed rows' position_ids
+    hidden = backbone(**kwargs).last_hidden_state
+    labels = inputs["labels"][:, 1:].to(hidden.device)
+    mask = labels != IGNORE
+    selected = hidden[:, :-1][mask]  # (labelled positions, hidden)
+    targets = labels[mask]
+    count = mask.sum()
+    denom = count if num_items_in_batch is None else num_items_in_batch
+    denom = torch.as_tensor(denom, device=selected.device).clamp(min=1)
+    vocab = head.weight.shape[0]
+    if targets.numel() * vocab * 4 <= limit_bytes or not _plain_linear(head):
+        logits = head(selected).float()
+        total = F.cross_entropy(logits, targets, reduction="sum")
+    else:
+        from trl.kernels import ChunkedLogProbFunction
+
+        log_probs = ChunkedLogProbFunction.apply(selected, head.weight, head.bias, targets, 1.0, 32768, None, 1.0,
+                                                 ("log_probs",))[0]
+        total = -log_probs.float().sum()
+    return total / denom, count
+
+
+def _plain_linear(head: Any) -> bool:
+    """An nn.Linear whose only forward hook, if any, is prepare.py's fp32 cast of its output
+    (the chunked kernel's log-probs are fp32 anyway); a LoRA-wrapped head is not."""
+    import torch
+
+    hooks = len(head._forward_hooks) - int(bool(getattr(head, "_sft_fp32_hook", False)))
+    return type(head) is torch.nn.Linear and hooks == 0
