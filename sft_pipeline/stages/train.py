@@ -120,17 +120,22 @@ class Interrupted(SystemExit):
 
 
 class StepTimer:
-    """Wall time and tokens (every position computed, padding included) of each optimizer step."""
+    """Wall time of each optimizer step, and what its batches asked of the model (collate.batch_work:
+    tokens without padding, labelled positions, attention pairs)."""
 
-    def __init__(self, cuda: bool = False) -> None:
+    def __init__(self, pad_id: int | None, cuda: bool = False) -> None:
+        self.pad_id = pad_id
         self.cuda = cuda
         self.seconds: list[float] = []
-        self.tokens: list[int] = []
-        self._pending = 0
+        self.work: list[dict[str, int]] = []
+        self._pending: dict[str, int] = {}
         self._start = 0.0
 
-    def add_tokens(self, n: int) -> None:
-        self._pending += n
+    def add_batch(self, batch: dict[str, Any]) -> None:
+        from ..collate import batch_work
+
+        for key, value in batch_work(batch, self.pad_id).items():
+            self._pending[key] = self._pending.get(key, 0) + value
 
     def _now(self) -> float:
         if self.cuda:
@@ -150,19 +155,20 @@ class StepTimer:
 
             def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
                 outer.seconds.append(outer._now() - outer._start)
-                outer.tokens.append(outer._pending)
-                outer._pending = 0
+                outer.work.append(outer._pending)
+                outer._pending = {}
 
         return _Callback()
 
     def summary(self) -> dict[str, Any]:
         """Median seconds per step and tokens/s over the steps after the first (the warm-up)."""
-        timed = list(zip(self.seconds, self.tokens))[1:] or list(zip(self.seconds, self.tokens))
+        steps = list(zip(self.seconds, self.work))
+        timed = steps[1:] or steps
         if not timed:
             return {"seconds_per_step": None, "tokens_per_second": None}
         return {
             "seconds_per_step": statistics.median(s for s, _ in timed),
-            "tokens_per_second": sum(t for _, t in timed) / sum(s for s, _ in timed),
+            "tokens_per_second": sum(w.get("tokens", 0) for _, w in timed) / sum(s for s, _ in timed),
         }
 
 
@@ -202,7 +208,7 @@ def trainer_class() -> Any:
 
         def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
             if self.step_timer is not None:
-                self.step_timer.add_tokens(int(inputs["input_ids"].numel()))
+                self.step_timer.add_batch(inputs)
             return super().training_step(model, inputs, num_items_in_batch)
 
     return PipelineSFTTrainer
@@ -264,6 +270,8 @@ def speed_setup(model: Any, recipe: Recipe, hw: Any) -> dict[str, Any]:
     causal = model.get_base_model()
     done: dict[str, Any] = {"attention": choose_attention(causal, recipe.model.attn_implementation, hw)}
     done["fast_lora_dropout"] = (use_fast_dropout(model) if hw.device == "cpu" and recipe.train.fast_dropout else 0)
+    # the batch's rows as one row: nothing computed for padding (attention keeps samples apart)
+    done["padding_free"] = done["attention"] in ("packed_sdpa", "flash_attention_2")
     return done
 
 
@@ -304,10 +312,11 @@ def run(run: RunDir, out: Path) -> None:
 
     stopper = StopOnSignal()
     stopper.install()
-    timer = StepTimer(cuda=hw.device == "cuda")
+    timer = StepTimer(tokenizer.pad_token_id, cuda=hw.device == "cuda")
     trainer = trainer_class()(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-        processing_class=tokenizer, data_collator=PackedCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        data_collator=PackedCollator(tokenizer.pad_token_id, padding_free=speed["padding_free"]),
         callbacks=[stopper.callback(), timer.callback()],
     )
     trainer.step_timer = timer
@@ -344,7 +353,7 @@ def run(run: RunDir, out: Path) -> None:
         "eval_losses": evals,
         **timer.summary(),
         "step_seconds": [round(s, 4) for s in timer.seconds],
-        "step_tokens": timer.tokens,
+        "step_work": timer.work,
         "peak_rss_bytes": peak_rss_bytes() if hw.device == "cpu" else None,
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if hw.device == "cuda" else None,
         "memory_estimate_gib": prep["memory_estimate_gib"],

@@ -1,0 +1,441 @@
+"""Training throughput: the same LoRA work three ways, in one run.
+
+    make bench-train                                          # CPU: SmolLM2-135M, 8 steps
+    .venv/bin/python bench/train_throughput.py --steps 4      # quicker
+    .venv/bin/python bench/train_throughput.py --device cuda  # QLoRA NF4 on a Llama-3.2-1B shape
+
+CPU (default): the bundled SmolLM2-135M-Instruct, LoRA r=16, alpha=32, dropout 0.05 on every
+linear layer, the demo recipe's packed blocks (bundled data, chat template, bfd, seq_length 512,
+loss on assistant turns), batch 2, the demo's optimizer settings, `--steps` optimizer steps:
+
+  1 plain   TRL as a reader of the seed scripts writes it: SFTTrainer, SFTConfig defaults (bf16,
+            gradient checkpointing, TRL's fused LM head with entropy and token-accuracy metrics)
+            plus `peft_config`. bf16 is emulated on CPUs without AVX512-BF16/AMX, so it runs
+            `--plain-steps` steps (default 2: one warm-up, one timed).
+  2 tuned   the same, tuned by hand for this machine: bf16=False (fp32) and
+            gradient_checkpointing=False (the memory is there), same batch.
+  3 pipeline  this pipeline's train stage with its defaults (sft-pipeline train).
+
+All three get the same blocks through the same collator in the same order (same seed), the same
+initial adapter (prepare's, loaded into 1 and 2), and the same learning rate, schedule and
+warm-up, so the per-step losses show the same work was done (they differ only by bf16 rounding
+in 1 and by the dropout masks' random draws). Each variant runs in its own process, so its peak
+RSS (which includes loading the model) is its own. Seconds per step are the median over the
+steps after the first; tokens/s counts the tokens of the blocks (padding excluded) over the
+timed steps. MFU is the model FLOPs of variant 3's timed steps over their time, against the
+best fp32 rate of a large torch.matmul measured at the start of this run. The formula (printed):
+frozen linear weights 4 x N_linear per token (forward, and backward for activation gradients
+only: no weight gradients), LoRA 6 x N_lora per token, LM head 4 x vocab x hidden per labelled
+position (the loss needs no others), causal attention 6 x layers x heads x head_dim x n^2 per
+sample of n tokens (forward: QK^T and AV over n^2/2 pairs, 2 x head_dim FLOPs each; backward twice
+the forward); embeddings, norms and activations not counted; recomputation by gradient
+checkpointing not counted (not model FLOPs).
+
+GPU (`--device cuda`): a randomly initialized model of Llama-3.2-1B's shape (built from a
+LlamaConfig, nothing downloaded: throughput does not depend on the weights' values), QLoRA NF4
+with double quantization, bf16 compute, synthetic conversations packed bfd into blocks of 2048,
+batch 4: plain TRL (SFTConfig defaults + peft_config) against the pipeline (flash attention 2 if
+installed, padding-free rows, Liger kernels if installed), tokens/s and peak GPU memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
+NAMES = {"plain": "1 plain TRL (SFTConfig defaults)", "tuned": "2 TRL tuned by hand (fp32, no ckpt)",
+         "pipeline": "3 this pipeline (train stage)"}
+
+
+# ---- the model shapes ---------------------------------------------------------------------------
+
+def llama_1b_config(**overrides: Any) -> Any:
+    """Llama-3.2-1B's shape: hidden 2048, 16 layers, 32 heads (8 key/value), MLP 8192, vocab
+    128256, tied embeddings."""
+    from transformers import LlamaConfig
+
+    shape = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                 num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
+                 max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5, hidden_act="silu")
+    shape.update(overrides)
+    return LlamaConfig(**shape)
+
+
+def build_random_model(folder: Path, config: Any, tokenizer_ref: str, dtype: str = "bfloat16") -> Path:
+    """A randomly initialized causal LM from `config`, saved as safetensors with a tokenizer (any
+    tokenizer whose ids fit the vocabulary), so every stage can load it as a local model.ref."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sft_pipeline.models import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_ref)
+    if len(tok) > config.vocab_size:
+        raise ValueError(f"tokenizer has {len(tok)} ids, the model {config.vocab_size}")
+    config.pad_token_id, config.eos_token_id, config.bos_token_id = tok.pad_token_id, tok.eos_token_id, tok.bos_token_id
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def linear_params(config: Any) -> int:
+    """Weights of a decoder's linear layers (what all-linear LoRA adapts), embeddings and LM head excluded."""
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    d = getattr(config, "head_dim", None) or h // heads
+    return layers * (h * heads * d * 2 + h * kv * d * 2 + 3 * h * inter)
+
+
+def step_flops(config: Any, lora_params: int, work: dict[str, int]) -> float:
+    heads = config.num_attention_heads
+    d = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return (work["tokens"] * (4 * linear_params(config) + 6 * lora_params)
+            + work["labelled"] * 4 * config.vocab_size * config.hidden_size
+            + 6 * config.num_hidden_layers * heads * d * work["attention_pairs"])
+
+
+FLOP_FORMULA = ("FLOPs/step = tokens*(4*N_linear + 6*N_lora) + labelled*4*V*h + 6*L*heads*head_dim*sum(n^2) "
+                "[frozen linear weights: forward + activation gradients, no weight gradients; LoRA: forward + both "
+                "gradients; LM head on labelled positions only; causal attention per sample of n tokens: QK^T and AV "
+                "n^2/2 pairs x 2 x head_dim each per head forward, backward twice the forward; embeddings, norms, "
+                "activations and checkpointing recompute not counted]")
+
+
+def matmul_rate(device: str, dtype: Any = None, sizes: tuple[int, ...] = (2048, 3072, 4096), repeats: int = 3) -> float:
+    """Best FLOP/s of a large square torch.matmul here (fp32 on a CPU, bf16 on a GPU)."""
+    import torch
+
+    dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
+    best = 0.0
+    for n in sizes if device == "cpu" else (8192,):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        torch.matmul(a, b)
+        for _ in range(repeats):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            torch.matmul(a, b)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best = max(best, 2 * n**3 / (time.perf_counter() - t))
+    return best
+
+
+# ---- the work: recipe and data -------------------------------------------------------------------
+
+WORDS = ("the a model data water energy market light cell planet music garden python memory budget travel "
+         "health history learn system value change because with from into over under about river mountain "
+         "bread coffee engine signal number theory practice simple careful quickly").split()
+
+
+def synthetic_conversations(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+
+    def sentence(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))).capitalize() + "."
+
+    return [{"conversations": [sentence(8, 40), " ".join(sentence(8, 25) for _ in range(rng.randint(2, 30)))]}
+            for _ in range(n)]
+
+
+def bench_recipe(workdir: Path, device: str, steps: int, shape: str = "1b") -> Any:
+    """The recipe every variant follows (the pipeline runs it; the TRL variants copy its settings)."""
+    from sft_pipeline.config import load_recipe, recipe_from_dict
+
+    common = [f"run_dir={workdir / 'run'}", f"train.max_steps={steps}", "train.eval_strategy=no",
+              "train.save_strategy=no", "tracking.tensorboard=false", "tracking.wandb=off", "train.logging_steps=1"]
+    if device == "cpu" and shape == "smollm2":
+        return load_recipe(REPO / "recipes" / "demo.yaml", common)
+    model_dir = workdir / "model"
+    if not (model_dir / "config.json").is_file():
+        config = llama_1b_config() if shape == "1b" else llama_1b_config(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=16, vocab_size=49152)
+        build_random_model(model_dir, config, "bundled:smollm2-135m-instruct")
+    data = workdir / "data" / "train.jsonl"
+    if not data.is_file():
+        data.parent.mkdir(parents=True, exist_ok=True)
+        data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_conversations(4000 if shape == "1b" else 64)))
+    seq = 2048 if shape == "1b" else 256
+    tree = {
+        "name": "bench-gpu", "data": {"source": str(data.parent), "eval_split": None},
+        "template": {"kind": "chat", "system": "You are a helpful assistant."},
+        "pack": {"seq_length": seq, "strategy": "bfd", "loss_on": "assistant"},
+        "model": {"ref": str(model_dir), "quantization": "nf4", "dtype": "bfloat16" if device == "cuda" else "float32"},
+        "lora": LORA,
+        "train": {"per_device_train_batch_size": 4 if shape == "1b" else 2, "learning_rate": 2e-4, "warmup_steps": 2,
+                  "lr_scheduler_type": "cosine"},
+    }
+    from sft_pipeline.config import _set_dotted, parse_overrides
+
+    for key, value in parse_overrides(common):
+        _set_dotted(tree, key, value)
+    return recipe_from_dict(tree)
+
+
+# ---- one variant, in its own process ---------------------------------------------------------------
+
+def _trl_variant(variant: str, recipe: Any, run_path: Path, device: str) -> dict[str, Any]:
+    import datasets
+    import torch
+    from peft import LoraConfig, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from sft_pipeline.collate import PackedCollator
+    from sft_pipeline.models import load_tokenizer, resolve
+    from sft_pipeline.stages.train import StepTimer
+
+    tok = load_tokenizer(recipe.model.ref)
+    path = resolve(recipe.model.ref).path
+    kwargs: dict[str, Any] = {}
+    if recipe.model.quantization == "nf4":
+        compute = torch.bfloat16 if device == "cuda" else torch.float32
+        kwargs = {"dtype": compute, "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)}
+        if device == "cuda":
+            kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    t = recipe.train
+    args: dict[str, Any] = dict(
+        output_dir=str(run_path / f"trl-{variant}"), max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size, learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, seed=t.seed,
+        logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none",
+        # the blocks are already packed and labelled, as for the pipeline
+        dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False,
+    )
+    if variant == "tuned":
+        args.update(bf16=False, gradient_checkpointing=False)
+    timer = StepTimer(tok.pad_token_id, cuda=device == "cuda")
+
+    class Timed(SFTTrainer):  # counts each batch's tokens; the step itself is SFTTrainer's
+        def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+            timer.add_batch(inputs)
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    trainer = Timed(model=model, args=SFTConfig(**args), train_dataset=datasets.load_from_disk(str(run_path / "pack" / "train")),
+                    processing_class=tok, peft_config=LoraConfig(**LORA, task_type="CAUSAL_LM"),
+                    data_collator=PackedCollator(tok.pad_token_id), callbacks=[timer.callback()])
+    # the pipeline's initial adapter (prepare's), so all variants start from the same weights
+    start = load_file(str(run_path / "prepare" / "adapter" / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(trainer.model, start)
+    assert not result.unexpected_keys, result.unexpected_keys
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"seconds": timer.seconds, "work": timer.work, "losses": losses,
+            "bf16": trainer.args.bf16, "gradient_checkpointing": trainer.args.gradient_checkpointing}
+
+
+def _pipeline_variant(recipe: Any, run_path: Path) -> dict[str, Any]:
+    from sft_pipeline.pipeline import run_stage
+    from sft_pipeline.rundir import RunDir, read_json
+
+    run = RunDir(run_path, recipe)
+    run_stage(run, "train", force=True)
+    m = read_json(run_path / "train" / "metrics.json")
+    losses = [h["loss"] for h in m["log_history"] if "loss" in h]
+    return {"seconds": m["step_seconds"], "work": m["step_work"], "losses": losses, "bf16": m["precision"] == "bf16",
+            "gradient_checkpointing": m["gradient_checkpointing"], "attention": m["attention"],
+            "padding_free": m["padding_free"], "fast_lora_dropout": m["fast_lora_dropout"]}
+
+
+def worker(variant: str, recipe_file: Path, device: str) -> dict[str, Any]:
+    import datasets
+    import torch
+
+    from sft_pipeline.config import load_recipe
+
+    datasets.disable_progress_bars()
+    recipe = load_recipe(recipe_file)
+    run_path = recipe.resolved_run_dir()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    out = _pipeline_variant(recipe, run_path) if variant == "pipeline" else _trl_variant(variant, recipe, run_path, device)
+    out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if device == "cuda":
+        out["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+        out["gpu"] = torch.cuda.get_device_name(0)
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
+# ---- the run ----------------------------------------------------------------------------------------
+
+def summarize(r: dict[str, Any]) -> dict[str, Any]:
+    steps = list(zip(r["seconds"], r["work"]))
+    timed = steps[1:] or steps
+    secs = sum(s for s, _ in timed)
+    return {"s_per_step": statistics.median(s for s, _ in timed), "tokens_per_s": sum(w["tokens"] for _, w in timed) / secs,
+            "timed_steps": len(timed), "timed_seconds": secs, "timed_work": [w for _, w in timed]}
+
+
+def estimates(recipe: Any) -> dict[str, int]:
+    """prepare's memory estimate for this recipe, with and without gradient checkpointing."""
+    from transformers import AutoConfig
+
+    from sft_pipeline.hardware import detect
+    from sft_pipeline.models import resolve
+    from sft_pipeline.stages.prepare import plan_memory
+
+    config = AutoConfig.from_pretrained(resolve(recipe.model.ref).path)
+    est, _, plan = plan_memory(recipe, config, detect())
+    return {"with": est.total(True), "without": est.total(False), "trainable": plan["trainable"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps (CPU default 8, GPU 12)")
+    ap.add_argument("--plain-steps", type=int, default=None, help="steps for variant 1 (CPU default 2: emulated bf16 is slow)")
+    ap.add_argument("--variants", default="plain,tuned,pipeline")
+    ap.add_argument("--shape", choices=["smollm2", "1b", "tiny"], default=None,
+                    help="model: smollm2 (CPU default), 1b (GPU default), tiny (a smoke test of the GPU path on a CPU)")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--recipe", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args.worker, args.recipe, args.device)))
+        return
+
+    import torch
+
+    shape = args.shape or ("smollm2" if args.device == "cpu" else "1b")
+    steps = args.steps or (8 if args.device == "cpu" else 12)
+    plain_steps = args.plain_steps or (min(2, steps) if args.device == "cpu" and shape == "smollm2" else steps)
+    variants = args.variants.split(",")
+    tmp = tempfile.TemporaryDirectory(prefix="bench-train-") if args.workdir is None else None
+    workdir = args.workdir or Path(tmp.name)
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+
+    print(f"# bench/train_throughput.py --device {args.device} --steps {steps} (shape {shape}), workdir {workdir}", flush=True)
+    rate = matmul_rate(args.device)
+    print(f"# {'fp32' if args.device == 'cpu' else 'bf16'} torch.matmul rate, best of square 2048-4096 here: "
+          f"{rate / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)", flush=True)
+    recipe = bench_recipe(workdir, args.device, steps, shape)
+    from sft_pipeline.config import recipe_to_yaml
+
+    files = {}
+    for v in variants:
+        n = plain_steps if v == "plain" else steps
+        files[v] = workdir / f"recipe-{v}.yaml"
+        files[v].write_text(recipe_to_yaml(recipe.model_copy(update={"train": recipe.train.model_copy(update={"max_steps": n})})))
+    # load, template, pack and prepare once: every variant reads these blocks and this initial adapter
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "sft_pipeline.cli", "run", str(files[variants[-1]]), "--until", "prepare"],
+                          capture_output=True, text=True, env=env, cwd=REPO)
+    if proc.returncode:
+        sys.exit(proc.stderr[-4000:])
+    print(f"# data stages and prepare: {time.perf_counter() - t0:.0f} s", flush=True)
+
+    results: dict[str, dict[str, Any]] = {}
+    for v in variants:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, __file__, "--worker", v, "--recipe", str(files[v]), "--device", args.device],
+                              capture_output=True, text=True, env=env, cwd=REPO)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not line:
+            sys.exit(f"variant {v} failed:\n{proc.stderr[-4000:]}")
+        results[v] = json.loads(line[-1][len("RESULT "):])
+        results[v].update(summarize(results[v]))
+        print(f"# {NAMES[v]}: {len(results[v]['seconds'])} steps in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    report(results, recipe, args.device, rate, steps, plain_steps, shape)
+    if args.json:
+        args.json.write_text(json.dumps({"rate": rate, "results": results}, indent=1))
+
+
+def report(results: dict[str, dict[str, Any]], recipe: Any, device: str, rate: float, steps: int, plain_steps: int,
+           shape: str) -> None:
+    from transformers import AutoConfig
+
+    from sft_pipeline.models import resolve
+
+    gib = 1024**3
+    config = AutoConfig.from_pretrained(resolve(recipe.model.ref).path)
+    est = estimates(recipe)
+    t = recipe.train
+    print()
+    print(f"model {shape} ({config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab {config.vocab_size}), "
+          f"LoRA r={LORA['r']} alpha={LORA['lora_alpha']} dropout={LORA['lora_dropout']} all-linear"
+          f"{', NF4' if recipe.model.quantization == 'nf4' else ''}; bfd blocks of {recipe.pack.seq_length}, "
+          f"batch {t.per_device_train_batch_size}, lr {t.learning_rate} {t.lr_scheduler_type}, {steps} steps"
+          f"{f' ({plain_steps} for variant 1)' if plain_steps != steps else ''}")
+    mem_col = "peak RSS" if device == "cpu" else "peak GPU mem"
+    print(f"{'variant':<38} {'steps':>5} {'s/step':>8} {'tokens/s':>9} {mem_col:>12} {'estimate':>9} {'final loss':>10}")
+    for v, r in results.items():
+        ckpt = bool(r["gradient_checkpointing"])
+        peak = r["peak_rss_bytes"] if device == "cpu" else r["peak_gpu_bytes"]
+        print(f"{NAMES[v]:<38} {len(r['seconds']):>5} {r['s_per_step']:>8.2f} {r['tokens_per_s']:>9.1f} "
+              f"{peak / gib:>8.2f} GiB {est['with' if ckpt else 'without'] / gib:>5.2f} GiB {r['losses'][-1]:>10.4f}")
+    print()
+    print("per-step loss:")
+    for v, r in results.items():
+        print(f"  {NAMES[v]:<38} " + " ".join(f"{x:.4f}" for x in r["losses"]))
+    common = min(len(r["losses"]) for r in results.values())
+    if len(results) > 1:
+        gaps = [max(abs(a - b) / b for a, b in zip((r["losses"][i] for r in results.values()),
+                                                   [list(results.values())[-1]["losses"][i]] * len(results)))
+                for i in range(common)]
+        print(f"  largest relative loss gap to variant {list(results)[-1]} over the first {common} steps: "
+              f"{max(gaps):.2%}")
+        if {"tuned", "pipeline"} <= results.keys():
+            a, b = results["tuned"]["losses"], results["pipeline"]["losses"]
+            print(f"  variants 2 and 3 over all {min(len(a), len(b))} steps: largest relative gap "
+                  f"{max(abs(x - y) / x for x, y in zip(a, b)):.2%}, step 1 (adapter B = 0, dropout has no effect): "
+                  f"{abs(a[0] - b[0]):.2e}")
+    print()
+    for v in results:
+        r = results[v]
+        extra = ""
+        if v == "pipeline":
+            extra = (f" (attention {r.get('attention')}, padding-free {r.get('padding_free')}, fast LoRA dropout on "
+                     f"{r.get('fast_lora_dropout')} layers, gradient checkpointing {r['gradient_checkpointing']})")
+        elif v == "plain":
+            extra = f" (bf16 {r['bf16']}, gradient checkpointing {r['gradient_checkpointing']})"
+        print(f"{NAMES[v]}: {r['threads']} torch threads{extra}")
+    p = results.get("pipeline")
+    if p:
+        for v in ("plain", "tuned"):
+            if v in results:
+                print(f"ratio 3/{'1' if v == 'plain' else '2'} (tokens/s): {p['tokens_per_s'] / results[v]['tokens_per_s']:.2f}x")
+        flops = sum(step_flops(config, est["trainable"], w) for w in p["timed_work"])
+        achieved = flops / p["timed_seconds"]
+        print(f"MFU of 3: {achieved / 1e9:.1f} GFLOP/s of model FLOPs / {rate / 1e9:.1f} GFLOP/s measured "
+              f"{'fp32' if device == 'cpu' else 'bf16'} matmul = {achieved / rate:.1%}")
+        print(f"  N_linear={linear_params(config):,} N_lora={est['trainable']:,} V={config.vocab_size} h={config.hidden_size} "
+              f"L={config.num_hidden_layers}; timed steps: {sum(w['tokens'] for w in p['timed_work']):,} tokens, "
+              f"{sum(w['labelled'] for w in p['timed_work']):,} labelled")
+        print(f"  {FLOP_FORMULA}")
+        peak = p["peak_rss_bytes"] if device == "cpu" else p["peak_gpu_bytes"]
+        e = est["with" if p["gradient_checkpointing"] else "without"]
+        print(f"memory (3): estimate {e / gib:.2f} GiB (prepare, before loading), measured {peak / gib:.2f} GiB "
+              f"({'peak RSS' if device == 'cpu' else 'max allocated'}): measured/estimate {peak / e:.2f}")
+    if device == "cuda":
+        print(f"GPU: {next(iter(results.values())).get('gpu')}")
+
+
+if __name__ == "__main__":
+    main()
