@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import lima_rows, write_jsonl  # noqa: F401 (fixtures below use them)
+
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -62,22 +64,6 @@ def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def lima_rows(n: int, multi_every: int = 0) -> list[dict]:
-    rows = []
-    for i in range(n):
-        conv = [f"What is {i} plus {i}?", f"TL;DR: It is {2 * i}.\n\nDetails:\n- {i} + {i} = {2 * i}\n- Addition"]
-        if multi_every and i % multi_every == 0:
-            conv += ["And times two?", f"TL;DR: Also {2 * i}.\n\nDetails:\n- Same thing\n- Doubling"]
-        rows.append({"conversations": conv, "source": "math"})
-    return rows
 
 
 @pytest.fixture

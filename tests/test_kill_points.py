@@ -126,7 +126,7 @@ def test_load_killed_at_a_point_of_its_first_run(tmp_path, recipe_factory, point
 def test_load_killed_while_replacing_a_complete_output(tmp_path, recipe_factory, lima_dir, point):
     from sft_pipeline.pipeline import run_stage
 
-    from conftest import lima_rows, write_jsonl
+    from helpers import lima_rows, write_jsonl
 
     rule, state, outcome, rows = REPLACE_POINTS[point]
     recipe = recipe_factory()

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import lima_rows, write_jsonl
+from helpers import lima_rows, write_jsonl
 from sft_pipeline.rundir import RunDir, read_json
 from sft_pipeline.sources import SourceError
 from sft_pipeline.stages.load import load_split

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_jsonl
+from helpers import write_jsonl
 from sft_pipeline.sources import SourceError, read_records, source_kind
 from sft_pipeline.stages.load import load_split
 

@@ -27,7 +27,7 @@ import yaml
 
 from sft_pipeline.rundir import RunDir
 
-from conftest import lima_rows, write_jsonl
+from helpers import lima_rows, write_jsonl
 
 PY = sys.executable
 
