@@ -73,3 +73,24 @@ def register() -> str:
 
     AttentionInterface.register(NAME, packed_sdpa)
     return NAME
+
+
+def choose(config: Any, requested: str | None, device: str) -> str | None:
+    """The attention implementation the train stage uses, decided from the config alone (prepare
+    uses it for the memory estimate, train to set it). A recipe's choice stands. Otherwise: flash
+    attention 2 on a GPU where it is installed (padding-free through position_ids); else
+    "packed_sdpa" if a shrunken random copy of the architecture keeps packed samples apart with it
+    (isolation.probe); else None, the model's default."""
+    import importlib.util
+
+    from .isolation import TOLERANCE, probe
+
+    if requested is not None:
+        return requested
+    if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    register()
+    try:
+        return NAME if probe(config, NAME) <= TOLERANCE else None
+    except Exception:  # an architecture the probe cannot build
+        return None

@@ -3,6 +3,24 @@
 It runs before anything large is loaded, so a recipe that cannot fit is caught in a second and
 gradient checkpointing is switched on only when the estimate says it is needed (it costs a
 second forward pass per step).
+
+What it counts, per token and decoder layer, is what autograd keeps for backward in the train
+stage as it runs (checked against torch's saved-tensor hooks on SmolLM2-135M: 1.70 GiB counted
+there for 970 tokens, 1.69 GiB here): the two norms' inputs; attention's q, k and v (k and v
+expanded to every head) and its output; a gated MLP's gate, activation and up outputs; and for
+every LoRA-adapted linear layer its (dropped-out) input, kept for lora_A's weight gradient, a
+one-byte dropout mask, and lora_A's r-wide output. Frozen linear layers keep nothing (their
+backward needs only the weight). Then: the labelled positions' fp32 logits (at most every
+position; kept for backward, plus one gradient of the same size), weights, the adapter with its
+fp32 gradient and two Adam moments, and on a CPU the interpreter and libraries.
+
+On a CPU the measured peak RSS is well above what is live: glibc keeps freed activation
+buffers (4-6 MB each, below its mmap threshold) in its heap and they fragment. Forcing them to
+mmap brought the peak from 5.3 to 3.1 GiB but doubled the step time (19 M page faults in 6 steps),
+so it is left alone and counted instead: activations and logits are multiplied by
+`CPU_ALLOCATOR_FACTOR`, measured on the demo recipe and the benchmark (README, "Training speed
+and memory"). On a GPU the estimate is compared with torch.cuda.max_memory_allocated, which the
+caching allocator's reserve does not inflate: factor 1.
 """
 
 from __future__ import annotations
@@ -11,20 +29,23 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 GIB = 1024**3
+CPU_RUNTIME_BYTES = int(0.47 * GIB)  # python + torch + transformers + trl + peft + datasets, imported
+CPU_ALLOCATOR_FACTOR = 2.0  # measured peak RSS over live activations + logits: 1.8 to 2.3 (SmolLM2-135M, ~1k tokens/step)
 
 
 @dataclass
 class MemoryEstimate:
     weights: int
     adapter_and_optimizer: int
-    activations_full: int  # without gradient checkpointing
+    activations_full: int  # without gradient checkpointing (what autograd keeps)
     activations_checkpointed: int
     logits: int
-    overhead: int
+    runtime: int  # interpreter and libraries (CPU RSS); 0 on a GPU
+    allocator_factor: float  # heap kept by the allocator, relative to activations + logits
 
     def total(self, checkpointing: bool) -> int:
         act = self.activations_checkpointed if checkpointing else self.activations_full
-        return self.weights + self.adapter_and_optimizer + act + self.logits + self.overhead
+        return int(self.runtime + self.weights + self.adapter_and_optimizer + (act + self.logits) * self.allocator_factor)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -33,36 +54,61 @@ class MemoryEstimate:
         return d
 
 
-def _dims(config: Any) -> tuple[int, int, int, int, int]:
+@dataclass(frozen=True)
+class Dims:
+    hidden: int
+    layers: int
+    inter: int
+    heads: int
+    head_dim: int
+    vocab: int
+
+
+def dims(config: Any) -> Dims:
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")
     layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
     inter = getattr(cfg, "intermediate_size", None) or getattr(cfg, "ffn_dim", None) or 4 * hidden
     heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")
-    return hidden, layers, inter, heads, cfg.vocab_size
+    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    return Dims(hidden, layers, inter, heads, head_dim, cfg.vocab_size)
 
 
 def estimate(config: Any, total_params: int, trainable_params: int, batch: int, seq_length: int,
-             weight_bytes: float, act_bytes: int, sdpa_materializes_scores: bool) -> MemoryEstimate:
+             weight_bytes: float, act_bytes: int, sdpa_materializes_scores: bool,
+             lora_inputs_per_layer: int | None = None, lora_rank_per_layer: int = 0, dropout: bool = True,
+             gated_mlp: bool = True, device: str = "cpu", logits_limit_bytes: int | None = None) -> MemoryEstimate:
     """weight_bytes: bytes per frozen weight (4 fp32, 2 bf16, ~0.56 NF4 with double quant);
-    act_bytes: bytes per activation element. Activation counts are per token per layer for a
-    pre-norm decoder with LoRA on every linear layer: 12 hidden-sized tensors (norms, q/k/v,
-    rotary, attention output, residuals) and 6 intermediate-sized ones (gate, up, activation,
-    product, LoRA dropout copies)."""
-    hidden, layers, inter, heads, vocab = _dims(config)
+    act_bytes: bytes per activation element; lora_inputs_per_layer: the summed input widths of
+    one decoder layer's LoRA-adapted linear layers (all linear layers of a Llama block when None),
+    lora_rank_per_layer: their summed r; gated_mlp: a gate_proj/up_proj MLP (Llama family), else
+    one activation between two linear layers; sdpa_materializes_scores: attention keeps its
+    (heads, seq, seq) scores and probabilities (a masked math-path SDPA or eager attention)."""
+    d = dims(config)
     tokens = batch * seq_length
-    per_token_layer = 12 * hidden + 6 * inter
-    scores = batch * heads * seq_length * seq_length * act_bytes * 2 if sdpa_materializes_scores else 0
-    act_full = layers * (tokens * per_token_layer * act_bytes + scores)
+    if lora_inputs_per_layer is None:  # q, k, v, o, gate, up take hidden; down takes intermediate
+        lora_inputs_per_layer = 6 * d.hidden + d.inter
+        lora_rank_per_layer = lora_rank_per_layer or 7 * 16
+    attention = 4 * d.heads * d.head_dim + d.heads  # q, k, v (expanded), output; logsumexp
+    mlp = (3 if gated_mlp else 2) * d.inter  # gate, activation and up outputs; or activation in and out
+    per_token_layer = (2 * d.hidden + 2 + attention + mlp + lora_inputs_per_layer + lora_rank_per_layer) * act_bytes
+    per_token_layer += lora_inputs_per_layer if dropout else 0  # one-byte masks
+    scores = batch * d.heads * seq_length * seq_length * act_bytes * 2 if sdpa_materializes_scores else 0
+    act_full = d.layers * (tokens * per_token_layer + scores)
     # checkpointing keeps each layer's input, plus one layer's full activations while it recomputes
-    act_ckpt = layers * tokens * hidden * act_bytes + tokens * per_token_layer * act_bytes + scores
+    act_ckpt = d.layers * tokens * d.hidden * act_bytes + tokens * per_token_layer + scores
+    logits = tokens * d.vocab * 4 * 2  # fp32 log-probs kept for backward, and their gradient
+    if logits_limit_bytes is not None and tokens * d.vocab * 4 > logits_limit_bytes:
+        logits = 2 * min(tokens, 4096) * min(d.vocab, 32768) * 4  # the chunked kernel's tiles
+    cpu = device == "cpu"
     return MemoryEstimate(
         weights=int(total_params * weight_bytes),
         adapter_and_optimizer=trainable_params * 16,  # fp32 weight, grad, two Adam moments
         activations_full=int(act_full),
         activations_checkpointed=int(act_ckpt),
-        logits=int(tokens * vocab * 4 / 8),  # TRL's fused head projects in tiles, not all at once
-        overhead=int(0.4 * GIB),  # interpreter, torch, allocator slack (measured on CPU)
+        logits=int(logits),
+        runtime=CPU_RUNTIME_BYTES if cpu else 0,
+        allocator_factor=CPU_ALLOCATOR_FACTOR if cpu else 1.0,
     )
 
 

@@ -70,6 +70,22 @@ def count_params(model: Any) -> tuple[int, int]:
     return int(trainable), int(total)
 
 
+def lora_layout(peft_model: Any, layers: int) -> dict[str, Any]:
+    """Per decoder layer: the summed input widths and ranks of the LoRA-adapted linear layers,
+    whether their dropout is on, and whether the MLP is gated (gate_proj)."""
+    inputs = ranks = 0
+    dropout = False
+    gated = False
+    for name, module in peft_model.named_modules():
+        gated = gated or name.endswith("gate_proj")
+        if hasattr(module, "lora_A") and hasattr(module, "in_features") and "default" in getattr(module, "r", {}):
+            inputs += module.in_features
+            ranks += module.r["default"]
+            drop = module.lora_dropout["default"]
+            dropout = dropout or float(getattr(drop, "p", 0.0)) > 0
+    return {"inputs": inputs // max(layers, 1), "ranks": ranks // max(layers, 1), "dropout": dropout, "gated": gated}
+
+
 def plan_memory(recipe: Recipe, config: Any, hw: Hardware) -> tuple[MemoryEstimate, bool, dict[str, Any]]:
     """Estimate from the config on the meta device, and decide gradient checkpointing."""
     import torch
@@ -77,17 +93,29 @@ def plan_memory(recipe: Recipe, config: Any, hw: Hardware) -> tuple[MemoryEstima
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from .. import attention
+    from ..loss import MATERIALIZE_LIMIT_BYTES
+    from ..memory import dims
+
     with init_empty_weights():
         meta = AutoModelForCausalLM.from_config(config)
     meta.tie_weights()  # on the meta device ties are not made by default: count shared weights once
     peft_meta = get_peft_model(meta, lora_config(recipe))
     trainable, total = count_params(peft_meta)
+    layout = lora_layout(peft_meta, dims(config).layers)
     dtype = torch_dtype(recipe, hw)
     weight_bytes = NF4_BYTES_PER_WEIGHT if recipe.model.quantization == "nf4" else torch.finfo(dtype).bits / 8
     act_bytes = 4 if dtype == torch.float32 else 2
+    # train's attention: per-sample (packed_sdpa, flash) keeps no scores; transformers' SDPA with
+    # the block-diagonal mask of bfd rows runs the math path on a CPU, which keeps them
+    attn = attention.choose(config, recipe.model.attn_implementation, hw.device)
+    materializes = (recipe.pack.strategy == "bfd" and hw.device == "cpu" and attn not in ("packed_sdpa", "flash_attention_2")) \
+        or attn == "eager"
     est = estimate(config, total - trainable, trainable, recipe.train.per_device_train_batch_size,
-                   recipe.pack.seq_length, weight_bytes, act_bytes,
-                   sdpa_materializes_scores=(recipe.pack.strategy == "bfd" and hw.device == "cpu"))
+                   recipe.pack.seq_length, weight_bytes, act_bytes, sdpa_materializes_scores=materializes,
+                   lora_inputs_per_layer=layout["inputs"], lora_rank_per_layer=layout["ranks"],
+                   dropout=layout["dropout"], gated_mlp=layout["gated"], device=hw.device,
+                   logits_limit_bytes=MATERIALIZE_LIMIT_BYTES)
     budget = hw.gpu_memory_bytes if hw.device == "cuda" else hw.memory_bytes
     choice = recipe.model.gradient_checkpointing
     if choice == "auto":
@@ -97,8 +125,22 @@ def plan_memory(recipe: Recipe, config: Any, hw: Hardware) -> tuple[MemoryEstima
     else:
         checkpointing = choice == "on"
         why = f"recipe: {choice}"
-    decision = {"gradient_checkpointing": checkpointing, "why": why, "budget_bytes": budget}
+    decision = {"gradient_checkpointing": checkpointing, "why": why, "budget_bytes": budget, "attention": attn or "default"}
     return est, checkpointing, {"trainable": trainable, "total": total, **decision}
+
+
+def memory_report(recipe: Recipe, est: MemoryEstimate, checkpointing: bool, plan: dict[str, Any]) -> str:
+    """The estimate, printed before the model is loaded."""
+    f = est.allocator_factor
+    return (
+        f"[bold]Memory estimate[/] (batch {recipe.train.per_device_train_batch_size} x {recipe.pack.seq_length} tokens, "
+        f"attention {plan['attention']}): weights {fmt_gib(est.weights)}, adapter + gradient + Adam "
+        f"{fmt_gib(est.adapter_and_optimizer)}, activations {fmt_gib(est.activations_full)} without checkpointing / "
+        f"{fmt_gib(est.activations_checkpointed)} with, logits {fmt_gib(est.logits)}"
+        + (f", runtime {fmt_gib(est.runtime)}, allocator x{f:g} on activations and logits" if est.runtime else "")
+        + f"; peak {fmt_gib(est.total(False))} without checkpointing / {fmt_gib(est.total(True))} with; "
+        f"gradient checkpointing {'on' if checkpointing else 'off'} ({plan['why']})"
+    )
 
 
 def build_model(recipe: Recipe, hw: Hardware, checkpointing: bool, adapter: str | Path | None = None,
@@ -131,13 +173,7 @@ def run(run: RunDir, out: Path) -> None:
     resolved = resolve(recipe.model.ref)
     config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=recipe.model.trust_remote_code)
     est, checkpointing, plan = plan_memory(recipe, config, hw)
-    console.print(
-        f"[bold]Memory estimate[/] (batch {recipe.train.per_device_train_batch_size} x {recipe.pack.seq_length} tokens): "
-        f"weights {fmt_gib(est.weights)}, adapter+optimizer {fmt_gib(est.adapter_and_optimizer)}, "
-        f"activations {fmt_gib(est.activations_full)} / {fmt_gib(est.activations_checkpointed)} with checkpointing; "
-        f"total {fmt_gib(est.total(False))} / {fmt_gib(est.total(True))}; "
-        f"gradient checkpointing {'on' if checkpointing else 'off'} ({plan['why']})"
-    )
+    console.print(memory_report(recipe, est, checkpointing, plan))
     model = build_model(recipe, hw, checkpointing)
     trainable, total = count_params(model)
     console.print(f"trainable params: {trainable} || all params: {total} || trainable%: {100 * trainable / total:.4f}")
@@ -155,6 +191,7 @@ def run(run: RunDir, out: Path) -> None:
         "lora_targets": sorted({t.rsplit(".", 1)[-1] for t in model.peft_config["default"].target_modules}),
         "gradient_checkpointing": checkpointing,
         "gradient_checkpointing_why": plan["why"],
+        "training_attention": plan["attention"],
         "memory_estimate_bytes": est.as_dict(),
         "memory_estimate_gib": round(est.total(checkpointing) / GIB, 3),
         "hardware": {"device": hw.device, "bf16_fast": hw.bf16_fast, "reason": hw.reason, "cpus": hw.cpu_count},

@@ -53,6 +53,7 @@ def report_to(recipe: Recipe) -> tuple[list[str], dict[str, str]]:
 
 
 def sft_config(recipe: Recipe, out: Path, checkpointing: bool, precision: str, trackers: list[str]) -> Any:
+    import torch
     from trl import SFTConfig
 
     t = recipe.train
@@ -79,6 +80,7 @@ def sft_config(recipe: Recipe, out: Path, checkpointing: bool, precision: str, t
         # no compute_metrics: evaluation needs the loss only, not every eval logit (an extra
         # forward per batch and all of them kept in memory, which is what SFTTrainer does otherwise)
         prediction_loss_only=True,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning has nothing to do without a GPU (and warns)
     )
     if "save_safetensors" in known:  # gone in newer transformers, where safetensors is the only way
         kwargs["save_safetensors"] = True
@@ -233,29 +235,9 @@ def last_checkpoint(folder: Path) -> str | None:
     return None
 
 
-def choose_attention(model: Any, requested: str | None, hw: Any) -> str:
-    """The attention the training run uses. A recipe's choice stands; with none: flash attention 2
-    on a GPU where it is installed (padding-free through position_ids), else attention.packed_sdpa
-    if a probe shows this architecture keeps packed samples apart with it, else the model's default."""
-    import importlib.util
-
-    from .. import attention
-    from ..isolation import TOLERANCE, probe
-
-    current = model.config._attn_implementation
-    if requested is not None:
-        return current
-    wanted = None
-    if hw.device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        wanted = "flash_attention_2"
-    else:
-        attention.register()
-        try:
-            if probe(model.config, attention.NAME) <= TOLERANCE:
-                wanted = attention.NAME
-        except Exception:  # an architecture the probe cannot build: keep the default
-            wanted = None
-    if wanted:
+def use_attention(model: Any, wanted: str | None) -> str:
+    """Switch the loaded model to the attention attention.choose picked; returns what it uses."""
+    if wanted and wanted != model.config._attn_implementation:
         try:
             model.set_attn_implementation(wanted)
         except (ValueError, ImportError) as err:
@@ -267,8 +249,11 @@ def speed_setup(model: Any, recipe: Recipe, hw: Any) -> dict[str, Any]:
     """What train changes on the prepared model for speed (recorded in metrics.json)."""
     from ..dropout import use_fast_dropout
 
+    from .. import attention
+
     causal = model.get_base_model()
-    done: dict[str, Any] = {"attention": choose_attention(causal, recipe.model.attn_implementation, hw)}
+    wanted = attention.choose(causal.config, recipe.model.attn_implementation, hw.device)
+    done: dict[str, Any] = {"attention": use_attention(causal, wanted)}
     done["fast_lora_dropout"] = (use_fast_dropout(model) if hw.device == "cpu" and recipe.train.fast_dropout else 0)
     # the batch's rows as one row: nothing computed for padding (attention keeps samples apart)
     done["padding_free"] = done["attention"] in ("packed_sdpa", "flash_attention_2")
