@@ -80,3 +80,253 @@ def test_models_that_transform_their_logits_keep_their_own_loss(recipe_factory):
     assert unsupported_reason(model) is None
     model.get_base_model().config.final_logit_softcapping = 30.0
     assert "final_logit_softcapping" in unsupported_reason(model)
+
+
+# ---- per-sample attention for packed rows ---------------------------------------------------------
+
+def _tiny_llama(kv_heads=2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=128)
+    return LlamaForCausalLM(cfg)
+
+
+def test_sample_spans_follow_position_restarts():
+    from sft_pipeline.attention import sample_spans
+
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6, 7, 8]])
+    assert sample_spans(pos) == [[(0, 3), (3, 5), (5, 9)], [(0, 9)]]
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["mha", "gqa"])
+def test_packed_sdpa_equals_the_block_diagonal_mask(kv_heads):
+    """Same logits and gradients as transformers' SDPA with the mask it builds from position_ids."""
+    from sft_pipeline.attention import register
+
+    register()
+    model = _tiny_llama(kv_heads)
+    batch = _packed_batch(300)
+    batch["position_ids"][1] = torch.tensor(list(range(20)) + list(range(4)))  # a padding-like tail segment
+    out = {}
+    for impl in ("sdpa", "packed_sdpa"):
+        model.set_attn_implementation(impl)
+        model.zero_grad(set_to_none=True)
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        logits.float().pow(2).mean().backward()
+        out[impl] = (logits.detach(), [p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(out["packed_sdpa"][0], out["sdpa"][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(out["packed_sdpa"][1], out["sdpa"][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_attention_choice_keeps_packed_samples_apart_or_falls_back(tiny_model_dir):
+    from transformers import AutoConfig, BloomConfig, OPTConfig
+
+    from sft_pipeline.attention import choose
+    from sft_pipeline.isolation import probe
+
+    assert choose(AutoConfig.from_pretrained(tiny_model_dir), None, "cpu") == "packed_sdpa"
+    assert choose(AutoConfig.from_pretrained(tiny_model_dir), "eager", "cpu") == "eager"  # a recipe's choice stands
+    # OPT's default attention lets packed samples see each other; per-sample attention does not
+    assert probe(OPTConfig(), None) > 1e-2 and choose(OPTConfig(), None, "cpu") == "packed_sdpa"
+    assert choose(BloomConfig(), None, "cpu") is None  # no SDPA attention interface: the model's default
+
+
+# ---- padding-free batches ------------------------------------------------------------------------
+
+def _blocks():
+    return [
+        {"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, 6, 7, -100, 9, 10], "position_ids": [0, 1, 2, 0, 1, 2]},
+        {"input_ids": [11, 12, 13, 14], "labels": [11, 12, 13, 14], "position_ids": [0, 1, 2, 3]},
+    ]
+
+
+def test_padding_free_collator_makes_one_row_without_padding():
+    from sft_pipeline.collate import PackedCollator, batch_work
+
+    batch = PackedCollator(pad_id=0, padding_free=True)(_blocks())
+    assert batch["input_ids"].shape == (1, 10) and "attention_mask" not in batch
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, 3]
+    # each sample's first label is no target: the position before it belongs to another sample
+    assert batch["labels"][0].tolist() == [-100, 6, 7, -100, 9, 10, -100, 12, 13, 14]
+    padded = PackedCollator(pad_id=0)(_blocks())
+    assert padded["labels"][1].tolist() == [-100, 12, 13, 14, -100, -100]
+    want = {"tokens": 10, "labelled": 7, "attention_pairs": 9 + 9 + 16}
+    assert batch_work(batch, 0) == want and batch_work(padded, 0) == want
+
+
+def test_padding_free_loss_equals_the_padded_batch(recipe_factory):
+    from sft_pipeline.attention import register
+    from sft_pipeline.collate import PackedCollator
+
+    register()
+    model = _lora_model(recipe_factory)
+    model.get_base_model().set_attn_implementation("packed_sdpa")
+    results = []
+    for padding_free in (False, True):
+        model.zero_grad(set_to_none=True)
+        batch = PackedCollator(pad_id=0, padding_free=padding_free)(_blocks())
+        loss, count = labelled_loss(model, batch)
+        loss.backward()
+        results.append((loss.detach(), int(count), _grads(model)))
+    (a, n_a, g_a), (b, n_b, g_b) = results
+    assert n_a == n_b == 7
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    for name in g_a:
+        torch.testing.assert_close(g_a[name], g_b[name], atol=1e-7, rtol=1e-4)
+
+
+# ---- fast LoRA dropout ------------------------------------------------------------------------------
+
+def test_fast_dropout_drops_p_and_scales_the_rest():
+    from sft_pipeline.dropout import FastDropout
+
+    drop = FastDropout(0.05).train()
+    x = torch.ones(400, 1000)
+    y = drop(x)
+    assert abs(float((y == 0).float().mean()) - 0.05) < 0.003
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.95))
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_fast_dropout_draws_from_torchs_seed():
+    from sft_pipeline.dropout import FastDropout
+
+    drop = FastDropout(0.1).train()
+    x = torch.randn(64, 64)
+    torch.manual_seed(3)
+    a, b = drop(x), drop(x)
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), a) and not torch.equal(a, b)
+
+
+def test_fast_dropout_replaces_peft_dropout_and_survives_checkpoint_recompute(recipe_factory):
+    """With gradient checkpointing the recomputed forward draws the same masks (torch restores its
+    RNG state), so gradients equal a run without checkpointing."""
+    from sft_pipeline.dropout import FastDropout, use_fast_dropout
+    from sft_pipeline.stages.prepare import build_model
+
+    batch = _packed_batch(300)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = build_model(recipe_factory(lora={"lora_dropout": 0.3}), CPU, checkpointing=checkpointing)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.05)
+        assert use_fast_dropout(model) == 14  # 2 layers x 7 linear layers
+        assert all(isinstance(m, FastDropout) for m in model.modules() if isinstance(m, (torch.nn.Dropout, FastDropout)))
+        model.train()
+        torch.manual_seed(1)
+        loss, _ = labelled_loss(model, batch)
+        loss.backward()
+        grads.append(_grads(model))
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-7, rtol=1e-5)
+
+
+# ---- the trainer and the train stage ---------------------------------------------------------------
+
+def test_pipeline_trainer_loss_equals_sfttrainers(recipe_factory, tmp_path):
+    """compute_loss is SFTTrainer's, value and gradients, minus the entropy/accuracy metrics."""
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    from sft_pipeline.collate import PackedCollator
+    from sft_pipeline.models import load_tokenizer
+    from sft_pipeline.stages.train import trainer_class
+
+    recipe = recipe_factory()
+    model = _lora_model(recipe_factory)
+    tok = load_tokenizer(recipe.model.ref)
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", bf16=False, dataset_kwargs={"skip_prepare_dataset": True},
+                     remove_unused_columns=False, max_steps=1)
+    blocks = datasets.Dataset.from_list(_blocks())
+    trainer = trainer_class()(model=model, args=args, train_dataset=blocks, processing_class=tok,
+                              data_collator=PackedCollator(tok.pad_token_id))
+    batch = _packed_batch(model.config.vocab_size)
+    results = []
+    for compute in (SFTTrainer.compute_loss, type(trainer).compute_loss):
+        model.zero_grad(set_to_none=True)
+        loss = compute(trainer, model, dict(batch), num_items_in_batch=torch.tensor(20))
+        loss.backward()
+        results.append((loss.detach(), _grads(model)))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=1e-5)
+    for name in results[0][1]:
+        torch.testing.assert_close(results[1][1][name], results[0][1][name], atol=1e-7, rtol=1e-4)
+    assert "entropy" in trainer._metrics["train"]  # SFTTrainer's pass computed it; ours adds none
+    trainer._metrics["train"].clear()
+    type(trainer).compute_loss(trainer, model, dict(batch))
+    assert set(trainer._metrics["train"]) == {"num_tokens"}
+
+
+def test_train_stage_records_its_speed_setup_and_step_times(recipe_factory):
+    from sft_pipeline.pipeline import run_all
+    from sft_pipeline.rundir import read_json
+
+    recipe = recipe_factory(train={"max_steps": 3})
+    run = run_all(recipe, until="train")
+    m = read_json(run.path / "train" / "metrics.json")
+    assert m["attention"] == "packed_sdpa" and m["padding_free"] and m["fast_lora_dropout"] == 14
+    assert len(m["step_seconds"]) == 3 and m["seconds_per_step"] > 0 and m["tokens_per_second"] > 0
+    assert all(w["tokens"] > 0 and w["labelled"] > 0 for w in m["step_work"])
+    assert m["peak_rss_bytes"] > 0 and m["peak_over_estimate"] > 0
+    prep = read_json(run.path / "prepare" / "prepare.json")
+    assert prep["training_attention"] == "packed_sdpa" and prep["gradient_checkpointing"] is False
+
+
+# ---- the memory estimate ---------------------------------------------------------------------------
+
+def test_memory_estimate_counts_what_autograd_keeps(recipe_factory):
+    """The activation term equals the bytes autograd saves for backward in a training forward
+    (LoRA, fast dropout, per-sample attention, labelled-positions loss) within 10%."""
+    from transformers import AutoConfig
+
+    from sft_pipeline.attention import register
+    from sft_pipeline.collate import PackedCollator
+    from sft_pipeline.dropout import use_fast_dropout
+    from sft_pipeline.stages.prepare import build_model, plan_memory
+
+    recipe = recipe_factory(pack={"seq_length": 64}, train={"per_device_train_batch_size": 2})
+    est, _, _ = plan_memory(recipe, AutoConfig.from_pretrained(recipe.model.ref), CPU)
+    register()
+    torch.manual_seed(0)
+    model = build_model(recipe, CPU, checkpointing=False)
+    model.get_base_model().set_attn_implementation("packed_sdpa")
+    use_fast_dropout(model)
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": torch.randint(4, 300, (64,), generator=g).tolist(), "labels": [-100] * 64,
+             "position_ids": list(range(30)) + list(range(34))} for _ in range(2)]
+    batch = PackedCollator(0)(rows)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        labelled_loss(model, batch)  # no labels: the logits term (counted apart) stays out
+    measured = sum(saved.values())
+    assert abs(measured - est.activations_full) / measured < 0.10, (measured, est.activations_full)
+
+
+def test_memory_estimate_turns_checkpointing_on_only_when_needed(recipe_factory):
+    from transformers import AutoConfig
+
+    from sft_pipeline.hardware import Hardware
+    from sft_pipeline.stages.prepare import plan_memory
+
+    recipe = recipe_factory(pack={"seq_length": 2048}, train={"per_device_train_batch_size": 64})
+    config = AutoConfig.from_pretrained(recipe.model.ref)
+    est, ckpt, plan = plan_memory(recipe, config, CPU)
+    assert not ckpt and est.total(False) < 0.8 * CPU.memory_bytes
+    small = Hardware("cpu", bf16_fast=False, reason="test", cpu_count=2, memory_bytes=int(est.total(False) / 0.9))
+    _, ckpt, plan = plan_memory(recipe, config, small)
+    assert ckpt and "estimated without it" in plan["why"]

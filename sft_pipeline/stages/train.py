@@ -257,7 +257,25 @@ def speed_setup(model: Any, recipe: Recipe, hw: Any) -> dict[str, Any]:
     done["fast_lora_dropout"] = (use_fast_dropout(model) if hw.device == "cpu" and recipe.train.fast_dropout else 0)
     # the batch's rows as one row: nothing computed for padding (attention keeps samples apart)
     done["padding_free"] = done["attention"] in ("packed_sdpa", "flash_attention_2")
+    done["liger"] = use_liger(causal) if hw.device == "cuda" else "cpu: not used"
     return done
+
+
+def use_liger(causal: Any) -> str:
+    """Liger's fused RMSNorm, RoPE and SwiGLU kernels (Triton, GPU only) where liger-kernel is
+    installed; not its fused linear cross-entropy, which would replace our labelled-positions loss."""
+    import importlib.util
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        return "not installed"
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+        _apply_liger_kernel_to_instance(model=causal, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                        fused_linear_cross_entropy=False)
+    except Exception as err:  # a model type or version it does not know
+        return f"not applied: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return "rms_norm, rope, swiglu"
 
 
 def peak_rss_bytes() -> int:
