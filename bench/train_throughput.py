@@ -10,8 +10,10 @@ loss on assistant turns), batch 2, the demo's optimizer settings, `--steps` opti
 
   1 plain   TRL as a reader of the seed scripts writes it: SFTTrainer, SFTConfig defaults (bf16,
             gradient checkpointing, TRL's fused LM head with entropy and token-accuracy metrics)
-            plus `peft_config`. bf16 is emulated on CPUs without AVX512-BF16/AMX, so it runs
-            `--plain-steps` steps (default 2: one warm-up, one timed).
+            plus `peft_config`, and use_cpu=True, without which SFTConfig's bf16 default refuses
+            to start on a CPU-only host (its error message asks for it). bf16 is emulated on CPUs
+            without AVX512-BF16/AMX, so it runs `--plain-steps` steps (default 2: one warm-up,
+            one timed).
   2 tuned   the same, tuned by hand for this machine: bf16=False (fp32) and
             gradient_checkpointing=False (the memory is there), same batch.
   3 pipeline  this pipeline's train stage with its defaults (sft-pipeline train).
@@ -23,7 +25,8 @@ in 1 and by the dropout masks' random draws). Each variant runs in its own proce
 RSS (which includes loading the model) is its own. Seconds per step are the median over the
 steps after the first; tokens/s counts the tokens of the blocks (padding excluded) over the
 timed steps. MFU is the model FLOPs of variant 3's timed steps over their time, against the
-best fp32 rate of a large torch.matmul measured at the start of this run. The formula (printed):
+best fp32 rate of large square torch.matmuls (2048 to 4096, measured at the start and at the end
+of this run; the higher is used, so a busy moment does not flatter the MFU). The formula (printed):
 frozen linear weights 4 x N_linear per token (forward, and backward for activation gradients
 only: no weight gradients), LoRA 6 x N_lora per token, LM head 4 x vocab x hidden per labelled
 position (the loss needs no others), causal attention 6 x layers x heads x head_dim x n^2 per
@@ -156,7 +159,8 @@ def synthetic_conversations(n: int, seed: int = 0) -> list[dict]:
             for _ in range(n)]
 
 
-def bench_recipe(workdir: Path, device: str, steps: int, shape: str = "1b") -> Any:
+def bench_recipe(workdir: Path, device: str, steps: int, shape: str = "1b",
+                 tokenizer: str = "bundled:smollm2-135m-instruct") -> Any:
     """The recipe every variant follows (the pipeline runs it; the TRL variants copy its settings)."""
     from sft_pipeline.config import load_recipe, recipe_from_dict
 
@@ -169,7 +173,7 @@ def bench_recipe(workdir: Path, device: str, steps: int, shape: str = "1b") -> A
         config = llama_1b_config() if shape == "1b" else llama_1b_config(
             hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, vocab_size=49152)
-        build_random_model(model_dir, config, "bundled:smollm2-135m-instruct")
+        build_random_model(model_dir, config, tokenizer)
     data = workdir / "data" / "train.jsonl"
     if not data.is_file():
         data.parent.mkdir(parents=True, exist_ok=True)
@@ -224,6 +228,10 @@ def _trl_variant(variant: str, recipe: Any, run_path: Path, device: str) -> dict
         # the blocks are already packed and labelled, as for the pipeline
         dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False,
     )
+    if device == "cpu":
+        # SFTConfig's default bf16=True refuses to start on a host without a bf16 GPU until
+        # use_cpu=True is set (its error message says so); then it runs bf16 autocast on the CPU
+        args["use_cpu"] = True
     if variant == "tuned":
         args.update(bf16=False, gradient_checkpointing=False)
     timer = StepTimer(tok.pad_token_id, cuda=device == "cuda")
@@ -311,6 +319,8 @@ def main() -> None:
     ap.add_argument("--shape", choices=["smollm2", "1b", "tiny"], default=None,
                     help="model: smollm2 (CPU default), 1b (GPU default), tiny (a smoke test of the GPU path on a CPU)")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--tokenizer", default="bundled:smollm2-135m-instruct",
+                    help="tokenizer for the random 1b/tiny models (any whose ids fit the vocabulary)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--recipe", type=Path, help=argparse.SUPPRESS)
@@ -331,10 +341,11 @@ def main() -> None:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
 
     print(f"# bench/train_throughput.py --device {args.device} --steps {steps} (shape {shape}), workdir {workdir}", flush=True)
-    rate = matmul_rate(args.device)
+    sizes = (1024,) if shape == "tiny" else (2048, 3072, 4096)  # tiny: a smoke test, its MFU means nothing
+    rate = matmul_rate(args.device, sizes=sizes)
     print(f"# {'fp32' if args.device == 'cpu' else 'bf16'} torch.matmul rate, best of square 2048-4096 here: "
           f"{rate / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)", flush=True)
-    recipe = bench_recipe(workdir, args.device, steps, shape)
+    recipe = bench_recipe(workdir, args.device, steps, shape, args.tokenizer)
     from sft_pipeline.config import recipe_to_yaml
 
     files = {}
@@ -362,6 +373,9 @@ def main() -> None:
         results[v].update(summarize(results[v]))
         print(f"# {NAMES[v]}: {len(results[v]['seconds'])} steps in {time.perf_counter() - t0:.0f} s", flush=True)
 
+    rate_end = matmul_rate(args.device, sizes=sizes)
+    print(f"# the same matmul at the end: {rate_end / 1e9:.1f} GFLOP/s; MFU uses the higher", flush=True)
+    rate = max(rate, rate_end)
     report(results, recipe, args.device, rate, steps, plain_steps, shape)
     if args.json:
         args.json.write_text(json.dumps({"rate": rate, "results": results}, indent=1))

@@ -330,3 +330,72 @@ def test_memory_estimate_turns_checkpointing_on_only_when_needed(recipe_factory)
     small = Hardware("cpu", bf16_fast=False, reason="test", cpu_count=2, memory_bytes=int(est.total(False) / 0.9))
     _, ckpt, plan = plan_memory(recipe, config, small)
     assert ckpt and "estimated without it" in plan["why"]
+
+
+# ---- the benchmark's model shapes, FLOP count and GPU path (on a CPU, tiny) -------------------------
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "train_throughput.py"
+    spec = importlib.util.spec_from_file_location("train_throughput", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_llama_1b_shape_and_linear_parameter_count():
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    bench = _bench()
+    config = bench.llama_1b_config()
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads,
+            config.intermediate_size, config.vocab_size, config.tie_word_embeddings) == (2048, 16, 32, 8, 8192, 128256, True)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()
+    linear = sum(m.weight.numel() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n)
+    assert bench.linear_params(config) == linear
+    assert 1.23e9 < sum(p.numel() for p in model.parameters()) < 1.24e9  # Llama-3.2-1B: 1.236B
+
+
+def test_step_flops_formula():
+    bench = _bench()
+    config = bench.llama_1b_config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, head_dim=16, vocab_size=1000)
+    n_lin = 2 * (64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 128)
+    assert bench.linear_params(config) == n_lin
+    work = {"tokens": 100, "labelled": 40, "attention_pairs": 60**2 + 40**2}
+    want = 100 * (4 * n_lin + 6 * 500) + 40 * 4 * 1000 * 64 + 6 * 2 * 4 * 16 * (60**2 + 40**2)
+    assert bench.step_flops(config, 500, work) == want
+
+
+def test_gpu_recipe_is_qlora_bf16_on_the_random_model(tmp_path, tiny_model_dir):
+    bench = _bench()
+    recipe = bench.bench_recipe(tmp_path, "cuda", 5, shape="tiny", tokenizer=str(tiny_model_dir))
+    assert recipe.model.quantization == "nf4" and recipe.model.dtype == "bfloat16"
+    assert recipe.pack.strategy == "bfd" and recipe.train.max_steps == 5
+    assert (tmp_path / "model" / "model.safetensors").is_file() and (tmp_path / "data" / "train.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_benchmark_runs_its_qlora_path_on_a_tiny_random_model(tmp_path, tiny_model_dir):
+    """The GPU benchmark's path (random Llama shape, NF4, synthetic data, TRL against the train
+    stage) end to end on a CPU with a tiny shape: the losses agree and the table is printed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "bench" / "train_throughput.py"), "--shape", "tiny", "--steps", "2",
+                           "--variants", "tuned,pipeline", "--workdir", str(tmp_path), "--tokenizer", str(tiny_model_dir),
+                           "--json", str(tmp_path / "out.json")], capture_output=True, text=True, cwd=root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ratio 3/2" in proc.stdout and "MFU of 3" in proc.stdout and "measured/estimate" in proc.stdout
+    import json
+
+    results = json.loads((tmp_path / "out.json").read_text())["results"]
+    a, b = results["tuned"]["losses"], results["pipeline"]["losses"]
+    assert len(a) == len(b) == 2 and abs(a[0] - b[0]) < 1e-4
