@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
 .PHONY: help install demo test test-fast test-faults run status load template pack prepare train merge evaluate inspect \
-        generate validate docker-build clean
+        generate validate docker-build clean bench-train
 
 help:
 	@grep -E '^[a-z -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ template pack prepare train merge evaluate validate inspect load: install ## one
 
 status: install ## the stage table of the recipe's run directory
 	$(BIN)/sft-pipeline status $(RECIPE) $(SET)
+
+bench-train: install ## training speed: plain TRL vs tuned TRL vs the train stage, MFU, memory (BENCH_ARGS="--steps 4")
+	$(BIN)/python bench/train_throughput.py $(BENCH_ARGS)
 
 docker-build: ## build the CPU image (make docker-build TARGET=gpu for the GPU one)
 	bash docker/build.sh $(or $(TARGET),cpu)
