@@ -60,3 +60,32 @@ def test_killed_train_resumes_to_the_same_adapter(tmp_path, recipe_factory, sig)
     assert want.keys() == got.keys()
     for key in want:
         assert torch.equal(want[key], got[key]), key  # bitwise, on CPU
+
+
+def test_train_resumed_from_its_final_checkpoint_runs_no_extra_step(tmp_path, recipe_factory):
+    """A run killed after its last checkpoint but before the adapter was written: the next run
+    takes the checkpoint as the result. Trainer would run one more step from it (under a
+    constant schedule, one that changes the weights)."""
+    import shutil
+
+    from sft_pipeline.pipeline import run_all
+    from sft_pipeline.rundir import read_json
+
+    recipe = recipe_factory(train={"max_steps": 2, "save_strategy": "steps", "save_steps": 2,
+                                   "lr_scheduler_type": "constant", "learning_rate": 0.01})
+    reference = run_all(recipe)
+    crashed = run_all(recipe.model_copy(update={"run_dir": str(tmp_path / "crashed")}), until="prepare")
+    work = crashed.work_dir("train")
+    work.mkdir(parents=True)
+    (work / ".fingerprint").write_text(crashed.fingerprint("train"))
+    shutil.copytree(reference.path / "train" / "checkpoints", work / "checkpoints")
+
+    run_all(crashed.recipe)
+    metrics = read_json(crashed.path / "train" / "metrics.json")
+    assert metrics["resumed_from"].endswith("checkpoint-2")
+    assert metrics["steps"] == 2 and metrics["step_seconds"] == []  # no step was run
+    assert metrics["final_train_loss"] == read_json(reference.path / "train" / "metrics.json")["final_train_loss"]
+    want, got = _adapter(reference.path), _adapter(crashed.path)
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.equal(want[key], got[key]), key

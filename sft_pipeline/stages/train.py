@@ -235,6 +235,19 @@ def last_checkpoint(folder: Path) -> str | None:
     return None
 
 
+def checkpoint_is_final(checkpoint: str) -> bool:
+    state = read_json(Path(checkpoint) / "trainer_state.json")
+    return state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]
+
+
+def take_final_checkpoint(trainer: Any, checkpoint: str) -> None:
+    """The checkpoint's adapter and trainer state, as Trainer restores them when it resumes."""
+    from transformers import TrainerState
+
+    trainer.model.load_adapter(checkpoint, adapter_name=trainer.model.active_adapter, is_trainable=True)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+
+
 def use_attention(model: Any, wanted: str | None) -> str:
     """Switch the loaded model to the attention attention.choose picked; returns what it uses."""
     if wanted and wanted != model.config._attn_implementation:
@@ -324,16 +337,23 @@ def run(run: RunDir, out: Path) -> None:
     )
     trainer.step_timer = timer
     resume = last_checkpoint(out / "checkpoints")
-    if resume:
-        console.print(f"[bold]Resuming[/] from {resume}")
-    try:
-        result = trainer.train(resume_from_checkpoint=resume)
-    finally:
-        if "wandb" in trackers:
-            import wandb
+    result = None
+    if resume and checkpoint_is_final(resume):
+        # killed after its last save, before the adapter was written: Trainer would run one more
+        # step from here (at the schedule's last learning rate), so the checkpoint is the result
+        console.print(f"[bold]{Path(resume).name}[/] is the last step: taking it as the result")
+        take_final_checkpoint(trainer, resume)
+    else:
+        if resume:
+            console.print(f"[bold]Resuming[/] from {resume}")
+        try:
+            result = trainer.train(resume_from_checkpoint=resume)
+        finally:
+            if "wandb" in trackers:
+                import wandb
 
-            wandb.finish()
-            wandb.teardown()  # wandb keeps its settings (the run folder) per process otherwise
+                wandb.finish()
+                wandb.teardown()  # wandb keeps its settings (the run folder) per process otherwise
     if stopper.received is not None:
         console.print(f"[yellow]stopped at step {trainer.state.global_step}; checkpoint saved; run train again to resume")
         raise Interrupted(128 + stopper.received)
@@ -346,13 +366,13 @@ def run(run: RunDir, out: Path) -> None:
     peak = peak_rss_bytes() if hw.device == "cpu" else torch.cuda.max_memory_allocated()
     estimate_bytes = int(prep["memory_estimate_gib"] * GIB)
     metrics = {
-        "train_runtime_s": result.metrics.get("train_runtime"),
+        "train_runtime_s": result.metrics.get("train_runtime") if result else None,
         "steps": trainer.state.global_step,
         "precision": precision,
         "gradient_checkpointing": prep["gradient_checkpointing"],
         **speed,
         "final_train_loss": losses[-1] if losses else None,
-        "mean_train_loss": result.training_loss,
+        "mean_train_loss": result.training_loss if result else None,
         "eval_losses": evals,
         **timer.summary(),
         "step_seconds": [round(s, 4) for s in timer.seconds],
