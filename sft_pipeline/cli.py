@@ -42,10 +42,19 @@ def _known_errors() -> tuple[type[BaseException], ...]:
             TrainConfigError, MergeError, PackError, IsolationError, OSError)
 
 
+def close_progress_bars() -> None:
+    """A stage that fails inside a loop leaves its tqdm bar (Trainer's, datasets') open and
+    mid-line; closing it ends that line, so the error gets a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def guarded(fn: Callable[[], None]) -> None:
     try:
         fn()
     except _known_errors() as exc:
+        close_progress_bars()
         err.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
 

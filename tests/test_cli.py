@@ -70,3 +70,22 @@ def test_inspect_tells_what_pack_will_do_with_overlong_samples(tmp_path, recipe_
     line = next(l for l in result.output.splitlines() if "overlong: split" in l)
     counts = {k: int(v) for k, v in re.findall(r"(kept|truncated|split|dropped_overlong|dropped_no_labels) (\d+)", line)}
     assert counts["split"] > 0 and sum(counts.values()) == 12  # every train sample has one outcome
+
+
+def test_an_error_inside_a_progress_bar_gets_a_line_of_its_own(capsys):
+    import pytest
+    import typer
+    from tqdm import tqdm
+
+    from sft_pipeline.cli import guarded
+
+    def failing() -> None:
+        bar = tqdm(total=10, desc="training")
+        bar.update(3)
+        raise OSError("train: cannot write /run/x: No space left on device")
+
+    with pytest.raises(typer.Exit):
+        guarded(failing)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines[-1] == "error: train: cannot write /run/x: No space left on device"
+    assert "training" in lines[-2] and "3/10" in lines[-2]

@@ -90,9 +90,9 @@ def resumed_from(text: str) -> int:
 
 
 def error_line(text: str) -> str:
-    """The one error line (train's progress bar, left open by the failure, may share its line)."""
-    errors = [line[line.index("error: "):] for line in text.splitlines() if "error: " in line]
-    assert len(errors) == 1 and "Traceback" not in text, text[-3000:]
+    """The one error line, on a line of its own."""
+    errors = [line for line in text.splitlines() if "error: " in line]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and "Traceback" not in text, text[-3000:]
     return errors[0]
 
 
