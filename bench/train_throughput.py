@@ -17,6 +17,9 @@ loss on assistant turns), batch 2, the demo's optimizer settings, `--steps` opti
   2 tuned   the same, tuned by hand for this machine: bf16=False (fp32) and
             gradient_checkpointing=False (the memory is there), same batch.
   3 pipeline  this pipeline's train stage with its defaults (sft-pipeline train).
+  4 pipeline_ckpt  the same with model.gradient_checkpointing=on (its own run directory, same
+            blocks and initial adapter): what checkpointing costs in time, and a check of
+            prepare's memory estimate with checkpointing as well as without.
 
 All three get the same blocks through the same collator in the same order (same seed), the same
 initial adapter (prepare's, loaded into 1 and 2), and the same learning rate, schedule and
@@ -61,7 +64,8 @@ sys.path.insert(0, str(REPO))
 
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
 NAMES = {"plain": "1 plain TRL (SFTConfig defaults)", "tuned": "2 TRL tuned by hand (fp32, no ckpt)",
-         "pipeline": "3 this pipeline (train stage)"}
+         "pipeline": "3 this pipeline (train stage)", "pipeline_ckpt": "4 pipeline, gradient ckpt on"}
+PIPELINE = ("pipeline", "pipeline_ckpt")
 
 
 # ---- the model shapes ---------------------------------------------------------------------------
@@ -278,7 +282,7 @@ def worker(variant: str, recipe_file: Path, device: str) -> dict[str, Any]:
     run_path = recipe.resolved_run_dir()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    out = _pipeline_variant(recipe, run_path) if variant == "pipeline" else _trl_variant(variant, recipe, run_path, device)
+    out = _pipeline_variant(recipe, run_path) if variant in PIPELINE else _trl_variant(variant, recipe, run_path, device)
     out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if device == "cuda":
         out["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
@@ -315,7 +319,7 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps (CPU default 8, GPU 12)")
     ap.add_argument("--plain-steps", type=int, default=None, help="steps for variant 1 (CPU default 2: emulated bf16 is slow)")
-    ap.add_argument("--variants", default="plain,tuned,pipeline")
+    ap.add_argument("--variants", default="plain,tuned,pipeline,pipeline_ckpt")
     ap.add_argument("--shape", choices=["smollm2", "1b", "tiny"], default=None,
                     help="model: smollm2 (CPU default), 1b (GPU default), tiny (a smoke test of the GPU path on a CPU)")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -352,13 +356,20 @@ def main() -> None:
     for v in variants:
         n = plain_steps if v == "plain" else steps
         files[v] = workdir / f"recipe-{v}.yaml"
-        files[v].write_text(recipe_to_yaml(recipe.model_copy(update={"train": recipe.train.model_copy(update={"max_steps": n})})))
-    # load, template, pack and prepare once: every variant reads these blocks and this initial adapter
+        update: dict[str, Any] = {"train": recipe.train.model_copy(update={"max_steps": n})}
+        if v == "pipeline_ckpt":  # prepare records the checkpointing decision: a run directory of its own
+            update.update(model=recipe.model.model_copy(update={"gradient_checkpointing": "on"}),
+                          run_dir=str(workdir / "run-ckpt"))
+        files[v].write_text(recipe_to_yaml(recipe.model_copy(update=update)))
+    # load, template, pack and prepare once per run directory: every variant reads the same
+    # blocks and the same initial adapter (prepare's, seeded)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "sft_pipeline.cli", "run", str(files[variants[-1]]), "--until", "prepare"],
-                          capture_output=True, text=True, env=env, cwd=REPO)
-    if proc.returncode:
-        sys.exit(proc.stderr[-4000:])
+    shared = [v for v in variants if v != "pipeline_ckpt"]
+    for v in ({"pipeline"} & set(shared) or set(shared[-1:])) | ({"pipeline_ckpt"} & set(variants)):
+        proc = subprocess.run([sys.executable, "-m", "sft_pipeline.cli", "run", str(files[v]), "--until", "prepare"],
+                              capture_output=True, text=True, env=env, cwd=REPO)
+        if proc.returncode:
+            sys.exit(proc.stderr[-4000:])
     print(f"# data stages and prepare: {time.perf_counter() - t0:.0f} s", flush=True)
 
     results: dict[str, dict[str, Any]] = {}
@@ -410,11 +421,10 @@ def report(results: dict[str, dict[str, Any]], recipe: Any, device: str, rate: f
         print(f"  {NAMES[v]:<38} " + " ".join(f"{x:.4f}" for x in r["losses"]))
     common = min(len(r["losses"]) for r in results.values())
     if len(results) > 1:
-        gaps = [max(abs(a - b) / b for a, b in zip((r["losses"][i] for r in results.values()),
-                                                   [list(results.values())[-1]["losses"][i]] * len(results)))
-                for i in range(common)]
-        print(f"  largest relative loss gap to variant {list(results)[-1]} over the first {common} steps: "
-              f"{max(gaps):.2%}")
+        ref = "pipeline" if "pipeline" in results else list(results)[-1]
+        gaps = [max(abs(r["losses"][i] - results[ref]["losses"][i]) / results[ref]["losses"][i]
+                    for r in results.values()) for i in range(common)]
+        print(f"  largest relative loss gap to variant {ref} over the first {common} steps: {max(gaps):.2%}")
         if {"tuned", "pipeline"} <= results.keys():
             a, b = results["tuned"]["losses"], results["pipeline"]["losses"]
             print(f"  variants 2 and 3 over all {min(len(a), len(b))} steps: largest relative gap "
@@ -424,7 +434,7 @@ def report(results: dict[str, dict[str, Any]], recipe: Any, device: str, rate: f
     for v in results:
         r = results[v]
         extra = ""
-        if v == "pipeline":
+        if v in PIPELINE:
             extra = (f" (attention {r.get('attention')}, padding-free {r.get('padding_free')}, fast LoRA dropout on "
                      f"{r.get('fast_lora_dropout')} layers, gradient checkpointing {r['gradient_checkpointing']})")
         elif v == "plain":
@@ -443,9 +453,15 @@ def report(results: dict[str, dict[str, Any]], recipe: Any, device: str, rate: f
               f"L={config.num_hidden_layers}; timed steps: {sum(w['tokens'] for w in p['timed_work']):,} tokens, "
               f"{sum(w['labelled'] for w in p['timed_work']):,} labelled")
         print(f"  {FLOP_FORMULA}")
-        peak = p["peak_rss_bytes"] if device == "cpu" else p["peak_gpu_bytes"]
-        e = est["with" if p["gradient_checkpointing"] else "without"]
-        print(f"memory (3): estimate {e / gib:.2f} GiB (prepare, before loading), measured {peak / gib:.2f} GiB "
+    if "pipeline_ckpt" in results and p:
+        print(f"gradient checkpointing costs {results['pipeline_ckpt']['s_per_step'] / p['s_per_step']:.2f}x the "
+              f"time per step (4 over 3)")
+    for v in (v for v in PIPELINE if v in results):
+        r = results[v]
+        peak = r["peak_rss_bytes"] if device == "cpu" else r["peak_gpu_bytes"]
+        e = est["with" if r["gradient_checkpointing"] else "without"]
+        print(f"memory ({NAMES[v][0]}, checkpointing {'on' if r['gradient_checkpointing'] else 'off'}): estimate "
+              f"{e / gib:.2f} GiB (prepare, before loading), measured {peak / gib:.2f} GiB "
               f"({'peak RSS' if device == 'cpu' else 'max allocated'}): measured/estimate {peak / e:.2f}")
     if device == "cuda":
         print(f"GPU: {next(iter(results.values())).get('gpu')}")

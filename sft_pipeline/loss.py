@@ -11,7 +11,9 @@ result is the model's own loss, summed over labelled tokens and divided by their
 
 The labelled positions' logits are materialized (fastest on a CPU) unless they would exceed
 `MATERIALIZE_LIMIT_BYTES`; then TRL's chunked log-prob kernel (Triton on a GPU) projects them in
-tiles and recomputes the tiles in backward, so no (tokens, vocab) tensor is kept.
+tiles and recomputes the tiles in backward, so no (tokens, vocab) tensor is kept. Without
+gradients (evaluation, at the eval batch size, often 4x the training one) the logits are made
+and reduced `NO_GRAD_SLICE_BYTES` at a time: the same sum, and a peak that does not grow with the batch.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 MATERIALIZE_LIMIT_BYTES = 512 * 1024**2
+NO_GRAD_SLICE_BYTES = 64 * 1024**2  # evaluation: fp32 logits of this many bytes at a time
 IGNORE = -100
 # Config keys of models whose forward transforms the LM head's output (softcapping, scaling):
 # their loss is left to the model's own forward.
@@ -70,7 +73,11 @@ def labelled_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = 
     denom = count if num_items_in_batch is None else num_items_in_batch
     denom = torch.as_tensor(denom, device=selected.device).clamp(min=1)
     vocab = head.weight.shape[0]
-    if targets.numel() * vocab * 4 <= limit_bytes or not _plain_linear(head):
+    if not torch.is_grad_enabled():  # evaluation: nothing kept for backward, so project in slices
+        rows = max(1, NO_GRAD_SLICE_BYTES // (vocab * 4))
+        total = sum((F.cross_entropy(head(selected[i : i + rows]).float(), targets[i : i + rows], reduction="sum")
+                     for i in range(0, len(targets), rows)), selected.new_zeros((), dtype=torch.float32))
+    elif targets.numel() * vocab * 4 <= limit_bytes or not _plain_linear(head):
         logits = head(selected).float()
         total = F.cross_entropy(logits, targets, reduction="sum")
     else:

@@ -19,8 +19,13 @@ buffers (4-6 MB each, below its mmap threshold) in its heap and they fragment. F
 mmap brought the peak from 5.3 to 3.1 GiB but doubled the step time (19 M page faults in 6 steps),
 so it is left alone and counted instead: activations and logits are multiplied by
 `CPU_ALLOCATOR_FACTOR`, measured on the demo recipe and the benchmark (README, "Training speed
-and memory"). On a GPU the estimate is compared with torch.cuda.max_memory_allocated, which the
-caching allocator's reserve does not inflate: factor 1.
+and memory"). With gradient checkpointing the live set is small but every layer's activations
+are made and freed a second time in backward, and the heap keeps relatively more: a larger
+factor, measured the same way. On a GPU the estimate is compared with
+torch.cuda.max_memory_allocated, which the caching allocator's reserve does not inflate: factor 1.
+
+Evaluation runs without gradients at its own batch size; its transient (one layer's
+intermediates and a slice of logits) replaces training's when it is the larger.
 """
 
 from __future__ import annotations
@@ -28,9 +33,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .loss import NO_GRAD_SLICE_BYTES
+
 GIB = 1024**3
 CPU_RUNTIME_BYTES = int(0.47 * GIB)  # python + torch + transformers + trl + peft + datasets, imported
-CPU_ALLOCATOR_FACTOR = 2.0  # measured peak RSS over live activations + logits: 1.8 to 2.3 (SmolLM2-135M, ~1k tokens/step)
+# measured (peak RSS - runtime - weights - adapter) / (activations + logits), SmolLM2-135M, blocks of 512,
+# 4-8 steps: 1.65-2.16 at batch 2-4 without checkpointing, 2.8-3.4 with it
+CPU_ALLOCATOR_FACTOR = 2.0
+CPU_ALLOCATOR_FACTOR_CHECKPOINTED = 3.0
 
 
 @dataclass
@@ -40,12 +50,16 @@ class MemoryEstimate:
     activations_full: int  # without gradient checkpointing (what autograd keeps)
     activations_checkpointed: int
     logits: int
+    evaluation: int  # an eval batch without gradients: one layer's intermediates, one slice of logits
     runtime: int  # interpreter and libraries (CPU RSS); 0 on a GPU
     allocator_factor: float  # heap kept by the allocator, relative to activations + logits
+    allocator_factor_checkpointed: float
 
     def total(self, checkpointing: bool) -> int:
         act = self.activations_checkpointed if checkpointing else self.activations_full
-        return int(self.runtime + self.weights + self.adapter_and_optimizer + (act + self.logits) * self.allocator_factor)
+        transient = max(act + self.logits, self.evaluation)
+        factor = self.allocator_factor_checkpointed if checkpointing else self.allocator_factor
+        return int(self.runtime + self.weights + self.adapter_and_optimizer + transient * factor)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -77,12 +91,14 @@ def dims(config: Any) -> Dims:
 def estimate(config: Any, total_params: int, trainable_params: int, batch: int, seq_length: int,
              weight_bytes: float, act_bytes: int, sdpa_materializes_scores: bool,
              lora_inputs_per_layer: int | None = None, lora_rank_per_layer: int = 0, dropout: bool = True,
-             gated_mlp: bool = True, device: str = "cpu", logits_limit_bytes: int | None = None) -> MemoryEstimate:
+             gated_mlp: bool = True, device: str = "cpu", logits_limit_bytes: int | None = None,
+             eval_batch: int = 0) -> MemoryEstimate:
     """weight_bytes: bytes per frozen weight (4 fp32, 2 bf16, ~0.56 NF4 with double quant);
     act_bytes: bytes per activation element; lora_inputs_per_layer: the summed input widths of
     one decoder layer's LoRA-adapted linear layers (all linear layers of a Llama block when None),
     lora_rank_per_layer: their summed r; gated_mlp: a gate_proj/up_proj MLP (Llama family), else
-    one activation between two linear layers; sdpa_materializes_scores: attention keeps its
+    one activation between two linear layers; eval_batch: the eval batch size, 0 without evaluation;
+    sdpa_materializes_scores: attention keeps its
     (heads, seq, seq) scores and probabilities (a masked math-path SDPA or eager attention)."""
     d = dims(config)
     tokens = batch * seq_length
@@ -100,6 +116,11 @@ def estimate(config: Any, total_params: int, trainable_params: int, batch: int, 
     logits = tokens * d.vocab * 4 * 2  # fp32 log-probs kept for backward, and their gradient
     if logits_limit_bytes is not None and tokens * d.vocab * 4 > logits_limit_bytes:
         logits = 2 * min(tokens, 4096) * min(d.vocab, 32768) * 4  # the chunked kernel's tiles
+    # evaluation keeps nothing for backward: the hidden states in and out of the layer at work,
+    # its intermediates, and loss.labelled_loss's logits slice
+    eval_tokens = eval_batch * seq_length
+    evaluation = eval_tokens * (3 * d.hidden + attention + mlp) * act_bytes + (NO_GRAD_SLICE_BYTES if eval_batch else 0)
+    evaluation += scores // 2 * eval_batch // batch if eval_batch and scores else 0
     cpu = device == "cpu"
     return MemoryEstimate(
         weights=int(total_params * weight_bytes),
@@ -107,8 +128,10 @@ def estimate(config: Any, total_params: int, trainable_params: int, batch: int, 
         activations_full=int(act_full),
         activations_checkpointed=int(act_ckpt),
         logits=int(logits),
+        evaluation=int(evaluation),
         runtime=CPU_RUNTIME_BYTES if cpu else 0,
         allocator_factor=CPU_ALLOCATOR_FACTOR if cpu else 1.0,
+        allocator_factor_checkpointed=CPU_ALLOCATOR_FACTOR_CHECKPOINTED if cpu else 1.0,
     )
 
 

@@ -58,6 +58,19 @@ def test_labelled_loss_is_the_models_own_loss(recipe_factory, limit):
         assert torch.allclose(grad, want_grads[name], rtol=1e-4, atol=1e-7), name
 
 
+def test_labelled_loss_without_gradients_is_the_same_loss_in_slices(recipe_factory, monkeypatch):
+    import sft_pipeline.loss as loss_module
+
+    model = _lora_model(recipe_factory)
+    batch = _packed_batch(model.config.vocab_size)
+    monkeypatch.setattr(loss_module, "NO_GRAD_SLICE_BYTES", model.config.vocab_size * 4 * 3)  # 3 positions a slice
+    with torch.no_grad():
+        want = model(**batch, use_cache=False).loss
+        got, count = labelled_loss(model, batch)
+    assert int(count) > 3
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), (float(got), float(want))
+
+
 def test_labelled_loss_divides_by_num_items_in_batch(recipe_factory):
     model = _lora_model(recipe_factory)
     batch = _packed_batch(model.config.vocab_size)
@@ -390,12 +403,15 @@ def test_benchmark_runs_its_qlora_path_on_a_tiny_random_model(tmp_path, tiny_mod
 
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, str(root / "bench" / "train_throughput.py"), "--shape", "tiny", "--steps", "2",
-                           "--variants", "tuned,pipeline", "--workdir", str(tmp_path), "--tokenizer", str(tiny_model_dir),
+                           "--variants", "tuned,pipeline,pipeline_ckpt", "--workdir", str(tmp_path), "--tokenizer", str(tiny_model_dir),
                            "--json", str(tmp_path / "out.json")], capture_output=True, text=True, cwd=root, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "ratio 3/2" in proc.stdout and "MFU of 3" in proc.stdout and "measured/estimate" in proc.stdout
+    assert "ratio 3/2" in proc.stdout and "MFU of 3" in proc.stdout
+    assert "memory (3, checkpointing off)" in proc.stdout and "memory (4, checkpointing on)" in proc.stdout
     import json
 
     results = json.loads((tmp_path / "out.json").read_text())["results"]
-    a, b = results["tuned"]["losses"], results["pipeline"]["losses"]
-    assert len(a) == len(b) == 2 and abs(a[0] - b[0]) < 1e-4
+    a, b, c = (results[v]["losses"] for v in ("tuned", "pipeline", "pipeline_ckpt"))
+    assert len(a) == len(b) == len(c) == 2 and abs(a[0] - b[0]) < 1e-4
+    assert results["pipeline_ckpt"]["gradient_checkpointing"] and not results["pipeline"]["gradient_checkpointing"]
+    assert abs(b[0] - c[0]) < 1e-4  # the same first step with and without checkpointing

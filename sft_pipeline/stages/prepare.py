@@ -115,7 +115,8 @@ def plan_memory(recipe: Recipe, config: Any, hw: Hardware) -> tuple[MemoryEstima
                    recipe.pack.seq_length, weight_bytes, act_bytes, sdpa_materializes_scores=materializes,
                    lora_inputs_per_layer=layout["inputs"], lora_rank_per_layer=layout["ranks"],
                    dropout=layout["dropout"], gated_mlp=layout["gated"], device=hw.device,
-                   logits_limit_bytes=MATERIALIZE_LIMIT_BYTES)
+                   logits_limit_bytes=MATERIALIZE_LIMIT_BYTES,
+                   eval_batch=recipe.train.per_device_eval_batch_size if recipe.train.eval_strategy != "no" else 0)
     budget = hw.gpu_memory_bytes if hw.device == "cuda" else hw.memory_bytes
     choice = recipe.model.gradient_checkpointing
     if choice == "auto":
@@ -131,13 +132,15 @@ def plan_memory(recipe: Recipe, config: Any, hw: Hardware) -> tuple[MemoryEstima
 
 def memory_report(recipe: Recipe, est: MemoryEstimate, checkpointing: bool, plan: dict[str, Any]) -> str:
     """The estimate, printed before the model is loaded."""
-    f = est.allocator_factor
+    f, fc = est.allocator_factor, est.allocator_factor_checkpointed
     return (
         f"[bold]Memory estimate[/] (batch {recipe.train.per_device_train_batch_size} x {recipe.pack.seq_length} tokens, "
         f"attention {plan['attention']}): weights {fmt_gib(est.weights)}, adapter + gradient + Adam "
         f"{fmt_gib(est.adapter_and_optimizer)}, activations {fmt_gib(est.activations_full)} without checkpointing / "
         f"{fmt_gib(est.activations_checkpointed)} with, logits {fmt_gib(est.logits)}"
-        + (f", runtime {fmt_gib(est.runtime)}, allocator x{f:g} on activations and logits" if est.runtime else "")
+        + (f", evaluation (batch {recipe.train.per_device_eval_batch_size}, no gradients) {fmt_gib(est.evaluation)}"
+           if est.evaluation else "")
+        + (f", runtime {fmt_gib(est.runtime)}, allocator x{f:g} (x{fc:g} with checkpointing) on activations and logits" if est.runtime else "")
         + f"; peak {fmt_gib(est.total(False))} without checkpointing / {fmt_gib(est.total(True))} with; "
         f"gradient checkpointing {'on' if checkpointing else 'off'} ({plan['why']})"
     )
