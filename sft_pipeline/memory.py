@@ -59,7 +59,10 @@ class MemoryEstimate:
         act = self.activations_checkpointed if checkpointing else self.activations_full
         transient = max(act + self.logits, self.evaluation)
         factor = self.allocator_factor_checkpointed if checkpointing else self.allocator_factor
-        return int(self.runtime + self.weights + self.adapter_and_optimizer + transient * factor)
+        total = int(self.runtime + self.weights + self.adapter_and_optimizer + transient * factor)
+        # checkpointing only ever frees activations: where the logits dominate (a small model with
+        # a large vocabulary) the larger factor must not make it look costlier than running without
+        return min(total, self.total(False)) if checkpointing else total
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

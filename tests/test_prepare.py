@@ -87,3 +87,16 @@ def test_prepare_stage_records_counts_and_adapter(recipe_factory):
     assert rec["trainable_params"] > 0 and rec["total_params"] > rec["trainable_params"]
     assert (run.path / "prepare" / "adapter" / "adapter_model.safetensors").is_file()
     assert rec["memory_estimate_bytes"]["total_with_checkpointing"] <= rec["memory_estimate_bytes"]["total_without_checkpointing"]
+
+
+def test_memory_total_takes_the_larger_transient_and_the_factor_of_the_mode():
+    from sft_pipeline.memory import MemoryEstimate
+
+    est = MemoryEstimate(weights=100, adapter_and_optimizer=10, activations_full=400, activations_checkpointed=40,
+                         logits=60, evaluation=0, runtime=50, allocator_factor=2.0, allocator_factor_checkpointed=3.0)
+    assert est.total(False) == 50 + 100 + 10 + (400 + 60) * 2
+    assert est.total(True) == 50 + 100 + 10 + (40 + 60) * 3
+    evaluating = MemoryEstimate(**{**est.__dict__, "evaluation": 200})
+    assert evaluating.total(True) == 50 + 100 + 10 + 200 * 3  # the eval batch is the larger transient
+    logits_heavy = MemoryEstimate(**{**est.__dict__, "activations_full": 50, "logits": 500})
+    assert logits_heavy.total(True) == logits_heavy.total(False)  # never above running without checkpointing
