@@ -276,6 +276,28 @@ def test_pipeline_trainer_loss_equals_sfttrainers(recipe_factory, tmp_path):
     assert set(trainer._metrics["train"]) == {"num_tokens"}
 
 
+def test_a_compiled_or_wrapped_model_keeps_its_own_forward_and_sfttrainers_loss(recipe_factory, tmp_path):
+    """labelled_loss calls the backbone directly; under torch.compile or a DDP wrapper that would
+    step around the wrapper, so those take SFTTrainer's loss through the wrapper's forward."""
+    import datasets
+    from trl import SFTConfig
+
+    from sft_pipeline.collate import PackedCollator
+    from sft_pipeline.models import load_tokenizer
+    from sft_pipeline.stages.train import trainer_class
+
+    recipe = recipe_factory()
+    model = _lora_model(recipe_factory)
+    tok = load_tokenizer(recipe.model.ref)
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", bf16=False, dataset_kwargs={"skip_prepare_dataset": True},
+                     remove_unused_columns=False, max_steps=1)
+    trainer = trainer_class()(model=model, args=args, train_dataset=datasets.Dataset.from_list(_blocks()),
+                              processing_class=tok, data_collator=PackedCollator(tok.pad_token_id))
+    batch = _packed_batch(model.config.vocab_size)
+    assert trainer._labelled_loss_applies(model, batch)
+    assert not trainer._labelled_loss_applies(torch.compile(model), batch)
+
+
 def test_train_stage_records_its_speed_setup_and_step_times(recipe_factory):
     from sft_pipeline.pipeline import run_all
     from sft_pipeline.rundir import read_json

@@ -185,7 +185,8 @@ def trainer_class() -> Any:
 
         def _labelled_loss_applies(self, model: Any, inputs: dict[str, Any]) -> bool:
             return (
-                self.accelerator.unwrap_model(model) is model  # DDP/FSDP/compiled wrappers: their forward
+                # DDP/FSDP/torch.compile wrappers: their forward (labelled_loss would call around them)
+                self.accelerator.unwrap_model(model, keep_torch_compile=False) is model
                 and self.compute_loss_func is None
                 and self.label_smoother is None
                 and self.args.loss_type == "nll"
