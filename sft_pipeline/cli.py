@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -17,6 +18,10 @@ from rich.table import Table
 
 from .config import Recipe, RecipeError, load_recipe
 from .rundir import STAGES, RunDir, StageError
+
+# PEFT reads transformers' deprecated `is_gradient_checkpointing` on every model it wraps: a
+# warning about library code that a user of this command can do nothing about
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Staged supervised fine-tuning with TRL, LoRA and QLoRA, driven by YAML recipes.")

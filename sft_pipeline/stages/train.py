@@ -69,8 +69,6 @@ def sft_config(recipe: Recipe, out: Path, checkpointing: bool, precision: str, t
         run_name=recipe.name,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
         # pack already made the blocks and the labels: SFTTrainer must not re-tokenize or re-pack
         dataset_kwargs={"skip_prepare_dataset": True},
         packing=False,
@@ -84,6 +82,9 @@ def sft_config(recipe: Recipe, out: Path, checkpointing: bool, precision: str, t
     )
     if "save_safetensors" in known:  # gone in newer transformers, where safetensors is the only way
         kwargs["save_safetensors"] = True
+    # transformers 5.2x renamed gradient_checkpointing* to activation_checkpointing* (old names warn)
+    ckpt = "activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing"
+    kwargs.update({ckpt: checkpointing, f"{ckpt}_kwargs": {"use_reentrant": False}})
     return SFTConfig(**{**kwargs, **fields, **t.extra_args})
 
 
