@@ -94,3 +94,16 @@ def choose(config: Any, requested: str | None, device: str) -> str | None:
         return NAME if probe(config, NAME) <= TOLERANCE else None
     except Exception:  # an architecture the probe cannot build
         return None
+
+
+def use(model: Any, wanted: str | None) -> str:
+    """Switch a loaded model to the attention `choose` picked (a failure to switch is printed,
+    not raised: the model's own attention is still correct); returns what it uses."""
+    if wanted and wanted != model.config._attn_implementation:
+        try:
+            model.set_attn_implementation(wanted)
+        except (ValueError, ImportError) as err:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[yellow]attention {wanted} not used: {str(err).splitlines()[0]}")
+    return model.config._attn_implementation

@@ -15,32 +15,25 @@ from .progress import progress
 from .rundir import RunDir, write_json
 
 
-def mean_loss(model: Any, blocks: Any, pad_id: int, batch_size: int, label: str) -> float:
-    """Token-weighted mean cross-entropy over every labelled token of the packed blocks."""
+def mean_loss(model: Any, blocks: Any, pad_id: int, batch_size: int, label: str, padding_free: bool = False) -> float:
+    """Token-weighted mean cross-entropy over every labelled token of the packed blocks, with the
+    LM head on labelled positions only (loss.labelled_loss), as train computes it. padding_free:
+    each batch's rows as one row, for a per-sample attention (attention.py)."""
     import torch
 
     from .collate import PackedCollator
+    from .loss import labelled_loss
 
-    collate = PackedCollator(pad_id)
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone, head = causal_lm.base_model, causal_lm.get_output_embeddings()
+    collate = PackedCollator(pad_id, padding_free=padding_free)
     total, count = 0.0, 0
     with progress() as bar, torch.no_grad():
         task = bar.add_task(label, total=len(blocks))
         for lo in range(0, len(blocks), batch_size):
-            batch = collate([blocks[i] for i in range(lo, min(lo + batch_size, len(blocks)))])
-            labels = batch.pop("labels")
-            # Project only the labelled positions through the LM head: the full (batch, seq, vocab)
-            # logits would be ~100x larger than what the loss needs. No KV cache: with one,
-            # transformers would ignore the packed samples' position_ids.
-            hidden = backbone(**batch, use_cache=False).last_hidden_state
-            shift_labels = labels[:, 1:]
-            mask = shift_labels != -100
-            logits = head(hidden[:, :-1][mask]).float()
-            loss = torch.nn.functional.cross_entropy(logits, shift_labels[mask], reduction="sum")
-            total += float(loss)
-            count += int(mask.sum())
-            bar.advance(task, batch["input_ids"].shape[0])
+            rows = [blocks[i] for i in range(lo, min(lo + batch_size, len(blocks)))]
+            loss, labelled = labelled_loss(model, collate(rows))
+            total += float(loss) * int(labelled)
+            count += int(labelled)
+            bar.advance(task, len(rows))
     return total / max(count, 1)
 
 
@@ -52,7 +45,9 @@ def style_share(answers: list[str], pattern: str) -> float:
 def run(run: RunDir, out: Path) -> None:
     import datasets
 
+    from . import attention
     from .generate import generate, load_for_inference
+    from .hardware import detect
 
     recipe = run.recipe
     cfg = recipe.evaluate
@@ -64,15 +59,23 @@ def run(run: RunDir, out: Path) -> None:
     prompts, references = prompts_ds["prompt"][:n], prompts_ds["reference"][:n]
     bs = recipe.train.per_device_eval_batch_size
     report: dict[str, Any] = {"prompts": n, "split": split}
+    # the loss passes use train's attention (per-sample on packed rows, padding-free); generation
+    # keeps the model's own, which handles left padding and the KV cache
+    causal = model.get_base_model()
+    own = causal.config._attn_implementation
+    for_loss = attention.choose(causal.config, recipe.model.attn_implementation, detect().device)
 
     for phase in ("before", "after"):
         ctx = model.disable_adapter() if phase == "before" else nullcontext()
         with ctx:
             losses = {}
+            packed = attention.use(causal, for_loss) in ("packed_sdpa", "flash_attention_2")
             for name in ("train", "eval"):
                 if (pack_dir / name).is_dir():
                     blocks = datasets.load_from_disk(str(pack_dir / name))
-                    losses[name] = mean_loss(model, blocks, tokenizer.pad_token_id, bs, f"loss {name} ({phase})")
+                    losses[name] = mean_loss(model, blocks, tokenizer.pad_token_id, bs, f"loss {name} ({phase})",
+                                             padding_free=packed)
+            attention.use(causal, own)
             answers = generate(model, tokenizer, prompts, recipe.generate.max_new_tokens,
                                recipe.generate.batch_size, f"answers ({phase})")
         report[phase] = {"loss": losses, "answers": answers}

@@ -19,6 +19,28 @@ def test_mean_loss_equals_the_model_loss(tiny_model_dir):
     assert got == pytest.approx(float((l1 + l2) / 20), rel=1e-5)
 
 
+def test_mean_loss_padding_free_with_per_sample_attention_equals_padded(tiny_model_dir):
+    """evaluate's loss passes on bfd blocks: packed_sdpa on padding-free rows gives the loss of
+    padded rows under the model's own attention with its block-diagonal mask."""
+    from transformers import AutoModelForCausalLM
+
+    from sft_pipeline import attention
+    from sft_pipeline.evaluate import mean_loss
+
+    g = torch.Generator().manual_seed(0)
+    blocks = []
+    for lengths in ([9, 15], [20], [5, 7, 6]):
+        ids = torch.randint(20, 300, (sum(lengths),), generator=g).tolist()
+        labels = [t if i % 3 else -100 for i, t in enumerate(ids)]
+        blocks.append({"input_ids": ids, "labels": labels, "position_ids": [p for n in lengths for p in range(n)]})
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
+    padded = mean_loss(model, blocks, pad_id=0, batch_size=3, label="t")
+    attention.register()
+    assert attention.use(model, "packed_sdpa") == "packed_sdpa"
+    packed = mean_loss(model, blocks, pad_id=0, batch_size=3, label="t", padding_free=True)
+    assert packed == pytest.approx(padded, rel=1e-5)
+
+
 def test_style_share():
     from sft_pipeline.config import EvaluateConfig
     from sft_pipeline.evaluate import style_share

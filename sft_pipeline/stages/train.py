@@ -250,16 +250,6 @@ def take_final_checkpoint(trainer: Any, checkpoint: str) -> None:
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
 
 
-def use_attention(model: Any, wanted: str | None) -> str:
-    """Switch the loaded model to the attention attention.choose picked; returns what it uses."""
-    if wanted and wanted != model.config._attn_implementation:
-        try:
-            model.set_attn_implementation(wanted)
-        except (ValueError, ImportError) as err:
-            console.print(f"[yellow]attention {wanted} not used: {str(err).splitlines()[0]}")
-    return model.config._attn_implementation
-
-
 def speed_setup(model: Any, recipe: Recipe, hw: Any) -> dict[str, Any]:
     """What train changes on the prepared model for speed (recorded in metrics.json)."""
     from ..dropout import use_fast_dropout
@@ -268,7 +258,7 @@ def speed_setup(model: Any, recipe: Recipe, hw: Any) -> dict[str, Any]:
 
     causal = model.get_base_model()
     wanted = attention.choose(causal.config, recipe.model.attn_implementation, hw.device)
-    done: dict[str, Any] = {"attention": use_attention(causal, wanted)}
+    done: dict[str, Any] = {"attention": attention.use(causal, wanted)}
     done["fast_lora_dropout"] = (use_fast_dropout(model) if hw.device == "cpu" and recipe.train.fast_dropout else 0)
     # the batch's rows as one row: nothing computed for padding (attention keeps samples apart)
     done["padding_free"] = done["attention"] in ("packed_sdpa", "flash_attention_2")
