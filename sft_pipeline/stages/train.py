@@ -333,7 +333,7 @@ def run(run: RunDir, out: Path) -> None:
     if resume and checkpoint_is_final(resume):
         # killed after its last save, before the adapter was written: Trainer would run one more
         # step from here (at the schedule's last learning rate), so the checkpoint is the result
-        console.print(f"[bold]{Path(resume).name}[/] is the last step: taking it as the result")
+        console.print(f"[bold]Resuming from[/] {resume}: the last step, so it is the result")
         take_final_checkpoint(trainer, resume)
     else:
         if resume:
