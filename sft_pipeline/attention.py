@@ -20,6 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 NAME = "packed_sdpa"
+# implementations that keep the samples of a packed row apart by position_ids alone: rows can be
+# concatenated (padding-free) and no (seq, seq) mask or score tensor is made
+PER_SAMPLE = (NAME, "flash_attention_2")
 _last: list[Any] = [None, None]  # (position_ids tensor, its spans): every layer gets the same tensor
 
 

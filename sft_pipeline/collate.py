@@ -74,19 +74,17 @@ def batch_work(batch: dict[str, Any], pad_id: int | None) -> dict[str, int]:
     `labelled` (positions whose next token has a label: where the loss is), and `attention_pairs`
     (the sum over samples of length squared; causal attention scores about half of them).
     Padding is the right tail of a row that is pad tokens without labels."""
+    from .attention import sample_spans
+
     ids = batch["input_ids"].tolist()
     labels = batch["labels"].tolist()
-    pos = batch["position_ids"].tolist() if "position_ids" in batch else [list(range(len(r))) for r in ids]
+    spans = sample_spans(batch["position_ids"]) if "position_ids" in batch else [[(0, len(r))] for r in ids]
     tokens = labelled = pairs = 0
-    for row_ids, row_labels, row_pos in zip(ids, labels, pos):
+    for row_ids, row_labels, row_spans in zip(ids, labels, spans):
         n = len(row_ids)
         while n and row_ids[n - 1] == pad_id and row_labels[n - 1] == IGNORE:
             n -= 1
         tokens += n
         labelled += sum(1 for x in row_labels[1:n] if x != IGNORE)
-        start = 0
-        for t in range(1, n + 1):
-            if t == n or row_pos[t] != row_pos[t - 1] + 1:
-                pairs += (t - start) ** 2
-                start = t
+        pairs += sum((min(end, n) - start) ** 2 for start, end in row_spans if start < n)
     return {"tokens": tokens, "labelled": labelled, "attention_pairs": pairs}

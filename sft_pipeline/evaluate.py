@@ -69,7 +69,7 @@ def run(run: RunDir, out: Path) -> None:
         ctx = model.disable_adapter() if phase == "before" else nullcontext()
         with ctx:
             losses = {}
-            packed = attention.use(causal, for_loss) in ("packed_sdpa", "flash_attention_2")
+            packed = attention.use(causal, for_loss) in attention.PER_SAMPLE
             for name in ("train", "eval"):
                 if (pack_dir / name).is_dir():
                     blocks = datasets.load_from_disk(str(pack_dir / name))

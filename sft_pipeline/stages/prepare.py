@@ -109,7 +109,7 @@ def plan_memory(recipe: Recipe, config: Any, hw: Hardware) -> tuple[MemoryEstima
     # train's attention: per-sample (packed_sdpa, flash) keeps no scores; transformers' SDPA with
     # the block-diagonal mask of bfd rows runs the math path on a CPU, which keeps them
     attn = attention.choose(config, recipe.model.attn_implementation, hw.device)
-    materializes = (recipe.pack.strategy == "bfd" and hw.device == "cpu" and attn not in ("packed_sdpa", "flash_attention_2")) \
+    materializes = (recipe.pack.strategy == "bfd" and hw.device == "cpu" and attn not in attention.PER_SAMPLE) \
         or attn == "eager"
     est = estimate(config, total - trainable, trainable, recipe.train.per_device_train_batch_size,
                    recipe.pack.seq_length, weight_bytes, act_bytes, sdpa_materializes_scores=materializes,

@@ -261,7 +261,7 @@ def speed_setup(model: Any, recipe: Recipe, hw: Any) -> dict[str, Any]:
     done: dict[str, Any] = {"attention": attention.use(causal, wanted)}
     done["fast_lora_dropout"] = (use_fast_dropout(model) if hw.device == "cpu" and recipe.train.fast_dropout else 0)
     # the batch's rows as one row: nothing computed for padding (attention keeps samples apart)
-    done["padding_free"] = done["attention"] in ("packed_sdpa", "flash_attention_2")
+    done["padding_free"] = done["attention"] in attention.PER_SAMPLE
     done["liger"] = use_liger(causal) if hw.device == "cuda" else "cpu: not used"
     return done
 
