@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import subprocess
 import sys
@@ -27,25 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-WORDS = ("the a model data water energy market light cell planet music garden python memory budget "
-         "travel health history learn system value change because with from into over under about "
-         "river mountain bread coffee engine signal number theory practice simple careful quickly").split()
-
-
-def synth(n: int, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-
-    def sentence(lo: int, hi: int) -> str:
-        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))).capitalize() + "."
-
-    rows = []
-    for i in range(n):
-        turns = [sentence(5, 40), " ".join(sentence(5, 20) for _ in range(rng.randint(1, 12)))]
-        if rng.random() < 0.1:
-            turns += [sentence(5, 20), sentence(10, 60)]
-        rows.append({"conversations": turns, "source": f"synthetic-{i % 17}"})
-    return rows
-
+from synthetic import conversations  # bench/synthetic.py: run as a script, bench/ is on sys.path
 
 class PeakRSS:
     """Samples this process's RSS every 10 ms; `peak` is the largest seen since reset()."""
@@ -93,7 +74,7 @@ def worker(n: int, seq_length: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "train.jsonl"
         with open(path, "w") as fh:
-            for row in synth(n):
+            for row in conversations(n, multi_turn=0.1):
                 fh.write(json.dumps(row) + "\n")
         recipe = recipe_from_dict({
             "name": "bench", "run_dir": str(Path(tmp) / "run"),

@@ -49,9 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,6 +59,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from synthetic import conversations  # noqa: E402  (bench/synthetic.py, shared with data_throughput)
 
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
 NAMES = {"plain": "1 plain TRL (SFTConfig defaults)", "tuned": "2 TRL tuned by hand (fp32, no ckpt)",
@@ -148,21 +149,6 @@ def matmul_rate(device: str, dtype: Any = None, sizes: tuple[int, ...] = (2048, 
 
 # ---- the work: recipe and data -------------------------------------------------------------------
 
-WORDS = ("the a model data water energy market light cell planet music garden python memory budget travel "
-         "health history learn system value change because with from into over under about river mountain "
-         "bread coffee engine signal number theory practice simple careful quickly").split()
-
-
-def synthetic_conversations(n: int, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-
-    def sentence(lo: int, hi: int) -> str:
-        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))).capitalize() + "."
-
-    return [{"conversations": [sentence(8, 40), " ".join(sentence(8, 25) for _ in range(rng.randint(2, 30)))]}
-            for _ in range(n)]
-
-
 def bench_recipe(workdir: Path, device: str, steps: int, shape: str = "1b",
                  tokenizer: str = "bundled:smollm2-135m-instruct") -> Any:
     """The recipe every variant follows (the pipeline runs it; the TRL variants copy its settings)."""
@@ -181,7 +167,8 @@ def bench_recipe(workdir: Path, device: str, steps: int, shape: str = "1b",
     data = workdir / "data" / "train.jsonl"
     if not data.is_file():
         data.parent.mkdir(parents=True, exist_ok=True)
-        data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_conversations(4000 if shape == "1b" else 64)))
+        rows = conversations(4000 if shape == "1b" else 64, prompt=(8, 40), answer_sentence=(8, 25), answer_sentences=(2, 30))
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     seq = 2048 if shape == "1b" else 256
     tree = {
         "name": "bench-gpu", "data": {"source": str(data.parent), "eval_split": None},
@@ -294,11 +281,13 @@ def worker(variant: str, recipe_file: Path, device: str) -> dict[str, Any]:
 # ---- the run ----------------------------------------------------------------------------------------
 
 def summarize(r: dict[str, Any]) -> dict[str, Any]:
-    steps = list(zip(r["seconds"], r["work"]))
-    timed = steps[1:] or steps
-    secs = sum(s for s, _ in timed)
-    return {"s_per_step": statistics.median(s for s, _ in timed), "tokens_per_s": sum(w["tokens"] for _, w in timed) / secs,
-            "timed_steps": len(timed), "timed_seconds": secs, "timed_work": [w for _, w in timed]}
+    """The train stage's own step statistics (train.step_rate), for every variant alike."""
+    from sft_pipeline.stages.train import step_rate, timed_steps
+
+    timed = timed_steps(r["seconds"], r["work"])
+    rate = step_rate(r["seconds"], r["work"])
+    return {"s_per_step": rate["seconds_per_step"], "tokens_per_s": rate["tokens_per_second"],
+            "timed_steps": len(timed), "timed_seconds": sum(s for s, _ in timed), "timed_work": [w for _, w in timed]}
 
 
 def estimates(recipe: Any) -> dict[str, int]:

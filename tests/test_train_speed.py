@@ -298,6 +298,15 @@ def test_a_compiled_or_wrapped_model_keeps_its_own_forward_and_sfttrainers_loss(
     assert not trainer._labelled_loss_applies(torch.compile(model), batch)
 
 
+def test_step_rate_leaves_out_the_warm_up_step():
+    from sft_pipeline.stages.train import step_rate
+
+    work = [{"tokens": 1000}, {"tokens": 100}, {"tokens": 300}, {"tokens": 200}]
+    assert step_rate([50.0, 1.0, 3.0, 2.0], work) == {"seconds_per_step": 2.0, "tokens_per_second": 100.0}
+    assert step_rate([4.0], [{"tokens": 8}]) == {"seconds_per_step": 4.0, "tokens_per_second": 2.0}
+    assert step_rate([], []) == {"seconds_per_step": None, "tokens_per_second": None}
+
+
 def test_train_stage_records_its_speed_setup_and_step_times(recipe_factory):
     from sft_pipeline.pipeline import run_all
     from sft_pipeline.rundir import read_json

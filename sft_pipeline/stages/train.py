@@ -164,15 +164,24 @@ class StepTimer:
         return _Callback()
 
     def summary(self) -> dict[str, Any]:
-        """Median seconds per step and tokens/s over the steps after the first (the warm-up)."""
-        steps = list(zip(self.seconds, self.work))
-        timed = steps[1:] or steps
-        if not timed:
-            return {"seconds_per_step": None, "tokens_per_second": None}
-        return {
-            "seconds_per_step": statistics.median(s for s, _ in timed),
-            "tokens_per_second": sum(w.get("tokens", 0) for _, w in timed) / sum(s for s, _ in timed),
-        }
+        return step_rate(self.seconds, self.work)
+
+
+def timed_steps(seconds: list[float], work: list[dict[str, int]]) -> list[tuple[float, dict[str, int]]]:
+    """The steps after the first (the warm-up: allocations, lazy init), or the first alone."""
+    steps = list(zip(seconds, work))
+    return steps[1:] or steps
+
+
+def step_rate(seconds: list[float], work: list[dict[str, int]]) -> dict[str, Any]:
+    """Median seconds per step and tokens/s over the timed steps."""
+    timed = timed_steps(seconds, work)
+    if not timed:
+        return {"seconds_per_step": None, "tokens_per_second": None}
+    return {
+        "seconds_per_step": statistics.median(s for s, _ in timed),
+        "tokens_per_second": sum(w.get("tokens", 0) for _, w in timed) / sum(s for s, _ in timed),
+    }
 
 
 def trainer_class() -> Any:
