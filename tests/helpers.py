@@ -4,7 +4,68 @@ because two conftest modules (tests/ and tests/faults/) cannot both be imported 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+PY = sys.executable
+
+# The state of a run directory as a JSON line, given a recipe file or a run directory (whose
+# recipe.yaml is used). A script, so it can run inside a mount namespace the test cannot see into;
+# no single quotes, so it fits in a shell's '...'.
+STATE = r"""
+import json, sys
+from pathlib import Path
+from sft_pipeline.config import load_recipe
+from sft_pipeline.rundir import STAGES, RunDir
+path = Path(sys.argv[1])
+if path.is_dir():
+    run = RunDir(path, load_recipe(path / "recipe.yaml"))
+else:
+    recipe = load_recipe(path)
+    run = RunDir(recipe.resolved_run_dir(), recipe)
+manifest = run.manifest_path
+print(json.dumps({
+    "states": {s: run.stage_state(s) for s in STAGES},
+    "recorded": sorted(json.loads(manifest.read_text())["stages"]) if manifest.exists() else [],
+    "folders": sorted(p.name for p in run.path.iterdir() if p.is_dir()) if run.path.is_dir() else [],
+    "partial": sorted(p.name for p in (run.path / ".partial").iterdir()) if (run.path / ".partial").is_dir() else [],
+}))
+"""
+
+
+def run_state(target: Path) -> dict:
+    """STATE of a recipe file or run directory, from this process's view of the filesystem."""
+    proc = subprocess.run([PY, "-c", STATE, str(target)], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)
+
+
+def userns_works() -> bool:
+    """Unprivileged user and mount namespaces (`unshare -rm`): a private tmpfs or bind mount."""
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+def run_read_only(run_dir: Path, cmd: str, env: dict, timeout: float = 300) -> str:
+    """Run the shell command `cmd` with `run_dir` read-only, and say how it was made so: "chmod
+    555" (every folder, restored after), or for root, whom permissions do not stop, "read-only
+    mount" (a read-only bind mount in a private mount namespace)."""
+    if os.geteuid() != 0:
+        dirs = [run_dir, *(p for p in run_dir.rglob("*") if p.is_dir())]
+        for d in dirs:
+            d.chmod(0o555)
+        try:
+            subprocess.run(["bash", "-c", cmd], check=True, timeout=timeout, env=env)
+        finally:
+            for d in dirs:
+                d.chmod(0o755)
+        return "chmod 555"
+    script = f"mount --bind {run_dir} {run_dir} && mount -o remount,ro,bind {run_dir} {run_dir} && {cmd}"
+    subprocess.run(["unshare", "-rm", "bash", "-c", script], check=True, timeout=timeout, env=env)
+    return "read-only mount"
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

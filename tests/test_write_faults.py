@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,34 +26,9 @@ import yaml
 
 from sft_pipeline.rundir import RunDir
 
-from helpers import lima_rows, write_jsonl
+from helpers import STATE, lima_rows, run_read_only, run_state, userns_works, write_jsonl
 
 PY = sys.executable
-
-# The state of a run directory as a JSON line, from a recipe file: run inside the namespace,
-# where the tmpfs is visible.
-STATE = r"""
-import json, sys
-from pathlib import Path
-from sft_pipeline.config import load_recipe
-from sft_pipeline.rundir import STAGES, RunDir
-recipe = load_recipe(sys.argv[1])
-run = RunDir(recipe.resolved_run_dir(), recipe)
-manifest = run.manifest_path
-print(json.dumps({
-    "states": {s: run.stage_state(s) for s in STAGES},
-    "recorded": sorted(json.loads(manifest.read_text())["stages"]) if manifest.exists() else [],
-    "folders": sorted(p.name for p in run.path.iterdir() if p.is_dir()) if run.path.is_dir() else [],
-    "partial": sorted(p.name for p in (run.path / ".partial").iterdir()) if (run.path / ".partial").is_dir() else [],
-}))
-"""
-
-
-def userns_works() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
-
 
 def big_recipe(tmp_path, recipe_factory, run_dir: Path, **sections):
     """The tiny recipe on 2000 records, so load writes a few hundred KB of Arrow."""
@@ -73,11 +47,6 @@ def one_error_line(stderr: str) -> str:
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in stderr, stderr[-3000:]
     return errors[0]
-
-
-def state_of(recipe_path: Path) -> dict:
-    proc = subprocess.run([PY, "-c", STATE, str(recipe_path)], capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout)
 
 
 def assert_nothing_complete(state: dict, stage: str) -> None:
@@ -135,7 +104,7 @@ def test_file_size_limit_efbig(tmp_path, recipe_factory):
     assert proc.returncode == 2, line
     assert line.startswith("error: load: cannot write ") and "File too large" in line
     assert str(tmp_path / "run") in line
-    state = state_of(recipe_path)
+    state = run_state(recipe_path)
     assert_nothing_complete(state, "load")
     run = RunDir(recipe.resolved_run_dir(), recipe)
     assert run_stage(run, "load") and run.stage_state("load") == "complete"  # no limit: it finishes
@@ -161,25 +130,12 @@ def test_read_only_run_directory(tmp_path, recipe_factory):
     out = tmp_path / "out"
     out.mkdir()
     cmd = f"{PY} -m sft_pipeline.cli template {recipe_path} >{out}/fail.out 2>{out}/fail.err; echo $? >{out}/fail.rc"
-    if os.geteuid() != 0:
-        dirs = [run_dir, *(p for p in run_dir.rglob("*") if p.is_dir())]
-        for d in dirs:
-            d.chmod(0o555)
-        try:
-            subprocess.run(["bash", "-c", cmd], check=True, timeout=300, env={**os.environ, "COLUMNS": "400"})
-        finally:
-            for d in dirs:
-                d.chmod(0o755)
-        cause = "Permission denied"
-    else:
-        script = f"mount --bind {run_dir} {run_dir} && mount -o remount,ro,bind {run_dir} {run_dir} && {cmd}"
-        subprocess.run(["unshare", "-rm", "bash", "-c", script], check=True, timeout=300,
-                       env={**os.environ, "COLUMNS": "400"})
-        cause = "Read-only file system"
+    how = run_read_only(run_dir, cmd, env={**os.environ, "COLUMNS": "400"})
+    cause = {"chmod 555": "Permission denied", "read-only mount": "Read-only file system"}[how]
     line = one_error_line((out / "fail.err").read_text())
     assert (out / "fail.rc").read_text().strip() == "2", line
     assert line.startswith("error: template: cannot write ") and cause in line and str(run_dir) in line
-    state = state_of(recipe_path)
+    state = run_state(recipe_path)
     assert_nothing_complete(state, "template")
     assert state["states"]["load"] == "complete"
     assert _tree_hashes(run_dir) == before  # not a byte changed

@@ -23,6 +23,8 @@ import pytest
 import torch
 import yaml
 
+from helpers import STATE, run_read_only, run_state, userns_works
+
 pytestmark = pytest.mark.faults
 
 PY = sys.executable
@@ -42,21 +44,6 @@ RECIPE = {
     "tracking": {"wandb": "off", "tensorboard": False},
 }
 
-# The state of a run directory, from inside a mount namespace where the test cannot look.
-STATE = r"""
-import json, sys
-from pathlib import Path
-from sft_pipeline.config import load_recipe
-from sft_pipeline.rundir import STAGES, RunDir
-path = Path(sys.argv[1])
-recipe = load_recipe(path / "recipe.yaml")
-run = RunDir(path, recipe)
-print(json.dumps({"states": {s: run.stage_state(s) for s in STAGES},
-                  "recorded": sorted(run.manifest().get("stages", {})),
-                  "folders": sorted(p.name for p in path.iterdir() if p.is_dir())}))
-"""
-
-
 def cli(*args) -> list[str]:
     return [PY, "-m", "sft_pipeline.cli", *map(str, args)]
 
@@ -64,10 +51,6 @@ def cli(*args) -> list[str]:
 def copy_run(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, symlinks=True)
     return dst
-
-
-def state(run_dir: Path) -> dict:
-    return json.loads(subprocess.run([PY, "-c", STATE, str(run_dir)], capture_output=True, text=True, check=True).stdout)
 
 
 def adapter(run_dir: Path) -> dict:
@@ -97,7 +80,7 @@ def error_line(text: str) -> str:
 
 
 def not_complete(run_dir: Path, stage: str) -> None:
-    st = state(run_dir)
+    st = run_state(run_dir)
     assert st["states"][stage] == "missing" and stage not in st["recorded"] and stage not in st["folders"], st
 
 
@@ -108,8 +91,13 @@ def wait_for(path_test, proc, seconds=900) -> None:
     assert proc.poll() is None, "the process finished before it could be killed"
 
 
-def userns_works() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(["unshare", "-rm", "true"]).returncode == 0
+def train_until_first_checkpoint(run_dir: Path, log: Path) -> subprocess.Popen:
+    """`train` started in the background (output to `log`), returned once checkpoint-2 is written."""
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cli("train", run_dir), stdout=fh, stderr=subprocess.STDOUT, env=ENV)
+    ckpt = run_dir / ".partial" / "train" / "checkpoints" / "checkpoint-2"
+    wait_for(lambda: (ckpt / "trainer_state.json").is_file(), proc)
+    return proc
 
 
 @pytest.fixture(scope="session")
@@ -135,10 +123,7 @@ def reference(prepared, tmp_path_factory) -> Path:
 def test_sigkill_mid_training_second_writer_and_dead_lock(prepared, reference, tmp_path, fault_table):
     run_dir = copy_run(prepared, tmp_path / "run")
     log = tmp_path / "killed.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cli("train", run_dir), stdout=fh, stderr=subprocess.STDOUT, env=ENV)
-    ckpt = run_dir / ".partial" / "train" / "checkpoints" / "checkpoint-2"
-    wait_for(lambda: (ckpt / "trainer_state.json").is_file(), proc)
+    proc = train_until_first_checkpoint(run_dir, log)
 
     # one writer: a second command on the same run directory is refused at once
     t0 = time.perf_counter()
@@ -169,10 +154,7 @@ def test_sigkill_mid_training_second_writer_and_dead_lock(prepared, reference, t
 def test_sigterm_saves_a_checkpoint_and_loses_nothing(prepared, reference, tmp_path, fault_table):
     run_dir = copy_run(prepared, tmp_path / "run")
     log = tmp_path / "term.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cli("train", run_dir), stdout=fh, stderr=subprocess.STDOUT, env=ENV)
-    ckpt = run_dir / ".partial" / "train" / "checkpoints" / "checkpoint-2"
-    wait_for(lambda: (ckpt / "trainer_state.json").is_file(), proc)
+    proc = train_until_first_checkpoint(run_dir, log)
     time.sleep(1.0)
     os.kill(proc.pid, signal.SIGTERM)
     proc.wait(timeout=300)
@@ -200,7 +182,7 @@ def test_train_killed_during_its_final_write_then_after_its_rename(prepared, ref
     _killed({"on": "write", "match": r"/\.partial/train/\.summary\.json\.tmp-\d+$", "fraction": 0.5}, "train", run_dir)
     not_complete(run_dir, "train")
     second = _killed({"on": "replace", "match": r"/\.partial/train -> \S*/train$", "when": "after"}, "train", run_dir)
-    st = state(run_dir)
+    st = run_state(run_dir)
     assert st["states"]["train"] == "missing" and "train" not in st["recorded"]
     resumed, extra = resumed_from(second.stderr), steps_logged(second.stdout + second.stderr)
     assert resumed == MAX_STEPS and extra == 0  # the last checkpoint is the result: no step past max_steps
@@ -277,20 +259,7 @@ def test_read_only_run_directory(reference, tmp_path, fault_table):
     out = tmp_path / "out"
     out.mkdir()
     cmd = f"{PY} -m sft_pipeline.cli merge {run_dir} >{out}/fail.log 2>&1; echo $? >{out}/fail.rc"
-    if os.geteuid() != 0:
-        dirs = [run_dir, *(p for p in run_dir.rglob("*") if p.is_dir())]
-        for d in dirs:
-            d.chmod(0o555)
-        try:
-            subprocess.run(["bash", "-c", cmd], check=True, env=ENV)
-        finally:
-            for d in dirs:
-                d.chmod(0o755)
-        how = "chmod 555"
-    else:
-        script = f"mount --bind {run_dir} {run_dir} && mount -o remount,ro,bind {run_dir} {run_dir} && {cmd}"
-        subprocess.run(["unshare", "-rm", "bash", "-c", script], check=True, env=ENV)
-        how = "read-only mount"
+    how = run_read_only(run_dir, cmd, env=ENV, timeout=1800)
     line = error_line((out / "fail.log").read_text())
     assert (out / "fail.rc").read_text().strip() == "2" and line.startswith("error: merge: cannot write ") and str(run_dir) in line
     not_complete(run_dir, "merge")
