@@ -1,4 +1,4 @@
-"""Training throughput: the same LoRA work three ways, in one run.
+"""Training throughput: the same LoRA work done by plain TRL, TRL tuned for this machine, and the train stage, in one run.
 
     make bench-train                                          # CPU: SmolLM2-135M, 8 steps
     .venv/bin/python bench/train_throughput.py --steps 4      # quicker
@@ -14,22 +14,29 @@ loss on assistant turns), batch 2, the demo's optimizer settings, `--steps` opti
             to start on a CPU-only host (its error message asks for it). bf16 is emulated on CPUs
             without AVX512-BF16/AMX, so it runs `--plain-steps` steps (default 2: one warm-up,
             one timed).
-  2 tuned   the same, tuned by hand for this machine: bf16=False (fp32) and
-            gradient_checkpointing=False (the memory is there), same batch.
-  3 pipeline  this pipeline's train stage with its defaults (sft-pipeline train).
-  4 pipeline_ckpt  the same with model.gradient_checkpointing=on (its own run directory, same
-            blocks and initial adapter): what checkpointing costs in time, and a check of
-            prepare's memory estimate with checkpointing as well as without.
+  2 tuned   the same, tuned by hand for the CPU it runs on: gradient_checkpointing=False (the
+            memory is there) and the precision that is fast there: bf16 (use_cpu=True) on a CPU
+            with AVX512-BF16 or AMX, fp32 (bf16=False) on one without.
+  3 pipeline_fp32  the train stage with train.precision=fp32 (its own run directory). On a CPU
+            without fast bf16 this is what the defaults do, so it is not run there.
+  4 pipeline  this pipeline's train stage with its defaults (sft-pipeline train): bf16 under
+            autocast where bf16 is fast, else fp32.
+  5 pipeline_ckpt  the same with model.gradient_checkpointing=on (its own run directory, same
+            blocks): what checkpointing costs in time, and a check of prepare's memory estimate
+            with checkpointing as well as without.
 
-All three get the same blocks through the same collator in the same order (same seed), the same
-initial adapter (prepare's, loaded into 1 and 2), and the same learning rate, schedule and
-warm-up, so the per-step losses show the same work was done (they differ only by bf16 rounding
-in 1 and by the dropout masks' random draws). Each variant runs in its own process, so its peak
+All get the same blocks through the same collator in the same order (same seed), the same
+initial adapter (prepare's, loaded into 1 and 2; 3 and 5 make their own with the same seed, which
+differs from 4's by the bf16 rounding of lora_A where 4 is bf16), and the same learning rate,
+schedule and warm-up, so the per-step losses show the same work was done (they differ by bf16
+rounding and by the dropout masks' random draws). Each variant runs in its own process, so its peak
 RSS (which includes loading the model) is its own. Seconds per step are the median over the
 steps after the first; tokens/s counts the tokens of the blocks (padding excluded) over the
-timed steps. MFU is the model FLOPs of variant 3's timed steps over their time, against the
-best fp32 rate of large square torch.matmuls (2048 to 4096, measured at the start and at the end
-of this run; the higher is used, so a busy moment does not flatter the MFU). The formula (printed):
+timed steps. MFU is each variant's model FLOPs (the useful work, the same formula for all) over its
+timed steps' time, against the best rate of large square torch.matmuls (2048 to 4096) in the
+dtype that variant computes in (fp32, or bf16 where it is bf16), measured at the start and at the
+end of this run; the higher is used, so a busy moment does not flatter the MFU. On a CPU without
+fast bf16 the bf16 rate is measured on 512^3 (it is emulated: ~0.3 GFLOP/s). The formula (printed):
 frozen linear weights 4 x N_linear per token (forward, and backward for activation gradients
 only: no weight gradients), LoRA 6 x N_lora per token, LM head 4 x vocab x hidden per labelled
 position (the loss needs no others), causal attention 6 x layers x heads x head_dim x n^2 per
@@ -64,9 +71,23 @@ sys.path.insert(0, str(REPO / "bench"))
 from synthetic import conversations  # noqa: E402  (bench/synthetic.py, shared with data_throughput)
 
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
-NAMES = {"plain": "1 plain TRL (SFTConfig defaults)", "tuned": "2 TRL tuned by hand (fp32, no ckpt)",
-         "pipeline": "3 this pipeline (train stage)", "pipeline_ckpt": "4 pipeline, gradient ckpt on"}
-PIPELINE = ("pipeline", "pipeline_ckpt")
+VARIANTS = ("plain", "tuned", "pipeline_fp32", "pipeline", "pipeline_ckpt")
+LABELS = {"plain": "plain TRL (SFTConfig defaults)", "tuned": "TRL tuned by hand ({tuned}, no ckpt)",
+          "pipeline_fp32": "this pipeline in fp32", "pipeline": "this pipeline (defaults: {default})",
+          "pipeline_ckpt": "pipeline, gradient ckpt on"}
+PIPELINE = ("pipeline_fp32", "pipeline", "pipeline_ckpt")
+NAMES: dict[str, str] = {}  # variant -> "N label", set by name_variants for the host
+
+
+def name_variants(bf16_fast: bool) -> None:
+    fill = {"tuned": "bf16" if bf16_fast else "fp32", "default": "bf16" if bf16_fast else "fp32"}
+    for i, v in enumerate(VARIANTS, 1):
+        NAMES[v] = f"{i} {LABELS[v].format(**fill)}"
+
+
+def default_variants(device: str, bf16_fast: bool) -> list[str]:
+    """pipeline_fp32 is the defaults where bf16 is not fast (and not a GPU variant: QLoRA there is bf16)."""
+    return [v for v in VARIANTS if v != "pipeline_fp32" or (device == "cpu" and bf16_fast)]
 
 
 # ---- the model shapes ---------------------------------------------------------------------------
@@ -127,7 +148,7 @@ FLOP_FORMULA = ("FLOPs/step = tokens*(4*N_linear + 6*N_lora) + labelled*4*V*h + 
 
 
 def matmul_rate(device: str, dtype: Any = None, sizes: tuple[int, ...] = (2048, 3072, 4096), repeats: int = 3) -> float:
-    """Best FLOP/s of a large square torch.matmul here (fp32 on a CPU, bf16 on a GPU)."""
+    """Best FLOP/s of a large square torch.matmul here (default: fp32 on a CPU, bf16 on a GPU)."""
     import torch
 
     dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
@@ -188,7 +209,7 @@ def bench_recipe(workdir: Path, device: str, steps: int, shape: str = "1b",
 
 # ---- one variant, in its own process ---------------------------------------------------------------
 
-def _trl_variant(variant: str, recipe: Any, run_path: Path, device: str) -> dict[str, Any]:
+def _trl_variant(variant: str, recipe: Any, run_path: Path, device: str, bf16_fast: bool) -> dict[str, Any]:
     import datasets
     import torch
     from peft import LoraConfig, set_peft_model_state_dict
@@ -223,8 +244,8 @@ def _trl_variant(variant: str, recipe: Any, run_path: Path, device: str) -> dict
         # SFTConfig's default bf16=True refuses to start on a host without a bf16 GPU until
         # use_cpu=True is set (its error message says so); then it runs bf16 autocast on the CPU
         args["use_cpu"] = True
-    if variant == "tuned":
-        args.update(bf16=False, gradient_checkpointing=False)
+    if variant == "tuned":  # what is fast here: bf16 where the hardware has it, and no recompute
+        args.update(bf16=bf16_fast, gradient_checkpointing=False)
     timer = StepTimer(tok.pad_token_id, cuda=device == "cuda")
 
     class Timed(SFTTrainer):  # counts each batch's tokens; the step itself is SFTTrainer's
@@ -263,13 +284,17 @@ def worker(variant: str, recipe_file: Path, device: str) -> dict[str, Any]:
     import torch
 
     from sft_pipeline.config import load_recipe
+    from sft_pipeline.hardware import configure_threads, detect
+
+    configure_threads()  # as the CLI does, for every variant alike
 
     datasets.disable_progress_bars()
     recipe = load_recipe(recipe_file)
     run_path = recipe.resolved_run_dir()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    out = _pipeline_variant(recipe, run_path) if variant in PIPELINE else _trl_variant(variant, recipe, run_path, device)
+    out = (_pipeline_variant(recipe, run_path) if variant in PIPELINE
+           else _trl_variant(variant, recipe, run_path, device, detect().bf16_fast))
     out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if device == "cuda":
         out["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
@@ -303,12 +328,31 @@ def estimates(recipe: Any) -> dict[str, int]:
     return {"with": est.total(True), "without": est.total(False), "trainable": plan["trainable"]}
 
 
+def rates(device: str, bf16_fast: bool, tiny: bool) -> dict[str, float]:
+    """Best matmul FLOP/s per compute dtype here: fp32 and bf16 on a CPU, bf16 on a GPU."""
+    import torch
+
+    sizes = (1024,) if tiny else (2048, 3072, 4096)  # tiny: a smoke test, its MFU means nothing
+    if device == "cuda":
+        return {"bf16": matmul_rate(device, torch.bfloat16)}
+    out = {"fp32": matmul_rate(device, torch.float32, sizes)}
+    # emulated bf16 runs at ~0.3 GFLOP/s: one 512^3 product (~1 s) says so well enough
+    out["bf16"] = matmul_rate(device, torch.bfloat16, sizes if bf16_fast else (512,), 3 if bf16_fast else 1)
+    return out
+
+
+def compute_dtype(variant: str, r: dict[str, Any]) -> str:
+    return "bf16" if r.get("bf16") else "fp32"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps (CPU default 8, GPU 12)")
-    ap.add_argument("--plain-steps", type=int, default=None, help="steps for variant 1 (CPU default 2: emulated bf16 is slow)")
-    ap.add_argument("--variants", default="plain,tuned,pipeline,pipeline_ckpt")
+    ap.add_argument("--plain-steps", type=int, default=None,
+                    help="steps for variant 1 (default: 2 on a CPU without fast bf16, where it is emulated; else --steps)")
+    ap.add_argument("--variants", default=None, help=f"comma-separated, of {','.join(VARIANTS)} (default: those that "
+                                                      "differ on this host)")
     ap.add_argument("--shape", choices=["smollm2", "1b", "tiny"], default=None,
                     help="model: smollm2 (CPU default), 1b (GPU default), tiny (a smoke test of the GPU path on a CPU)")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -324,20 +368,33 @@ def main() -> None:
 
     import torch
 
+    from sft_pipeline.hardware import configure_threads, cpu_flags, detect
+
+    threads, _ = configure_threads()
+    hw = detect()
+    name_variants(hw.bf16_fast)
     shape = args.shape or ("smollm2" if args.device == "cpu" else "1b")
     steps = args.steps or (8 if args.device == "cpu" else 12)
-    plain_steps = args.plain_steps or (min(2, steps) if args.device == "cpu" and shape == "smollm2" else steps)
-    variants = args.variants.split(",")
+    slow_plain = args.device == "cpu" and shape == "smollm2" and not hw.bf16_fast
+    plain_steps = args.plain_steps or (min(2, steps) if slow_plain else steps)
+    variants = args.variants.split(",") if args.variants else default_variants(args.device, hw.bf16_fast)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
     tmp = tempfile.TemporaryDirectory(prefix="bench-train-") if args.workdir is None else None
     workdir = args.workdir or Path(tmp.name)
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
 
     print(f"# bench/train_throughput.py --device {args.device} --steps {steps} (shape {shape}), workdir {workdir}", flush=True)
-    sizes = (1024,) if shape == "tiny" else (2048, 3072, 4096)  # tiny: a smoke test, its MFU means nothing
-    rate = matmul_rate(args.device, sizes=sizes)
-    print(f"# {'fp32' if args.device == 'cpu' else 'bf16'} torch.matmul rate, best of square 2048-4096 here: "
-          f"{rate / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)", flush=True)
+    if args.device == "cpu":
+        flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma")))
+        model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                      if l.startswith("model name")), "?") if Path("/proc/cpuinfo").is_file() else "?"
+        print(f"# CPU: {model}; {hw.reason}; flags: {' '.join(flags)}", flush=True)
+    rate = rates(args.device, hw.bf16_fast, shape == "tiny")
+    print("# torch.matmul rate, best of square 2048-4096 here: " + ", ".join(
+        f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in rate.items()) + f" ({threads} threads)", flush=True)
     recipe = bench_recipe(workdir, args.device, steps, shape, args.tokenizer)
     from sft_pipeline.config import recipe_to_yaml
 
@@ -349,12 +406,16 @@ def main() -> None:
         if v == "pipeline_ckpt":  # prepare records the checkpointing decision: a run directory of its own
             update.update(model=recipe.model.model_copy(update={"gradient_checkpointing": "on"}),
                           run_dir=str(workdir / "run-ckpt"))
+        if v == "pipeline_fp32":  # prepare records the dtype and its memory estimate: a run directory of its own
+            update.update(train=recipe.train.model_copy(update={"max_steps": n, "precision": "fp32"}),
+                          run_dir=str(workdir / "run-fp32"))
         files[v].write_text(recipe_to_yaml(recipe.model_copy(update=update)))
-    # load, template, pack and prepare once per run directory: every variant reads the same
-    # blocks and the same initial adapter (prepare's, seeded)
+    # load, template, pack and prepare once per run directory: the TRL variants read the shared
+    # one's blocks and initial adapter (prepare's, seeded)
     t0 = time.perf_counter()
-    shared = [v for v in variants if v != "pipeline_ckpt"]
-    for v in ({"pipeline"} & set(shared) or set(shared[-1:])) | ({"pipeline_ckpt"} & set(variants)):
+    own_dir = ("pipeline_ckpt", "pipeline_fp32")
+    shared = [v for v in variants if v not in own_dir]
+    for v in ({"pipeline"} & set(shared) or set(shared[-1:])) | (set(own_dir) & set(variants)):
         proc = subprocess.run([sys.executable, "-m", "sft_pipeline.cli", "run", str(files[v]), "--until", "prepare"],
                               capture_output=True, text=True, env=env, cwd=REPO)
         if proc.returncode:
@@ -373,23 +434,29 @@ def main() -> None:
         results[v].update(summarize(results[v]))
         print(f"# {NAMES[v]}: {len(results[v]['seconds'])} steps in {time.perf_counter() - t0:.0f} s", flush=True)
 
-    rate_end = matmul_rate(args.device, sizes=sizes)
-    print(f"# the same matmul at the end: {rate_end / 1e9:.1f} GFLOP/s; MFU uses the higher", flush=True)
-    rate = max(rate, rate_end)
+    rate_end = rates(args.device, hw.bf16_fast, shape == "tiny")
+    print("# the same matmuls at the end: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in rate_end.items())
+          + "; MFU uses the higher", flush=True)
+    rate = {k: max(v, rate_end[k]) for k, v in rate.items()}
     report(results, recipe, args.device, rate, steps, plain_steps, shape)
     if args.json:
         args.json.write_text(json.dumps({"rate": rate, "results": results}, indent=1))
 
 
-def report(results: dict[str, dict[str, Any]], recipe: Any, device: str, rate: float, steps: int, plain_steps: int,
-           shape: str) -> None:
+def num(v: str) -> str:
+    return NAMES[v].split(" ", 1)[0]
+
+
+def report(results: dict[str, dict[str, Any]], recipe: Any, device: str, rate: dict[str, float], steps: int,
+           plain_steps: int, shape: str) -> None:
     from transformers import AutoConfig
 
     from sft_pipeline.models import resolve
 
     gib = 1024**3
     config = AutoConfig.from_pretrained(resolve(recipe.model.ref).path)
-    est = estimates(recipe)
+    ests = {v: estimates(recipe.model_copy(update={"train": recipe.train.model_copy(update={"precision": "fp32"})})
+                         if v == "pipeline_fp32" else recipe) for v in results}
     t = recipe.train
     print()
     print(f"model {shape} ({config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab {config.vocab_size}), "
@@ -398,59 +465,64 @@ def report(results: dict[str, dict[str, Any]], recipe: Any, device: str, rate: f
           f"batch {t.per_device_train_batch_size}, lr {t.learning_rate} {t.lr_scheduler_type}, {steps} steps"
           f"{f' ({plain_steps} for variant 1)' if plain_steps != steps else ''}")
     mem_col = "peak RSS" if device == "cpu" else "peak GPU mem"
-    print(f"{'variant':<38} {'steps':>5} {'s/step':>8} {'tokens/s':>9} {mem_col:>12} {'estimate':>9} {'final loss':>10}")
+    print(f"{'variant':<38} {'steps':>5} {'s/step':>8} {'tokens/s':>9} {'MFU':>6} {mem_col:>12} {'estimate':>9} {'final loss':>10}")
+    lora = next(iter(ests.values()))["trainable"]
+    mfu: dict[str, float] = {}
     for v, r in results.items():
         ckpt = bool(r["gradient_checkpointing"])
         peak = r["peak_rss_bytes"] if device == "cpu" else r["peak_gpu_bytes"]
+        achieved = sum(step_flops(config, lora, w) for w in r["timed_work"]) / r["timed_seconds"]
+        mfu[v] = achieved / rate[compute_dtype(v, r)]
+        est = f"{ests[v]['with' if ckpt else 'without'] / gib:>5.2f} GiB" if v in PIPELINE else f"{'-':>9}"
         print(f"{NAMES[v]:<38} {len(r['seconds']):>5} {r['s_per_step']:>8.2f} {r['tokens_per_s']:>9.1f} "
-              f"{peak / gib:>8.2f} GiB {est['with' if ckpt else 'without'] / gib:>5.2f} GiB {r['losses'][-1]:>10.4f}")
+              f"{mfu[v]:>6.1%} {peak / gib:>8.2f} GiB {est} {r['losses'][-1]:>10.4f}")
     print()
     print("per-step loss:")
     for v, r in results.items():
         print(f"  {NAMES[v]:<38} " + " ".join(f"{x:.4f}" for x in r["losses"]))
     common = min(len(r["losses"]) for r in results.values())
+    ref = "pipeline" if "pipeline" in results else list(results)[-1]
     if len(results) > 1:
-        ref = "pipeline" if "pipeline" in results else list(results)[-1]
         gaps = [max(abs(r["losses"][i] - results[ref]["losses"][i]) / results[ref]["losses"][i]
                     for r in results.values()) for i in range(common)]
-        print(f"  largest relative loss gap to variant {ref} over the first {common} steps: {max(gaps):.2%}")
-        if {"tuned", "pipeline"} <= results.keys():
-            a, b = results["tuned"]["losses"], results["pipeline"]["losses"]
-            print(f"  variants 2 and 3 over all {min(len(a), len(b))} steps: largest relative gap "
-                  f"{max(abs(x - y) / x for x, y in zip(a, b)):.2%}, step 1 (adapter B = 0, dropout has no effect): "
-                  f"{abs(a[0] - b[0]):.2e}")
+        print(f"  largest relative loss gap to variant {num(ref)} over the first {common} steps: {max(gaps):.2%}")
+        for other in ("tuned", "pipeline_fp32"):
+            if {other, "pipeline"} <= results.keys():
+                a, b = results[other]["losses"], results["pipeline"]["losses"]
+                print(f"  variants {num(other)} and {num('pipeline')} over all {min(len(a), len(b))} steps: largest relative "
+                      f"gap {max(abs(x - y) / x for x, y in zip(a, b)):.2%}, step 1 (adapter B = 0, dropout has no "
+                      f"effect): {abs(a[0] - b[0]):.2e}")
     print()
-    for v in results:
-        r = results[v]
-        extra = ""
+    for v, r in results.items():
+        extra = f" (compute {compute_dtype(v, r)}, gradient checkpointing {r['gradient_checkpointing']}"
         if v in PIPELINE:
-            extra = (f" (attention {r.get('attention')}, padding-free {r.get('padding_free')}, fast LoRA dropout on "
-                     f"{r.get('fast_lora_dropout')} layers, gradient checkpointing {r['gradient_checkpointing']})")
-        elif v == "plain":
-            extra = f" (bf16 {r['bf16']}, gradient checkpointing {r['gradient_checkpointing']})"
-        print(f"{NAMES[v]}: {r['threads']} torch threads{extra}")
+            extra += (f", attention {r.get('attention')}, padding-free {r.get('padding_free')}, fast LoRA dropout on "
+                      f"{r.get('fast_lora_dropout')} layers")
+        print(f"{NAMES[v]}: {r['threads']} torch threads{extra})")
     p = results.get("pipeline")
     if p:
-        for v in ("plain", "tuned"):
+        for v in ("plain", "tuned", "pipeline_fp32"):
             if v in results:
-                print(f"ratio 3/{'1' if v == 'plain' else '2'} (tokens/s): {p['tokens_per_s'] / results[v]['tokens_per_s']:.2f}x")
-        flops = sum(step_flops(config, est["trainable"], w) for w in p["timed_work"])
-        achieved = flops / p["timed_seconds"]
-        print(f"MFU of 3: {achieved / 1e9:.1f} GFLOP/s of model FLOPs / {rate / 1e9:.1f} GFLOP/s measured "
-              f"{'fp32' if device == 'cpu' else 'bf16'} matmul = {achieved / rate:.1%}")
-        print(f"  N_linear={linear_params(config):,} N_lora={est['trainable']:,} V={config.vocab_size} h={config.hidden_size} "
-              f"L={config.num_hidden_layers}; timed steps: {sum(w['tokens'] for w in p['timed_work']):,} tokens, "
-              f"{sum(w['labelled'] for w in p['timed_work']):,} labelled")
-        print(f"  {FLOP_FORMULA}")
+                print(f"ratio {num('pipeline')}/{num(v)} (tokens/s): {p['tokens_per_s'] / results[v]['tokens_per_s']:.2f}x")
+    for v in results:
+        r = results[v]
+        achieved = sum(step_flops(config, lora, w) for w in r["timed_work"]) / r["timed_seconds"]
+        print(f"MFU of {num(v)}: {achieved / 1e9:.1f} GFLOP/s of model FLOPs / {rate[compute_dtype(v, r)] / 1e9:.1f} "
+              f"GFLOP/s measured {compute_dtype(v, r)} matmul = {mfu[v]:.1%}")
+    if p:
+        print(f"  N_linear={linear_params(config):,} N_lora={lora:,} V={config.vocab_size} h={config.hidden_size} "
+              f"L={config.num_hidden_layers}; timed steps of {num('pipeline')}: "
+              f"{sum(w['tokens'] for w in p['timed_work']):,} tokens, {sum(w['labelled'] for w in p['timed_work']):,} labelled")
+    print(f"  {FLOP_FORMULA}")
     if "pipeline_ckpt" in results and p:
         print(f"gradient checkpointing costs {results['pipeline_ckpt']['s_per_step'] / p['s_per_step']:.2f}x the "
-              f"time per step (4 over 3)")
+              f"time per step ({num('pipeline_ckpt')} over {num('pipeline')})")
     for v in (v for v in PIPELINE if v in results):
         r = results[v]
         peak = r["peak_rss_bytes"] if device == "cpu" else r["peak_gpu_bytes"]
-        e = est["with" if r["gradient_checkpointing"] else "without"]
-        print(f"memory ({NAMES[v][0]}, checkpointing {'on' if r['gradient_checkpointing'] else 'off'}): estimate "
-              f"{e / gib:.2f} GiB (prepare, before loading), measured {peak / gib:.2f} GiB "
+        e = ests[v]["with" if r["gradient_checkpointing"] else "without"]
+        print(f"memory ({num(v)}, {compute_dtype(v, r)}, checkpointing {'on' if r['gradient_checkpointing'] else 'off'}): "
+              f"estimate {e / gib:.2f} GiB (prepare, before loading), measured {peak / gib:.2f} GiB "
               f"({'peak RSS' if device == 'cpu' else 'max allocated'}): measured/estimate {peak / e:.2f}")
     if device == "cuda":
         print(f"GPU: {next(iter(results.values())).get('gpu')}")

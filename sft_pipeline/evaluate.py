@@ -15,10 +15,12 @@ from .progress import progress
 from .rundir import RunDir, write_json
 
 
-def mean_loss(model: Any, blocks: Any, pad_id: int, batch_size: int, label: str, padding_free: bool = False) -> float:
+def mean_loss(model: Any, blocks: Any, pad_id: int, batch_size: int, label: str, padding_free: bool = False,
+              autocast: Any = nullcontext) -> float:
     """Token-weighted mean cross-entropy over every labelled token of the packed blocks, with the
     LM head on labelled positions only (loss.labelled_loss), as train computes it. padding_free:
-    each batch's rows as one row, for a per-sample attention (attention.py)."""
+    each batch's rows as one row, for a per-sample attention (attention.py); autocast: a factory
+    of the context training computed in (precision.autocast)."""
     import torch
 
     from .collate import PackedCollator
@@ -30,7 +32,8 @@ def mean_loss(model: Any, blocks: Any, pad_id: int, batch_size: int, label: str,
         task = bar.add_task(label, total=len(blocks))
         for lo in range(0, len(blocks), batch_size):
             rows = [blocks[i] for i in range(lo, min(lo + batch_size, len(blocks)))]
-            loss, labelled = labelled_loss(model, collate(rows))
+            with autocast():
+                loss, labelled = labelled_loss(model, collate(rows))
             total += float(loss) * int(labelled)
             count += int(labelled)
             bar.advance(task, len(rows))
@@ -45,25 +48,26 @@ def style_share(answers: list[str], pattern: str) -> float:
 def run(run: RunDir, out: Path) -> None:
     import datasets
 
-    from . import attention
-    from .generate import generate, load_for_inference
-    from .hardware import detect
+    from . import attention, precision
+    from .generate import generate, inference_precision, load_for_inference
 
     recipe = run.recipe
     cfg = recipe.evaluate
     template_dir, pack_dir = run.stage_dir("template"), run.stage_dir("pack")
     model, tokenizer = load_for_inference(run, "adapter")
+    compute = inference_precision(recipe)
+    device = model.device.type
     split = "eval" if (template_dir / "eval").is_dir() else "train"
     prompts_ds = datasets.load_from_disk(str(template_dir / split))
     n = len(prompts_ds) if cfg.max_prompts is None else min(cfg.max_prompts, len(prompts_ds))
     prompts, references = prompts_ds["prompt"][:n], prompts_ds["reference"][:n]
     bs = recipe.train.per_device_eval_batch_size
-    report: dict[str, Any] = {"prompts": n, "split": split}
+    report: dict[str, Any] = {"prompts": n, "split": split, "precision": compute.record()}
     # the loss passes use train's attention (per-sample on packed rows, padding-free); generation
     # keeps the model's own, which handles left padding and the KV cache
     causal = model.get_base_model()
     own = causal.config._attn_implementation
-    for_loss = attention.choose(causal.config, recipe.model.attn_implementation, detect().device)
+    for_loss = attention.choose(causal.config, recipe.model.attn_implementation, device)
 
     for phase in ("before", "after"):
         ctx = model.disable_adapter() if phase == "before" else nullcontext()
@@ -74,10 +78,10 @@ def run(run: RunDir, out: Path) -> None:
                 if (pack_dir / name).is_dir():
                     blocks = datasets.load_from_disk(str(pack_dir / name))
                     losses[name] = mean_loss(model, blocks, tokenizer.pad_token_id, bs, f"loss {name} ({phase})",
-                                             padding_free=packed)
+                                             padding_free=packed, autocast=lambda: precision.autocast(compute, device))
             attention.use(causal, own)
             answers = generate(model, tokenizer, prompts, recipe.generate.max_new_tokens,
-                               recipe.generate.batch_size, f"answers ({phase})")
+                               recipe.generate.batch_size, f"answers ({phase})", compute=compute)
         report[phase] = {"loss": losses, "answers": answers}
         if cfg.style_regex:
             report[phase]["style_share"] = style_share(answers, cfg.style_regex)

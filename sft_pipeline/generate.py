@@ -3,9 +3,11 @@ recipe's template: the seed's inference step, batched and greedy by default."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from . import precision
 from .config import Recipe
 from .progress import progress
 from .rundir import RunDir
@@ -14,18 +16,26 @@ from .stages.template import render_prompt
 MODELS = ("base", "adapter", "merged")
 
 
+def inference_precision(recipe: Recipe) -> precision.Precision:
+    """Inference computes as training did on this machine: bf16 where it is fast, else fp32."""
+    from .hardware import detect
+
+    return precision.plan(recipe, detect())
+
+
 def load_for_inference(run: RunDir, which: str) -> tuple[Any, Any]:
     from peft import PeftModel
 
     from .models import load_model, load_tokenizer
 
     recipe = run.recipe
+    dtype = inference_precision(recipe).weights_dtype
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
     if which == "merged":
         path = run.stage_dir("merge") / "model"
-        model = load_model(str(path), trust_remote_code=recipe.model.trust_remote_code)
+        model = load_model(str(path), dtype=dtype, trust_remote_code=recipe.model.trust_remote_code)
     else:
-        model = load_model(recipe.model.ref, trust_remote_code=recipe.model.trust_remote_code,
+        model = load_model(recipe.model.ref, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code,
                            allow_pickle=recipe.model.allow_pickle)
         if which == "adapter":
             model = PeftModel.from_pretrained(model, str(run.stage_dir("train") / "adapter"))
@@ -38,8 +48,9 @@ def prompt_text(recipe: Recipe, question: str, tokenizer: Any) -> str:
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
-             label: str = "generate") -> list[str]:
-    """Greedy answers, batched with left padding; each stops at EOS."""
+             label: str = "generate", compute: precision.Precision | None = None) -> list[str]:
+    """Greedy answers, batched with left padding; each stops at EOS. `compute`: run under its
+    autocast (bf16 compute over fp32 weights)."""
     import torch
 
     tokenizer.padding_side = "left"
@@ -49,7 +60,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
         for lo in range(0, len(prompts), batch_size):
             chunk = prompts[lo : lo + batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.no_grad():
+            with torch.no_grad(), precision.autocast(compute, model.device.type) if compute else nullcontext():
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             for row in out[:, enc["input_ids"].shape[1] :]:

@@ -26,7 +26,10 @@ def test_all_stages_on_the_tiny_model(recipe_factory):
     assert all(run.stage_state(s) == "complete" for s in STAGES)
     assert _adapter_changed(run.path)
     metrics = read_json(run.path / "train" / "metrics.json")
-    assert metrics["steps"] == 3 and metrics["precision"] == "fp32"
+    from sft_pipeline.hardware import detect
+    from sft_pipeline.precision import plan
+
+    assert metrics["steps"] == 3 and metrics["precision"] == plan(recipe, detect()).compute  # both: test_precision.py
     verify = read_json(run.path / "merge" / "verify.json")
     assert verify["passed"] and verify["max_abs_logit_gap"] <= verify["tolerance"]
     assert verify["max_relative_weight_gap"] < 1e-6  # merged W == W0 + (alpha/r) B A

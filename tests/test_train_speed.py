@@ -437,12 +437,15 @@ def test_benchmark_runs_its_qlora_path_on_a_tiny_random_model(tmp_path, tiny_mod
                            "--variants", "tuned,pipeline,pipeline_ckpt", "--workdir", str(tmp_path), "--tokenizer", str(tiny_model_dir),
                            "--json", str(tmp_path / "out.json")], capture_output=True, text=True, cwd=root, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "ratio 3/2" in proc.stdout and "MFU of 3" in proc.stdout
-    assert "memory (3, checkpointing off)" in proc.stdout and "memory (4, checkpointing on)" in proc.stdout
+    assert "ratio 4/2" in proc.stdout and "MFU of 4" in proc.stdout and "MFU of 2" in proc.stdout
+    assert "memory (4, " in proc.stdout and "memory (5, " in proc.stdout
     import json
 
     results = json.loads((tmp_path / "out.json").read_text())["results"]
     a, b, c = (results[v]["losses"] for v in ("tuned", "pipeline", "pipeline_ckpt"))
-    assert len(a) == len(b) == len(c) == 2 and abs(a[0] - b[0]) < 1e-4
+    # tuned TRL and the pipeline compute in the same dtype here (bf16 where it is fast): the same first step
+    assert results["tuned"]["bf16"] == results["pipeline"]["bf16"]
+    tolerance = 2e-2 * a[0] if results["pipeline"]["bf16"] else 1e-4
+    assert len(a) == len(b) == len(c) == 2 and abs(a[0] - b[0]) < tolerance
     assert results["pipeline_ckpt"]["gradient_checkpointing"] and not results["pipeline"]["gradient_checkpointing"]
     assert abs(b[0] - c[0]) < 1e-4  # the same first step with and without checkpointing

@@ -13,7 +13,8 @@ from typing import Any
 from rich.console import Console
 
 from ..config import Recipe
-from ..hardware import Hardware, choose_precision, detect
+from .. import precision
+from ..hardware import Hardware, detect
 from ..memory import GIB, MemoryEstimate, estimate, fmt_gib
 from ..rundir import RunDir, write_json
 
@@ -30,15 +31,6 @@ def lora_config(recipe: Recipe) -> Any:
         r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias=cfg.bias,
         target_modules=cfg.target_modules, use_rslora=cfg.use_rslora, task_type="CAUSAL_LM",
     )
-
-
-def torch_dtype(recipe: Recipe, hw: Hardware) -> Any:
-    import torch
-
-    if recipe.model.dtype != "auto":
-        return getattr(torch, recipe.model.dtype)
-    precision, _ = choose_precision(recipe.train.precision, hw)
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
 def _cast_output_fp32(module: Any, inputs: Any, output: Any) -> Any:
@@ -103,9 +95,10 @@ def plan_memory(recipe: Recipe, config: Any, hw: Hardware) -> tuple[MemoryEstima
     peft_meta = get_peft_model(meta, lora_config(recipe))
     trainable, total = count_params(peft_meta)
     layout = lora_layout(peft_meta, dims(config).layers)
-    dtype = torch_dtype(recipe, hw)
-    weight_bytes = NF4_BYTES_PER_WEIGHT if recipe.model.quantization == "nf4" else torch.finfo(dtype).bits / 8
-    act_bytes = 4 if dtype == torch.float32 else 2
+    prec = precision.plan(recipe, hw)
+    weight_bytes = NF4_BYTES_PER_WEIGHT if recipe.model.quantization == "nf4" else torch.finfo(prec.weights_dtype).bits / 8
+    # under bf16 autocast the matmuls' outputs, which are most of what autograd keeps, are bf16
+    act_bytes = 4 if prec.compute == "fp32" else 2
     # train's attention: per-sample (packed_sdpa, flash) keeps no scores; transformers' SDPA with
     # the block-diagonal mask of bfd rows runs the math path on a CPU, which keeps them
     attn = attention.choose(config, recipe.model.attn_implementation, hw.device)
@@ -153,8 +146,9 @@ def build_model(recipe: Recipe, hw: Hardware, checkpointing: bool, adapter: str 
 
     from ..models import load_model
 
-    dtype = torch_dtype(recipe, hw)
-    base = load_model(recipe.model.ref, dtype=dtype, quantization=recipe.model.quantization,
+    prec = precision.plan(recipe, hw)
+    base = load_model(recipe.model.ref, dtype=prec.weights_dtype, quantization=recipe.model.quantization,
+                      compute_dtype=prec.compute_dtype,
                       attn_implementation=recipe.model.attn_implementation,
                       trust_remote_code=recipe.model.trust_remote_code, allow_pickle=recipe.model.allow_pickle)
     base.config.use_cache = False
@@ -172,6 +166,9 @@ def run(run: RunDir, out: Path) -> None:
 
     recipe = run.recipe
     hw = detect()
+    prec = precision.plan(recipe, hw)
+    if prec.warning:
+        console.print(f"[bold yellow]warning:[/] {prec.warning}")
     torch.manual_seed(recipe.train.seed)
     resolved = resolve(recipe.model.ref)
     config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=recipe.model.trust_remote_code)
@@ -182,14 +179,19 @@ def run(run: RunDir, out: Path) -> None:
     console.print(f"trainable params: {trainable} || all params: {total} || trainable%: {100 * trainable / total:.4f}")
     model.save_pretrained(str(out / "adapter"))
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
+    adapter_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.requires_grad})
+    if adapter_dtypes != ["float32"]:
+        raise RuntimeError(f"prepare: the trainable (LoRA) parameters are {adapter_dtypes}, expected float32")
     record = {
         "model_ref": recipe.model.ref,
         "resolved": resolved.path,
         "trainable_params": trainable,
         "total_params": total,
         "trainable_percent": round(100 * trainable / total, 4),
-        "dtype": str(torch_dtype(recipe, hw)).replace("torch.", ""),
+        "dtype": prec.weights,
+        "precision": prec.record(),
         "parameter_dtypes": dtypes,
+        "trainable_dtypes": adapter_dtypes,
         "quantization": recipe.model.quantization,
         "lora_targets": sorted({t.rsplit(".", 1)[-1] for t in model.peft_config["default"].target_modules}),
         "gradient_checkpointing": checkpointing,

@@ -24,8 +24,9 @@ from typing import Any
 
 from rich.console import Console
 
+from .. import precision as precision_plan
 from ..config import Recipe
-from ..hardware import choose_precision, detect
+from ..hardware import detect
 from ..memory import GIB
 from ..rundir import RunDir, read_json, write_json
 
@@ -52,7 +53,8 @@ def report_to(recipe: Recipe) -> tuple[list[str], dict[str, str]]:
     return trackers, env
 
 
-def sft_config(recipe: Recipe, out: Path, checkpointing: bool, precision: str, trackers: list[str]) -> Any:
+def sft_config(recipe: Recipe, out: Path, checkpointing: bool, precision: str, trackers: list[str],
+               device: str = "cpu") -> Any:
     import torch
     from trl import SFTConfig
 
@@ -69,6 +71,8 @@ def sft_config(recipe: Recipe, out: Path, checkpointing: bool, precision: str, t
         run_name=recipe.name,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
+        # on a host without CUDA, transformers refuses bf16=True unless told the CPU is meant
+        use_cpu=device == "cpu",
         # pack already made the blocks and the labels: SFTTrainer must not re-tokenize or re-pack
         dataset_kwargs={"skip_prepare_dataset": True},
         packing=False,
@@ -210,7 +214,10 @@ def trainer_class() -> Any:
                          num_items_in_batch: Any = None) -> Any:
             if return_outputs or not self._labelled_loss_applies(model, inputs):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss, _ = labelled_loss(model, inputs, num_items_in_batch)
+            # the model's forward runs under accelerate's autocast (bf16 training); labelled_loss
+            # calls the backbone and LM head around that forward, so it takes the same autocast
+            with self.accelerator.autocast():
+                loss, _ = labelled_loss(model, inputs, num_items_in_batch)
             # as SFTTrainer: num_items_in_batch counts every rank's tokens and DDP averages gradients
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size())
@@ -306,9 +313,10 @@ def run(run: RunDir, out: Path) -> None:
 
     recipe = run.recipe
     hw = detect()
-    precision, warning = choose_precision(recipe.train.precision, hw)
-    if warning:
-        console.print(f"[bold yellow]warning:[/] {warning}")
+    prec = precision_plan.plan(recipe, hw)
+    precision = prec.compute
+    if prec.warning:
+        console.print(f"[bold yellow]warning:[/] {prec.warning}")
     pack_dir, prep_dir = run.stage_dir("pack"), run.stage_dir("prepare")
     prep = read_json(prep_dir / "prepare.json")
     train_ds = datasets.load_from_disk(str(pack_dir / "train"))
@@ -321,7 +329,7 @@ def run(run: RunDir, out: Path) -> None:
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
     if "wandb" in trackers:
         os.environ["WANDB_DIR"] = str(out)
-    args = sft_config(recipe, out, prep["gradient_checkpointing"], precision, trackers)
+    args = sft_config(recipe, out, prep["gradient_checkpointing"], precision, trackers, hw.device)
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
     torch.manual_seed(recipe.train.seed)
     model = build_model(recipe, hw, prep["gradient_checkpointing"], adapter=prep_dir / "adapter", trainable=True)
@@ -370,6 +378,7 @@ def run(run: RunDir, out: Path) -> None:
         "train_runtime_s": result.metrics.get("train_runtime") if result else None,
         "steps": trainer.state.global_step,
         "precision": precision,
+        "weights_dtype": prec.weights,
         "gradient_checkpointing": prep["gradient_checkpointing"],
         **speed,
         "final_train_loss": losses[-1] if losses else None,
