@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Build the sft-pipeline container image: bash docker/build.sh [cpu|gpu]   (make docker-build)
+#                                         bash docker/build.sh --print-engine   (the engine it would use)
 #
 #   cpu (default)  torch CPU build: a torch *+cpu* wheel from $WHEEL_DIR when there is one
 #                  (copied into docker/context/wheels/), else the PyTorch CPU index
 #   gpu            torch from PyPI (its CUDA build; set TORCH_SPEC/TORCH_INDEX for another)
 #
 # Environment (all optional):
-#   ENGINE        buildah | podman | docker         (default: the first one found, in that order)
+#   ENGINE        buildah | podman | docker         (default: the first one found, in that order,
+#                 that can build here: one that cannot, e.g. a docker client whose daemon does not
+#                 answer, is skipped with a line saying why; a named ENGINE that cannot build stops)
 #   IMAGE         image name                         (default: localhost/sft-pipeline:<target>)
 #   BASE_IMAGE    base with python3 >= 3.10, or one apt-get can add it to, e.g. python:3.11-slim
 #                 or nvidia/cuda:12.4.1-runtime-ubuntu22.04. Default: localhost/sft-pipeline-base:bookworm,
@@ -28,8 +31,10 @@
 #   BUILD_ARGS    extra arguments for the build command, e.g. "--no-cache"
 set -euo pipefail
 
+PRINT_ENGINE=0
+if [ "${1:-}" = --print-engine ]; then PRINT_ENGINE=1; shift; fi
 TARGET=${1:-cpu}
-case "$TARGET" in cpu|gpu) ;; *) echo "usage: $0 [cpu|gpu]" >&2; exit 2 ;; esac
+case "$TARGET" in cpu|gpu) ;; *) echo "usage: $0 [--print-engine] [cpu|gpu]" >&2; exit 2 ;; esac
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -44,18 +49,70 @@ STORAGE_DRIVER=${STORAGE_DRIVER:-vfs}
 
 log() { printf '[docker/build.sh] %s\n' "$*" >&2; }
 
+# --- cleanup (EXIT trap): globals, since it runs after any function's locals are gone -----------
+BASE_ROOTFS=""   # make_local_base's debootstrap tree while it exists
+BASE_CTR=""      # make_local_base's working container until it is committed
+cleanup() {
+  local m
+  if [ -n "$BASE_CTR" ]; then "${ENG[@]}" rm "$BASE_CTR" >/dev/null 2>&1 || true; fi
+  if [ -n "$BASE_ROOTFS" ] && [ -d "$BASE_ROOTFS" ]; then
+    # debootstrap mounts proc and sys in the tree (and may bind /dev nodes); a failed run leaves them
+    for m in $(awk -v r="$BASE_ROOTFS/" 'index($2, r) == 1 {print $2}' /proc/mounts 2>/dev/null | sort -r); do
+      umount -l "$m" 2>/dev/null || true
+    done
+    rm -rf --one-file-system "$BASE_ROOTFS" || true
+  fi
+  return 0   # the trap's status would otherwise become the script's
+}
+trap cleanup EXIT
+
 # --- engine ------------------------------------------------------------------------------------
-if [ -z "${ENGINE:-}" ]; then
+# A client on PATH is not enough: docker (and podman-remote) need a daemon or service that answers,
+# buildah and podman their storage. `info` asks for exactly that, so an engine that cannot build is
+# skipped (with a line saying why) in favour of the next one, rather than failing mid-build.
+engine_cmd() {
+  case "$1" in
+    buildah|podman) ENG=("$1" --storage-driver "$STORAGE_DRIVER" ${STORAGE_ROOT:+--root "$STORAGE_ROOT"}) ;;
+    docker) ENG=(docker) ;;
+    *) log "unknown ENGINE=$1 (buildah, podman or docker)"; exit 2 ;;
+  esac
+}
+engine_problem() {  # prints why engine $1 cannot build here; prints nothing when it can
+  local out rc=0
+  command -v "$1" >/dev/null 2>&1 || { echo "not installed"; return 0; }
+  engine_cmd "$1"
+  out=$(timeout "${ENGINE_PROBE_TIMEOUT:-30}" "${ENG[@]}" info 2>&1 >/dev/null) || rc=$?
+  # (some docker clients print the daemon error but exit 0)
+  if [ "$rc" != 0 ] || grep -qiE 'cannot connect to (the docker daemon|podman)|is the docker daemon running|error during connect' <<<"$out"; then
+    out=$(grep -v '^[[:space:]]*$' <<<"$out" | tail -n 1)
+    [ "$rc" = 124 ] && out="no answer within ${ENGINE_PROBE_TIMEOUT:-30} s"
+    case "$1" in
+      docker) echo "its daemon does not answer (\`docker info\`: ${out:-exit $rc})" ;;
+      *) echo "\`$1 info\` fails: ${out:-exit $rc}" ;;
+    esac
+  fi
+}
+if [ -n "${ENGINE:-}" ]; then
+  engine_cmd "$ENGINE"   # an unknown name stops here
+  why=$(engine_problem "$ENGINE")
+  [ -z "$why" ] || { log "ENGINE=$ENGINE cannot build here: $why"; exit 1; }
+else
+  skipped=""
   for e in buildah podman docker; do
-    if command -v "$e" >/dev/null 2>&1; then ENGINE=$e; break; fi
+    why=$(engine_problem "$e")
+    if [ -z "$why" ]; then ENGINE=$e; break; fi
+    if [ "$why" != "not installed" ]; then log "skipping $e: $why"; fi
+    skipped+="${skipped:+; }$e: $why"
   done
+  if [ -z "${ENGINE:-}" ]; then
+    log "no engine that can build here ($skipped)."
+    log "Install buildah (Debian/Ubuntu: apt-get install buildah; it needs no daemon), or start the docker daemon."
+    exit 1
+  fi
 fi
-[ -n "${ENGINE:-}" ] || { log "no buildah, podman or docker found (Debian: apt-get install buildah)"; exit 1; }
-case "$ENGINE" in
-  buildah|podman) ENG=("$ENGINE" --storage-driver "$STORAGE_DRIVER" ${STORAGE_ROOT:+--root "$STORAGE_ROOT"}) ;;
-  docker) ENG=(docker) ;;
-  *) log "unknown ENGINE=$ENGINE"; exit 2 ;;
-esac
+engine_cmd "$ENGINE"
+log "engine: $ENGINE"
+if [ "$PRINT_ENGINE" = 1 ]; then echo "$ENGINE"; exit 0; fi
 
 image_exists() {
   case "$ENGINE" in
@@ -80,7 +137,7 @@ make_local_base() {
   local mirror rootfs ctr mnt
   mirror=${DEBIAN_MIRROR:-$(host_debian_mirror)}
   rootfs=$(mktemp -d "${TMPDIR:-/var/tmp}/sft-base.XXXXXX")
-  trap 'rm -rf "$rootfs"' EXIT
+  BASE_ROOTFS=$rootfs   # the EXIT trap removes it, whatever happens from here
   log "creating base image $LOCAL_BASE: debootstrap $DEBIAN_SUITE from $mirror"
   debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
     "$DEBIAN_SUITE" "$rootfs" "$mirror" >&2
@@ -90,6 +147,7 @@ make_local_base() {
   case "$ENGINE" in
     buildah)
       ctr=$("${ENG[@]}" from scratch)
+      BASE_CTR=$ctr
       mnt=$("${ENG[@]}" mount "$ctr")
       tar -C "$rootfs" -cf - . | tar -C "$mnt" -xpf -
       "${ENG[@]}" umount "$ctr" >/dev/null
@@ -97,6 +155,7 @@ make_local_base() {
         --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env LANG=C.UTF-8 \
         --cmd /bin/bash "$ctr"
       "${ENG[@]}" commit --rm "$ctr" "$LOCAL_BASE" >/dev/null
+      BASE_CTR=""
       ;;
     *)
       tar -C "$rootfs" -cf - . | "${ENG[@]}" import \
@@ -104,6 +163,8 @@ make_local_base() {
         --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' - "$LOCAL_BASE" >/dev/null
       ;;
   esac
+  rm -rf --one-file-system "$rootfs"
+  BASE_ROOTFS=""
   log "base image $LOCAL_BASE created"
 }
 
