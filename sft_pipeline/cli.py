@@ -1,22 +1,30 @@
 """The command line: one command per stage, plus run, status, generate, evaluate and validate.
 
 Every command takes a recipe file (or a run directory, whose frozen recipe.yaml is used) and
-`--set section.key=value` overrides. Known failures print one line and exit with status 2.
+`--set section.key=value` overrides. Every failure ends in one line on stderr: a known one (a bad
+recipe, a refused stage, a failed write) as its message, status 2; anything else as
+`error: <stage>: <type>: <first line> (full traceback: <run dir>/logs/<stage>.log)`, status 1;
+Ctrl-C the same way, status 130. `--debug` (or SFT_PIPELINE_DEBUG=1) prints the traceback too.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from . import logs
 from .config import Recipe, RecipeError, load_recipe
+from .logs import close_progress_bars
 from .rundir import STAGES, RunDir, StageError
 
 # PEFT reads transformers' deprecated `is_gradient_checkpointing` on every model it wraps: a
@@ -34,6 +42,14 @@ RunDirOpt = typer.Option(None, "--run-dir", help="run directory (default: the re
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
+    """The errors whose message is the whole story: printed as it is, status 2."""
+    try:
+        return _all_known_errors()
+    except Exception:  # a module that cannot even be imported: its error is not one of these
+        return (RecipeError, StageError, OSError)
+
+
+def _all_known_errors() -> tuple[type[BaseException], ...]:
     from .formats import FormatError
     from .isolation import IsolationError
     from .models import ModelRefError
@@ -47,21 +63,81 @@ def _known_errors() -> tuple[type[BaseException], ...]:
             TrainConfigError, MergeError, PackError, IsolationError, OSError)
 
 
-def close_progress_bars() -> None:
-    """A stage that fails inside a loop leaves its tqdm bar (Trainer's, datasets') open and
-    mid-line; closing it ends that line, so the error gets a line of its own."""
-    tqdm = sys.modules.get("tqdm")
-    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
-        bar.close()
+_debug = False  # --debug: set by the app's callback for the one command it runs
+MAX_MESSAGE = 300  # characters of an unexpected error's message on its one line
+
+
+@app.callback()
+def _global_options(debug: bool = typer.Option(
+        False, "--debug", help="on an error, print the full traceback too (or set SFT_PIPELINE_DEBUG=1)")) -> None:
+    global _debug
+    _debug = debug
+
+
+def debugging() -> bool:
+    return _debug or os.environ.get("SFT_PIPELINE_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _kind(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _first_line(exc: BaseException) -> str:
+    try:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    except Exception:  # an exception whose __str__ fails
+        lines = []
+    text = lines[0] if lines else ""
+    if len(lines) > 1:
+        text += " ..."
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def one_line(exc: BaseException) -> str:
+    """An unexpected exception as one line: stage, type, first line of the message, where the
+    traceback is."""
+    stage, path = logs.failure_of(exc)
+    text = ("interrupted; run the same command again to continue" if isinstance(exc, KeyboardInterrupt)
+            else _first_line(exc))
+    head = ": ".join(part for part in (stage, _kind(exc), text) if part)
+    where = f"full traceback: {path}" if path else "run with --debug for the full traceback"
+    return f"{head} ({where})"
+
+
+def _report(exc: BaseException, line: str) -> None:
+    close_progress_bars()
+    if debugging():
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    sys.stderr.flush()
+    err.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True, highlight=False)
+
+
+def _typer_exits() -> tuple[type[BaseException], ...]:
+    """typer's own exits and usage errors (RuntimeErrors, some of them): passed on, not reported.
+    typer 0.2x carries its own copy of click; older ones use click itself."""
+    kinds: list[type[BaseException]] = [typer.Exit, typer.Abort]
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        module = sys.modules.get(name)
+        kinds += [getattr(module, k) for k in ("Exit", "Abort", "ClickException") if hasattr(module, k)]
+    return tuple(kinds)
 
 
 def guarded(fn: Callable[[], None]) -> None:
+    """Run a command's body: whatever it raises ends in one line on stderr and an exit status."""
     try:
         fn()
-    except _known_errors() as exc:
-        close_progress_bars()
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
-        raise typer.Exit(2) from None
+    except _typer_exits():
+        raise
+    except KeyboardInterrupt as exc:
+        _report(exc, one_line(exc))
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        if isinstance(exc, _known_errors()):
+            _report(exc, str(exc))
+            raise typer.Exit(2) from None
+        _report(exc, one_line(exc))
+        raise typer.Exit(1) from None
 
 
 def resolve_recipe(target: Path, overrides: Optional[list[str]], run_dir: Optional[Path]) -> Recipe:
@@ -81,9 +157,9 @@ def resolve_recipe(target: Path, overrides: Optional[list[str]], run_dir: Option
 def _stage_command(stage: str) -> Callable:
     def command(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt,
                 force: bool = typer.Option(False, "--force", help="redo the stage even if up to date")) -> None:
-        from .pipeline import run_stage
-
         def go() -> None:
+            from .pipeline import run_stage
+
             recipe = resolve_recipe(target, set_, run_dir)
             run_stage(RunDir(recipe.resolved_run_dir(), recipe), stage, force=force)
 
@@ -109,10 +185,11 @@ for _stage in STAGES:
 def run_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt,
             force: bool = typer.Option(False, "--force", help="redo every stage"),
             until: Optional[str] = typer.Option(None, help="stop after this stage")) -> None:
-    """Run every stage that is not up to date, in order."""
-    from .pipeline import run_all
+    """Run every stage that is not up to date, in order. Each stage logs to logs/<stage>.log."""
 
     def go() -> None:
+        from .pipeline import run_all
+
         if until is not None and until not in STAGES:
             raise RecipeError(f"--until {until}: not a stage ({', '.join(STAGES)})")
         recipe = resolve_recipe(target, set_, run_dir)
@@ -150,10 +227,11 @@ def status_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run
 def inspect_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt,
                 samples: int = typer.Option(2, help="rendered samples to show")) -> None:
     """Run load, template and pack if needed, then show counts, drops, lengths and trained spans."""
-    from .inspect_data import show
-    from .pipeline import run_stage
 
     def go() -> None:
+        from .inspect_data import show
+        from .pipeline import run_stage
+
         recipe = resolve_recipe(target, set_, run_dir)
         run = RunDir(recipe.resolved_run_dir(), recipe)
         for stage in ("load", "template", "pack"):
@@ -166,9 +244,10 @@ def inspect_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, ru
 @app.command("validate")
 def validate_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt) -> None:
     """Check a recipe (keys, types, data files, model reference) without loading anything large."""
-    from .preflight import check_all
 
     def go() -> None:
+        from .preflight import check_all
+
         recipe = resolve_recipe(target, set_, None)
         check_all(recipe)
         out.print(f"{target}: ok ({recipe.name} -> {recipe.resolved_run_dir()})")
@@ -182,10 +261,13 @@ def generate_cmd(target: Path = TargetArg,
                  prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", help="a file, one prompt per line"),
                  model: str = typer.Option("adapter", help="base | adapter | merged"),
                  set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt) -> None:
-    """Answer prompts with the base, adapter or merged model, using the recipe's template."""
-    from .generate import MODELS, generate, load_for_inference, prompt_text, read_prompts
+    """Answer prompts with the base, adapter or merged model, using the recipe's template.
+
+    With a run directory, what it prints is also kept in its logs/generate.log."""
 
     def go() -> None:
+        from .generate import MODELS, generate, load_for_inference, prompt_text, read_prompts
+
         if model not in MODELS:
             raise RecipeError(f"--model {model}: expected one of {', '.join(MODELS)}")
         questions = read_prompts(prompt, prompts_file)
@@ -193,11 +275,12 @@ def generate_cmd(target: Path = TargetArg,
             raise RecipeError("generate: give --prompt or --prompts-file")
         recipe = resolve_recipe(target, set_, run_dir)
         run = RunDir(recipe.resolved_run_dir(), recipe)
-        lm, tok = load_for_inference(run, model)
-        texts = [prompt_text(recipe, q, tok) for q in questions]
-        answers = generate(lm, tok, texts, recipe.generate.max_new_tokens, recipe.generate.batch_size)
-        for q, a in zip(questions, answers):
-            out.print(f"[bold]>>> {q}[/]\n{a}\n", highlight=False)
+        with logs.capture(run.path, "generate", only_existing=True):  # a reader: creates no run directory
+            lm, tok = load_for_inference(run, model)
+            texts = [prompt_text(recipe, q, tok) for q in questions]
+            answers = generate(lm, tok, texts, recipe.generate.max_new_tokens, recipe.generate.batch_size)
+            for q, a in zip(questions, answers):
+                out.print(f"[bold]>>> {q}[/]\n{a}\n", highlight=False)
 
     guarded(go)
 
@@ -206,9 +289,10 @@ def generate_cmd(target: Path = TargetArg,
 def evaluate_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt,
                  force: bool = typer.Option(False, "--force")) -> None:
     """Loss and style share before and after training, with before/after answer pairs."""
-    from .pipeline import run_stage
 
     def go() -> None:
+        from .pipeline import run_stage
+
         recipe = resolve_recipe(target, set_, run_dir)
         run = RunDir(recipe.resolved_run_dir(), recipe)
         run_stage(run, "evaluate", force=force)

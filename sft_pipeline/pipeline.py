@@ -9,7 +9,7 @@ from typing import Callable
 
 from rich.console import Console
 
-from . import preflight, write_faults
+from . import logs, preflight, write_faults
 from .config import Recipe
 from .rundir import STAGES, RunDir, StageError
 
@@ -25,13 +25,25 @@ def _runner(stage: str) -> Callable:
 
 
 def run_stage(run: RunDir, stage: str, force: bool = False) -> bool:
-    """Run one stage unless it is up to date. Returns True when it ran."""
+    """Run one stage unless it is up to date. Returns True when it ran.
+
+    Everything the stage prints (and, on a failure, its traceback) is also appended to
+    logs/<stage>.log under the run directory (logs.py)."""
+    try:
+        return _run_stage(run, stage, force)
+    except BaseException as exc:
+        logs.note_failure(exc, stage, None)  # failed before its log opened (preflight, lock)
+        raise
+
+
+def _run_stage(run: RunDir, stage: str, force: bool) -> bool:
     if stage not in STAGES and stage not in EXTRA:
         raise StageError(f"unknown stage '{stage}'")
     if force or run.stage_state(stage) != "complete":
         preflight.check(run.recipe, [stage])  # a bad data file or model ref: refused before anything is written
     try:
-        with run.locked(" ".join(sys.argv) or stage):
+        # the log opens once the lock is held: a refused second command writes nothing here
+        with run.locked(" ".join(sys.argv) or stage), logs.capture(run.path, stage):
             if not force and run.adopt(stage):  # killed between its rename and its manifest record
                 console.print(f"[green]{stage}[/]: had finished before a crash; recorded now")
                 return False
@@ -41,6 +53,8 @@ def run_stage(run: RunDir, stage: str, force: bool = False) -> bool:
             console.rule(f"[bold]{stage}")
             with run.stage_output(stage, keep_partial=(stage == "train")) as out:
                 _runner(stage)(run, out)
+            rec = run.stage_record(stage) or {}
+            console.print(f"[green]{stage}[/]: done in {rec.get('seconds', '?')} s -> {run.path / stage}")
     except Exception as exc:
         # Disk full, read-only, quota: one line naming the path and the cause, not a traceback.
         # The manifest records a stage last, so nothing is recorded as complete; the work folder
@@ -51,8 +65,6 @@ def run_stage(run: RunDir, stage: str, force: bool = False) -> bool:
         if stage != "train":
             shutil.rmtree(run.work_dir(stage), ignore_errors=True)
         raise StageError(write_faults.describe(stage, cause, run.work_dir(stage), run.path)) from exc
-    rec = run.stage_record(stage) or {}
-    console.print(f"[green]{stage}[/]: done in {rec.get('seconds', '?')} s -> {run.path / stage}")
     return True
 
 
