@@ -51,6 +51,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 def _all_known_errors() -> tuple[type[BaseException], ...]:
     from .formats import FormatError
+    from .hardware import HardwareError
     from .isolation import IsolationError
     from .models import ModelRefError
     from .sources import SourceError
@@ -60,7 +61,7 @@ def _all_known_errors() -> tuple[type[BaseException], ...]:
     from .stages.train import TrainConfigError
 
     return (RecipeError, StageError, SourceError, ModelRefError, FormatError, TemplateError,
-            TrainConfigError, MergeError, PackError, IsolationError, OSError)
+            TrainConfigError, MergeError, PackError, IsolationError, HardwareError, OSError)
 
 
 _debug = False  # --debug: set by the app's callback for the one command it runs
@@ -266,7 +267,8 @@ def generate_cmd(target: Path = TargetArg,
     With a run directory, what it prints is also kept in its logs/generate.log."""
 
     def go() -> None:
-        from .generate import MODELS, generate, load_for_inference, prompt_text, read_prompts
+        from .generate import MODELS, generate, inference_precision, load_for_inference, prompt_text, read_prompts
+        from .hardware import configure_threads
 
         if model not in MODELS:
             raise RecipeError(f"--model {model}: expected one of {', '.join(MODELS)}")
@@ -276,9 +278,11 @@ def generate_cmd(target: Path = TargetArg,
         recipe = resolve_recipe(target, set_, run_dir)
         run = RunDir(recipe.resolved_run_dir(), recipe)
         with logs.capture(run.path, "generate", only_existing=True):  # a reader: creates no run directory
+            configure_threads()
             lm, tok = load_for_inference(run, model)
             texts = [prompt_text(recipe, q, tok) for q in questions]
-            answers = generate(lm, tok, texts, recipe.generate.max_new_tokens, recipe.generate.batch_size)
+            answers = generate(lm, tok, texts, recipe.generate.max_new_tokens, recipe.generate.batch_size,
+                               compute=inference_precision(recipe))
             for q, a in zip(questions, answers):
                 out.print(f"[bold]>>> {q}[/]\n{a}\n", highlight=False)
 

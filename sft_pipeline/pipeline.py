@@ -52,6 +52,9 @@ def _run_stage(run: RunDir, stage: str, force: bool) -> bool:
                 return False
             console.rule(f"[bold]{stage}")
             with run.stage_output(stage, keep_partial=(stage == "train")) as out:
+                from .hardware import configure_threads
+
+                configure_threads()  # one per physical core, or SFT_PIPELINE_THREADS / OMP_NUM_THREADS
                 _runner(stage)(run, out)
             rec = run.stage_record(stage) or {}
             console.print(f"[green]{stage}[/]: done in {rec.get('seconds', '?')} s -> {run.path / stage}")

@@ -379,6 +379,7 @@ def run(run: RunDir, out: Path) -> None:
         "steps": trainer.state.global_step,
         "precision": precision,
         "weights_dtype": prec.weights,
+        "threads": torch.get_num_threads(),
         "gradient_checkpointing": prep["gradient_checkpointing"],
         **speed,
         "final_train_loss": losses[-1] if losses else None,
