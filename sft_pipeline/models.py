@@ -167,4 +167,28 @@ def load_model(
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype or dtype or torch.float32,
         )
-    return AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
+    if quantization == "nf4":
+        keep_training_matmul(model)
+    return model
+
+
+def keep_training_matmul(model: Any) -> int:
+    """Make every NF4 layer compute the same way in evaluation as in training; returns how many.
+
+    bitsandbytes (0.50 here) on a CPU with AVX512-BF16 switches a Linear4bit, at its first
+    forward in eval mode without gradients, to a repacked inference kernel that casts the input
+    to bf16 and rounds the block scales (absmax) to bf16, whatever bnb_4bit_compute_dtype says.
+    Training (train mode) dequantizes and multiplies in the compute dtype. On such a CPU the
+    adapter model's logits under no_grad then differed from the ones training produced (0.638 on
+    the demo's trained QLoRA adapter, fp32 compute), which failed the QLoRA merge's check; the
+    repacked weight also stays for later training forwards, whose backward through
+    that kernel torch does not implement ("silently incorrect" gradients after an evaluation),
+    and the repacking fails for layers with fewer than 64 inputs. With it off, inference
+    dequantizes like training: the same logits, in train and eval mode."""
+    layers = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes' Linear4bit
+            module.support_avx512bf16_for_cpu = False
+            layers += 1
+    return layers

@@ -3,6 +3,12 @@
 For a QLoRA run the adapter learned against NF4-dequantized weights, not the originals. Merging
 into the originals (what most tools do) silently shifts the model; we offer both bases and
 record the chosen one's logit gap to the adapter on the quantized base that training saw.
+
+The dequantized base takes every value from the NF4 model as training loaded it (NF4 codes and
+scales dequantized in fp32; embeddings, norms and biases as they were, bf16-rounded in a bf16
+run). The reference is that NF4 model with the adapter, computed in fp32: with bf16 compute the
+same model's logits move by more than merge.tolerance from rounding alone (up to ~3 on
+SmolLM2-135M), so what bf16 training computed is recorded beside the check, not used for it.
 """
 
 from __future__ import annotations
@@ -22,28 +28,92 @@ class MergeError(RuntimeError):
     pass
 
 
-def dequantized_base(recipe: Recipe, dtype: Any) -> Any:
-    """The original-precision model with every NF4-quantized linear replaced by its dequantized
-    weight: exactly what the adapter saw during QLoRA training."""
+def _is_4bit(param: Any) -> bool:
+    return param.__class__.__name__ == "Params4bit"
+
+
+def nf4_layers(model: Any) -> dict[str, Any]:
+    """The bitsandbytes Linear4bit modules, by their name in the plain model (PEFT's
+    '.base_layer' dropped)."""
     import bitsandbytes as bnb
+
+    return {name.replace(".base_layer", ""): module for name, module in model.named_modules()
+            if isinstance(module, bnb.nn.Linear4bit)}
+
+
+def dequantize(module: Any, dtype: Any) -> Any:
+    """A Linear4bit's weight as training's matmul sees it, without rounding: NF4 code x block scale
+    (double-quantized scales dequantized first), computed in float32, then cast to dtype."""
+    import copy
+
+    import bitsandbytes as bnb
+    import torch
+
+    if getattr(module.weight.quant_state, "packing_format_for_cpu", False):
+        # repacked for bitsandbytes' CPU inference kernel (models.keep_training_matmul prevents it)
+        raise MergeError("merge: an NF4 weight was repacked for bitsandbytes' CPU inference kernel; "
+                         "load it with sft_pipeline.models.load_model")
+    state = copy.copy(module.weight.quant_state)
+    state.dtype = torch.float32  # dequantize_4bit writes its output in state.dtype
+    return bnb.functional.dequantize_4bit(module.weight.data, state).to(dtype)
+
+
+def compute_dtype_of(model: Any) -> Any:
+    """What the NF4 layers multiply in (bnb_4bit_compute_dtype; the first one's)."""
+    import torch
+
+    return next((m.compute_dtype for m in nf4_layers(model).values() if m.compute_dtype is not None), torch.float32)
+
+
+def upcast_to_fp32(model: Any) -> None:
+    """Compute in float32 on exactly the same values: the NF4 layers keep their 4-bit codes and
+    scales and dequantize to and multiply in float32; every other floating parameter and buffer
+    (bf16 embeddings, norms, LoRA) is cast to float32, which is exact."""
+    import torch
+
+    for module in nf4_layers(model).values():
+        module.compute_dtype = torch.float32
+        module.weight.quant_state.dtype = torch.float32
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if not _is_4bit(tensor) and tensor.is_floating_point() and tensor.dtype != torch.float32:
+                tensor.data = tensor.data.float()
+
+
+def dequantized_base(recipe: Recipe, dtype: Any, source: Any = None) -> Any:
+    """The merge base: a full-precision model (dtype) holding exactly the values the adapter saw in
+    QLoRA training. `source` is the NF4 model training saw (as prepare builds it, with or without
+    the adapter); each NF4 linear gets its dequantized weight and every other parameter (embeddings,
+    tied LM head, norms, biases) its value there, so a bf16 run's bf16-rounded embeddings and the
+    NF4 codes quantized from the bf16 weights are what is merged into, not the checkpoint's."""
     import torch
 
     from ..models import load_model
 
+    if source is None:
+        source = load_model(recipe.model.ref, dtype=dtype, quantization="nf4",
+                            trust_remote_code=recipe.model.trust_remote_code, allow_pickle=recipe.model.allow_pickle)
+    if hasattr(source, "get_base_model"):
+        source = source.get_base_model()
     full = load_model(recipe.model.ref, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code,
                       allow_pickle=recipe.model.allow_pickle)
-    quant = load_model(recipe.model.ref, dtype=dtype, quantization="nf4", compute_dtype=torch.float32,
-                       trust_remote_code=recipe.model.trust_remote_code, allow_pickle=recipe.model.allow_pickle)
-    targets = dict(full.named_modules())
-    replaced = 0
+    params = dict(full.named_parameters())
+    assigned: set[str] = set()
+    layers = nf4_layers(source)
     with torch.no_grad():
-        for name, module in quant.named_modules():
-            if isinstance(module, bnb.nn.Linear4bit):
-                w = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
-                targets[name].weight.copy_(w.to(dtype))
-                replaced += 1
-    del quant
-    console.print(f"dequantized {replaced} NF4 linear layers into the merge base")
+        for name, module in layers.items():
+            params[f"{name}.weight"].copy_(dequantize(module, dtype))
+            assigned.add(f"{name}.weight")
+        for name, param in source.named_parameters():
+            if _is_4bit(param) or "lora_" in name:
+                continue
+            key = name.replace(".base_layer", "")
+            params[key].copy_(param.to(dtype))
+            assigned.add(key)
+    missing = sorted(set(params) - assigned)
+    if missing:
+        raise MergeError(f"merge: the NF4 model has no value for {', '.join(missing[:3])}")
+    console.print(f"dequantized {len(layers)} NF4 linear layers into the merge base")
     return full
 
 
@@ -122,13 +192,26 @@ def run(run: RunDir, out: Path) -> None:
     mask = batch["attention_mask"].float()
 
     quantized = recipe.model.quantization == "nf4"
+    compared: dict[str, Any] = {}
     if quantized:
         # The reference is the adapter on exactly the base training saw: the NF4 one.
         reference = build_model(recipe, detect(), checkpointing=False, adapter=adapter, trainable=False)
         reference.eval()
+        compute = compute_dtype_of(reference)
+        if compute != torch.float32:
+            # What training computed (bf16 rounding of activations, weights and logits: more than
+            # merge.tolerance by itself), kept for the record; the check compares the merged model
+            # with the same NF4 model computed in float32.
+            with torch.autocast(device_type=next(reference.parameters()).device.type, dtype=compute):
+                native_logits = logits_of(reference, batch)
+            upcast_to_fp32(reference)
         ref_logits = logits_of(reference, batch)
+        if compute != torch.float32:
+            compared["training_compute_rounding_gap"] = max_gap(ref_logits, native_logits, mask)
+        compared["training_compute_dtype"] = str(compute).replace("torch.", "")
+        compared["reference_compute_dtype"] = "float32"
+        base = dequantized_base(recipe, dtype, source=reference) if cfg.base == "dequantized" else None
         del reference
-        base = dequantized_base(recipe, dtype) if cfg.base == "dequantized" else None
     else:
         base = None
     if base is None:
@@ -146,7 +229,10 @@ def run(run: RunDir, out: Path) -> None:
     del expected
     if weight_gap > WEIGHT_RTOL:
         raise MergeError(f"merge: a merged weight differs from W0 + (alpha/r)*B*A by {weight_gap:.3g} (relative)")
-    gap = max_gap(logits_of(merged, batch), ref_logits, mask)
+    merged_logits = logits_of(merged, batch)
+    gap = max_gap(merged_logits, ref_logits, mask)
+    if "training_compute_rounding_gap" in compared:
+        compared["training_compute_gap"] = max_gap(merged_logits, native_logits, mask)
 
     passed = gap <= cfg.tolerance
     record = {
@@ -155,7 +241,9 @@ def run(run: RunDir, out: Path) -> None:
         "max_abs_logit_gap": gap,
         "tolerance": cfg.tolerance,
         "passed": passed,
-        "reference": "adapter on the NF4 base training saw" if quantized else "adapter on the same full-precision base",
+        "reference": ("adapter on the NF4 base training saw (its 4-bit codes, scales and other weights), "
+                      "computed in float32" if quantized else "adapter on the same full-precision base"),
+        **compared,
         "probe_texts": len(texts),
         "max_relative_weight_gap": weight_gap,  # merged vs W0 + (alpha/r)*B*A, every LoRA layer
     }
