@@ -70,6 +70,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from synthetic import conversations  # noqa: E402  (bench/synthetic.py, shared with data_throughput)
 
+import sft_pipeline.logs  # noqa: E402,F401  (before bitsandbytes: drops its notice about the optional `kernels` package)
+
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
 VARIANTS = ("plain", "tuned", "pipeline_fp32", "pipeline", "pipeline_ckpt")
 LABELS = {"plain": "plain TRL (SFTConfig defaults)", "tuned": "TRL tuned by hand ({tuned}, no ckpt)",

@@ -275,11 +275,23 @@ def speed_setup(model: Any, recipe: Recipe, hw: Any) -> dict[str, Any]:
     causal = model.get_base_model()
     wanted = attention.choose(causal.config, recipe.model.attn_implementation, hw.device)
     done: dict[str, Any] = {"attention": attention.use(causal, wanted)}
+    done["lora_input_cast"] = keep_lora_inputs(model) if precision_plan.plan(recipe, hw).autocast else "kept: no autocast"
     done["fast_lora_dropout"] = (use_fast_dropout(model) if hw.device == "cpu" and recipe.train.fast_dropout else 0)
     # the batch's rows as one row: nothing computed for padding (attention keeps samples apart)
     done["padding_free"] = done["attention"] in attention.PER_SAMPLE
     done["liger"] = use_liger(causal) if hw.device == "cuda" else "cpu: not used"
     return done
+
+
+def keep_lora_inputs(model: Any) -> str:
+    """Under autocast PEFT's LoRA layers cast their bf16 input up to the adapter's fp32, and
+    autocast casts it back down for lora_A's matmul: two copies of every adapted layer's input
+    per step for nothing. Without the cast, dropout runs on the bf16 input and lora_A computes in
+    bf16 as before (autocast); the adapter weights, gradients and optimizer stay fp32."""
+    layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled") and hasattr(m, "lora_A")]
+    for module in layers:
+        module.cast_input_dtype_enabled = False
+    return f"off on {len(layers)} layers (autocast computes lora_A in the compute dtype)"
 
 
 def use_liger(causal: Any) -> str:
