@@ -82,3 +82,37 @@ def lima_rows(n: int, multi_every: int = 0) -> list[dict]:
             conv += ["And times two?", f"TL;DR: Also {2 * i}.\n\nDetails:\n- Same thing\n- Doubling"]
         rows.append({"conversations": conv, "source": "math"})
     return rows
+
+
+# ---- the tiny tokenizer (trained here, ChatML template) that tiny models share ----
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+CORPUS = [
+    "What is the capital of France? Paris is the capital of France.",
+    "TL;DR: Water boils at 100 degrees.\n\nDetails:\n- At sea level\n- Lower in the mountains",
+    "Question: how do I sort a list in Python? Answer: use sorted() or list.sort().",
+    "The quick brown fox jumps over the lazy dog. 0123456789",
+] * 20
+
+
+def make_tokenizer(folder: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   unk_token="<unk>", bos_token="<|im_start|>")
+    fast.chat_template = CHATML
+    fast.save_pretrained(folder)
+    return fast

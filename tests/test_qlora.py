@@ -28,7 +28,7 @@ TEXTS = ["What is the capital of France? Paris is the capital of France.",
 def nf4_model_dir(tmp_path_factory):
     """A 2-layer Llama wide enough for bitsandbytes' CPU inference kernel (64 inputs: one NF4
     block) with logits of a few units (init 0.1), so scale rounding shows in them."""
-    from conftest import make_tokenizer
+    from helpers import make_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path_factory.mktemp("nf4-llama")
