@@ -1,6 +1,12 @@
 import pytest
 
-from sft_pipeline.hardware import Hardware, choose_precision, cpu_flags, detect
+from sft_pipeline.hardware import PROFILE_ENV, Hardware, choose_precision, cpu_flags, detect
+
+
+@pytest.fixture(autouse=True)
+def _no_injected_profile(monkeypatch):
+    """These tests read the flags they pass in, not a profile a test run injects."""
+    monkeypatch.delenv(PROFILE_ENV, raising=False)
 
 AVX2 = "processor : 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
 SAPPHIRE = "processor : 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
