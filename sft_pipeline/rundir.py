@@ -29,7 +29,10 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "load": ("data",),
     "template": ("template", "model.ref"),
     "pack": ("pack", "model.ref"),
-    "prepare": ("model", "lora", "pack.seq_length", "train.per_device_train_batch_size"),
+    # prepare also reads: train.seed (LoRA's initialisation), train.precision (the dtype), and for
+    # its memory estimate pack.strategy (the attention) and the eval batch size and strategy
+    "prepare": ("model", "lora", "pack.seq_length", "pack.strategy", "train.per_device_train_batch_size",
+                "train.per_device_eval_batch_size", "train.eval_strategy", "train.seed", "train.precision"),
     "train": ("train",),
     "merge": ("merge",),
     "evaluate": ("evaluate", "generate"),

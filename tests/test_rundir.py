@@ -45,6 +45,24 @@ def test_changing_a_key_makes_exactly_that_stage_and_downstream_stale(tmp_path, 
     assert {s for s, v in states.items() if v == "complete"} == set(STAGES) - downstream
 
 
+@pytest.mark.parametrize("key", ["train.seed=7", "train.precision=fp32", "pack.strategy=wrapped",
+                                 "train.per_device_eval_batch_size=2", "train.eval_strategy=no"])
+def test_what_prepare_reads_outside_its_sections_makes_it_stale(tmp_path, key):
+    """prepare initialises LoRA from train.seed, takes its dtype from train.precision and estimates
+    memory from the attention (pack.strategy) and evaluation: a change must not reuse its output."""
+    from sft_pipeline.config import _set_dotted, recipe_from_dict
+
+    run = RunDir(tmp_path, Recipe())
+    for stage in STAGES:
+        _complete(run, stage)
+    tree = json.loads(Recipe().model_dump_json())
+    dotted, value = key.split("=")
+    _set_dotted(tree, dotted, value)
+    changed = RunDir(tmp_path, recipe_from_dict(tree))
+    assert changed.stage_state("prepare") == "stale"
+    assert changed.stage_state("load") == "complete"
+
+
 def test_failed_stage_leaves_nothing_that_looks_complete(tmp_path):
     run = RunDir(tmp_path, Recipe())
     _complete(run, "load")
