@@ -9,7 +9,7 @@ from typing import Callable
 
 from rich.console import Console
 
-from . import logs, preflight, write_faults
+from . import logs, preflight, process_state, write_faults
 from .config import Recipe
 from .rundir import STAGES, RunDir, StageError
 
@@ -55,7 +55,8 @@ def _run_stage(run: RunDir, stage: str, force: bool) -> bool:
                 from .hardware import configure_threads
 
                 configure_threads()  # one per physical core, or SFT_PIPELINE_THREADS / OMP_NUM_THREADS
-                _runner(stage)(run, out)
+                with process_state.restored():  # signal handlers and environment, for the stages after it
+                    _runner(stage)(run, out)
             rec = run.stage_record(stage) or {}
             console.print(f"[green]{stage}[/]: done in {rec.get('seconds', '?')} s -> {run.path / stage}")
     except Exception as exc:

@@ -87,3 +87,31 @@ def test_bundled_model_end_to_end(tmp_path):
     tok = load_tokenizer(str(run.path / "merge" / "model"))
     answer = generate(model, tok, [prompt_text(recipe, "What is the capital of France?", tok)], 12, 1)[0]
     assert "Paris" in answer
+
+
+def test_stages_leave_the_process_as_they_found_it(recipe_factory, monkeypatch):
+    """train installs a SIGTERM handler and sets WANDB_*/TENSORBOARD_LOGGING_DIR; in one `run`,
+    merge must get the default SIGTERM (a stop during merge is a crash, not 'saving a checkpoint')
+    and none of train's environment."""
+    import os
+    import signal
+
+    from sft_pipeline.stages import merge
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for key in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "TENSORBOARD_LOGGING_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    seen = {}
+    real_merge = merge.run
+
+    def spy(run, out):
+        seen["sigterm"] = signal.getsignal(signal.SIGTERM)
+        seen["env"] = {k for k in os.environ if k.startswith("WANDB_") or k == "TENSORBOARD_LOGGING_DIR"}
+        return real_merge(run, out)
+
+    monkeypatch.setattr(merge, "run", spy)
+    run = run_all(recipe_factory(tracking={"wandb": "offline", "tensorboard": True}))
+    assert list((run.path / "train" / "wandb").glob("offline-run-*"))  # train did set W&B up
+    assert seen == {"sigterm": before, "env": set()}
+    assert signal.getsignal(signal.SIGTERM) is before
