@@ -116,3 +116,19 @@ def make_tokenizer(folder: Path):
     fast.chat_template = CHATML
     fast.save_pretrained(folder)
     return fast
+
+
+def save_tiny_llama(folder: Path, **shape) -> Path:
+    """A 2-layer Llama (hidden 32 unless `shape` says otherwise) with the tiny tokenizer, seeded and
+    saved as a local safetensors checkpoint: a valid model.ref."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_tokenizer(folder)
+    torch.manual_seed(0)
+    dims = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+    config = LlamaConfig(vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, **{**dims, **shape})
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -28,18 +28,10 @@ TEXTS = ["What is the capital of France? Paris is the capital of France.",
 def nf4_model_dir(tmp_path_factory):
     """A 2-layer Llama wide enough for bitsandbytes' CPU inference kernel (64 inputs: one NF4
     block) with logits of a few units (init 0.1), so scale rounding shows in them."""
-    from helpers import make_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from helpers import save_tiny_llama
 
-    folder = tmp_path_factory.mktemp("nf4-llama")
-    tok = make_tokenizer(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                         tie_word_embeddings=True, initializer_range=0.1)
-    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_tiny_llama(tmp_path_factory.mktemp("nf4-llama"), hidden_size=64, intermediate_size=128,
+                           initializer_range=0.1)
 
 
 def _qlora_model(ref, dtype, adapter_dir=None):

@@ -14,6 +14,19 @@ def _complete(run: RunDir, stage: str) -> None:
         write_json(out / "summary.json", {"ok": 1})
 
 
+def _completed_then_changed(tmp_path, key: str) -> RunDir:
+    """Every stage complete for the default recipe; the same run directory seen with `key` changed."""
+    from sft_pipeline.config import _set_dotted, recipe_from_dict
+
+    run = RunDir(tmp_path, Recipe())
+    for stage in STAGES:
+        _complete(run, stage)
+    tree = json.loads(Recipe().model_dump_json())
+    dotted, value = key.split("=")
+    _set_dotted(tree, dotted, value)
+    return RunDir(tmp_path, recipe_from_dict(tree))
+
+
 @pytest.mark.parametrize("key, stale_from", [
     ("data.max_records=5", "load"),
     ("template.kind=seed", "template"),
@@ -23,15 +36,7 @@ def _complete(run: RunDir, stage: str) -> None:
     ("merge.tolerance=0.1", "merge"),
 ])
 def test_changing_a_key_makes_exactly_that_stage_and_downstream_stale(tmp_path, key, stale_from):
-    from sft_pipeline.config import _set_dotted, recipe_from_dict
-
-    run = RunDir(tmp_path, Recipe())
-    for stage in STAGES:
-        _complete(run, stage)
-    tree = json.loads(Recipe().model_dump_json())
-    dotted, value = key.split("=")
-    _set_dotted(tree, dotted, value)
-    changed = RunDir(tmp_path, recipe_from_dict(tree))
+    changed = _completed_then_changed(tmp_path, key)
     downstream = {
         "load": {"load", "template", "pack", "train", "merge"},
         "template": {"template", "pack", "train", "merge"},
@@ -50,15 +55,7 @@ def test_changing_a_key_makes_exactly_that_stage_and_downstream_stale(tmp_path, 
 def test_what_prepare_reads_outside_its_sections_makes_it_stale(tmp_path, key):
     """prepare initialises LoRA from train.seed, takes its dtype from train.precision and estimates
     memory from the attention (pack.strategy) and evaluation: a change must not reuse its output."""
-    from sft_pipeline.config import _set_dotted, recipe_from_dict
-
-    run = RunDir(tmp_path, Recipe())
-    for stage in STAGES:
-        _complete(run, stage)
-    tree = json.loads(Recipe().model_dump_json())
-    dotted, value = key.split("=")
-    _set_dotted(tree, dotted, value)
-    changed = RunDir(tmp_path, recipe_from_dict(tree))
+    changed = _completed_then_changed(tmp_path, key)
     assert changed.stage_state("prepare") == "stale"
     assert changed.stage_state("load") == "complete"
 
