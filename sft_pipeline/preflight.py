@@ -91,11 +91,9 @@ def _check_model_ref(ref: str) -> None:
 
 def _check_extra_args(extra: dict) -> None:
     # Needs TRL's SFTConfig (a few seconds to import), so only when extra_args is set.
-    import dataclasses
+    from .stages.train import TrainConfigError, check_extra_args
 
-    from trl import SFTConfig
-
-    known = {f.name for f in dataclasses.fields(SFTConfig)}
-    for key in extra:
-        if key not in known:
-            raise RecipeError(f"train.extra_args.{key}: not an SFTConfig argument")
+    try:
+        check_extra_args(extra)
+    except TrainConfigError as err:
+        raise RecipeError(str(err)) from None

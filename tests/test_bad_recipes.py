@@ -205,6 +205,21 @@ def test_unknown_extra_arg_is_refused_before_the_model_loads(tmp_path, monkeypat
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("key, value, why", [
+    ("output_dir", "/tmp/elsewhere", "set by the pipeline"),
+    ("dataset_kwargs", {}, "set by the pipeline"),
+    ("bf16", True, "set train.precision"),
+    ("gradient_checkpointing", True, "set model.gradient_checkpointing"),
+    ("learning_rate", 0.1, "set train.learning_rate instead"),
+])
+def test_extra_args_cannot_replace_what_the_pipeline_or_the_recipe_sets(tmp_path, key, value, why):
+    """SFTConfig(**{..., **extra_args}) let extra_args silently win: an output_dir elsewhere broke
+    resume, dataset_kwargs re-tokenized the packed blocks, learning_rate hid train.learning_rate."""
+    path = _write(tmp_path, "train.extra_args", {key: value}, 0)
+    _check(path, f"train.extra_args.{key}")
+    assert why in runner.invoke(app, ["validate", str(path)]).output
+
+
 # One process runs every case through the real CLI entry point, then reports which heavy modules
 # it imported: none may be, so no model can have been loaded.
 DRIVER = r"""

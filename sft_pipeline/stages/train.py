@@ -53,16 +53,48 @@ def report_to(recipe: Recipe) -> tuple[list[str], dict[str, str]]:
     return trackers, env
 
 
+# SFTConfig arguments the train stage decides itself; an extra_args value would silently replace
+# the decision (an output_dir elsewhere breaks resume, dataset_kwargs would re-tokenize the blocks)
+PIPELINE_ARGS = {
+    "output_dir": "checkpoints go to the run directory (train resumes from them)",
+    "dataset_kwargs": "pack made the blocks; SFTTrainer must not prepare them again",
+    "packing": "set pack.strategy", "padding_free": "the train stage sets it from its attention",
+    "remove_unused_columns": "the collator needs the packed columns",
+    "bf16": "set train.precision", "fp16": "set train.precision", "use_cpu": "follows the hardware",
+    "gradient_checkpointing": "set model.gradient_checkpointing",
+    "gradient_checkpointing_kwargs": "set model.gradient_checkpointing",
+    "activation_checkpointing": "set model.gradient_checkpointing",
+    "activation_checkpointing_kwargs": "set model.gradient_checkpointing",
+    "report_to": "set tracking.wandb and tracking.tensorboard",
+    "prediction_loss_only": "evaluation computes the loss only",
+}
+
+
+def check_extra_args(extra: dict[str, Any]) -> None:
+    """train.extra_args may add SFTConfig arguments, never replace what the recipe or the
+    pipeline sets (raises TrainConfigError, one line naming the key)."""
+    from trl import SFTConfig
+
+    from ..config import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(SFTConfig)}
+    for key in extra:
+        if key not in known:
+            raise TrainConfigError(f"train.extra_args.{key}: not an SFTConfig argument")
+        if key in PIPELINE_ARGS:
+            raise TrainConfigError(f"train.extra_args.{key}: set by the pipeline, not by extra_args ({PIPELINE_ARGS[key]})")
+        if key in TrainConfig.model_fields:
+            raise TrainConfigError(f"train.extra_args.{key}: a recipe key; set train.{key} instead")
+
+
 def sft_config(recipe: Recipe, out: Path, checkpointing: bool, precision: str, trackers: list[str],
                device: str = "cpu") -> Any:
     import torch
     from trl import SFTConfig
 
     t = recipe.train
+    check_extra_args(t.extra_args)
     known = {f.name for f in dataclasses.fields(SFTConfig)}
-    for key in t.extra_args:
-        if key not in known:
-            raise TrainConfigError(f"train.extra_args.{key}: not an SFTConfig argument")
     fields = t.model_dump(exclude={"precision", "extra_args", "fast_dropout"})
     fields = {k: v for k, v in fields.items() if v is not None}
     kwargs: dict[str, Any] = dict(
