@@ -343,7 +343,7 @@ def rates(device: str, bf16_fast: bool, tiny: bool) -> dict[str, float]:
     return out
 
 
-def compute_dtype(variant: str, r: dict[str, Any]) -> str:
+def compute_dtype(r: dict[str, Any]) -> str:
     return "bf16" if r.get("bf16") else "fp32"
 
 
@@ -457,8 +457,11 @@ def report(results: dict[str, dict[str, Any]], recipe: Any, device: str, rate: d
 
     gib = 1024**3
     config = AutoConfig.from_pretrained(resolve(recipe.model.ref).path)
-    ests = {v: estimates(recipe.model_copy(update={"train": recipe.train.model_copy(update={"precision": "fp32"})})
-                         if v == "pipeline_fp32" else recipe) for v in results}
+    # prepare's estimate: one for the recipe, one for its fp32 variant (the only one whose dtype differs)
+    default = estimates(recipe)
+    fp32 = (estimates(recipe.model_copy(update={"train": recipe.train.model_copy(update={"precision": "fp32"})}))
+            if "pipeline_fp32" in results else default)
+    ests = {v: fp32 if v == "pipeline_fp32" else default for v in results}
     t = recipe.train
     print()
     print(f"model {shape} ({config.num_hidden_layers} layers, hidden {config.hidden_size}, vocab {config.vocab_size}), "
@@ -468,13 +471,13 @@ def report(results: dict[str, dict[str, Any]], recipe: Any, device: str, rate: d
           f"{f' ({plain_steps} for variant 1)' if plain_steps != steps else ''}")
     mem_col = "peak RSS" if device == "cpu" else "peak GPU mem"
     print(f"{'variant':<38} {'steps':>5} {'s/step':>8} {'tokens/s':>9} {'MFU':>6} {mem_col:>12} {'estimate':>9} {'final loss':>10}")
-    lora = next(iter(ests.values()))["trainable"]
-    mfu: dict[str, float] = {}
+    lora = default["trainable"]
+    achieved = {v: sum(step_flops(config, lora, w) for w in r["timed_work"]) / r["timed_seconds"]
+                for v, r in results.items()}  # model FLOP/s over the timed steps
+    mfu = {v: achieved[v] / rate[compute_dtype(r)] for v, r in results.items()}
     for v, r in results.items():
         ckpt = bool(r["gradient_checkpointing"])
         peak = r["peak_rss_bytes"] if device == "cpu" else r["peak_gpu_bytes"]
-        achieved = sum(step_flops(config, lora, w) for w in r["timed_work"]) / r["timed_seconds"]
-        mfu[v] = achieved / rate[compute_dtype(v, r)]
         est = f"{ests[v]['with' if ckpt else 'without'] / gib:>5.2f} GiB" if v in PIPELINE else f"{'-':>9}"
         print(f"{NAMES[v]:<38} {len(r['seconds']):>5} {r['s_per_step']:>8.2f} {r['tokens_per_s']:>9.1f} "
               f"{mfu[v]:>6.1%} {peak / gib:>8.2f} GiB {est} {r['losses'][-1]:>10.4f}")
@@ -496,7 +499,7 @@ def report(results: dict[str, dict[str, Any]], recipe: Any, device: str, rate: d
                       f"effect): {abs(a[0] - b[0]):.2e}")
     print()
     for v, r in results.items():
-        extra = f" (compute {compute_dtype(v, r)}, gradient checkpointing {r['gradient_checkpointing']}"
+        extra = f" (compute {compute_dtype(r)}, gradient checkpointing {r['gradient_checkpointing']}"
         if v in PIPELINE:
             extra += (f", attention {r.get('attention')}, padding-free {r.get('padding_free')}, fast LoRA dropout on "
                       f"{r.get('fast_lora_dropout')} layers")
@@ -506,11 +509,9 @@ def report(results: dict[str, dict[str, Any]], recipe: Any, device: str, rate: d
         for v in ("plain", "tuned", "pipeline_fp32"):
             if v in results:
                 print(f"ratio {num('pipeline')}/{num(v)} (tokens/s): {p['tokens_per_s'] / results[v]['tokens_per_s']:.2f}x")
-    for v in results:
-        r = results[v]
-        achieved = sum(step_flops(config, lora, w) for w in r["timed_work"]) / r["timed_seconds"]
-        print(f"MFU of {num(v)}: {achieved / 1e9:.1f} GFLOP/s of model FLOPs / {rate[compute_dtype(v, r)] / 1e9:.1f} "
-              f"GFLOP/s measured {compute_dtype(v, r)} matmul = {mfu[v]:.1%}")
+    for v, r in results.items():
+        print(f"MFU of {num(v)}: {achieved[v] / 1e9:.1f} GFLOP/s of model FLOPs / {rate[compute_dtype(r)] / 1e9:.1f} "
+              f"GFLOP/s measured {compute_dtype(r)} matmul = {mfu[v]:.1%}")
     if p:
         print(f"  N_linear={linear_params(config):,} N_lora={lora:,} V={config.vocab_size} h={config.hidden_size} "
               f"L={config.num_hidden_layers}; timed steps of {num('pipeline')}: "
@@ -523,7 +524,7 @@ def report(results: dict[str, dict[str, Any]], recipe: Any, device: str, rate: d
         r = results[v]
         peak = r["peak_rss_bytes"] if device == "cpu" else r["peak_gpu_bytes"]
         e = ests[v]["with" if r["gradient_checkpointing"] else "without"]
-        print(f"memory ({num(v)}, {compute_dtype(v, r)}, checkpointing {'on' if r['gradient_checkpointing'] else 'off'}): "
+        print(f"memory ({num(v)}, {compute_dtype(r)}, checkpointing {'on' if r['gradient_checkpointing'] else 'off'}): "
               f"estimate {e / gib:.2f} GiB (prepare, before loading), measured {peak / gib:.2f} GiB "
               f"({'peak RSS' if device == 'cpu' else 'max allocated'}): measured/estimate {peak / e:.2f}")
     if device == "cuda":

@@ -50,7 +50,7 @@ def prompt_text(recipe: Recipe, question: str, tokenizer: Any) -> str:
 def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
              label: str = "generate", compute: precision.Precision | None = None) -> list[str]:
     """Greedy answers, batched with left padding; each stops at EOS. `compute`: run under its
-    autocast (bf16 compute over fp32 weights)."""
+    autocast, as training computed (needed where fp32 weights meet bf16 compute)."""
     import torch
 
     tokenizer.padding_side = "left"

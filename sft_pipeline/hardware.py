@@ -1,8 +1,9 @@
 """What this machine runs fast. Precision follows the hardware, not a library default.
 
 On a CPU without AMX or AVX512-BF16, bf16 matrix products are emulated: measured on our 2-core
-AVX2 machines at 0.29 GFLOP/s against 175 GFLOP/s in fp32, a LoRA step 142 s against 8 s. On a
-2-core AMD EPYC with AVX512-BF16 a bf16 matmul ran at ~390 GFLOP/s against ~156 in fp32.
+AVX2 machines at 0.29 GFLOP/s against 175 GFLOP/s in fp32, a LoRA step 142 s against 8 s. On
+2-core AMD EPYCs with AVX512-BF16 a bf16 matmul ran at 393 GFLOP/s against 156 in fp32 on one
+and at 750-785 against ~181 on another (README, "bf16 CPUs").
 
 Machines of one kind differ in this, so the CPU profile can be injected
 (`SFT_PIPELINE_CPU_PROFILE=bf16` or `avx2`): tests then run the bf16 code path on an AVX2 host

@@ -136,6 +136,9 @@ def test_every_stage_runs_in_the_profiles_precision(profile, recipe_factory, mon
     metrics = json.loads((run.path / "train" / "metrics.json").read_text())
     assert metrics["precision"] == want and metrics["attention"] == "packed_sdpa" and metrics["padding_free"]
     assert metrics["fast_lora_dropout"] > 0
+    # under autocast the LoRA layers keep their bf16 input (PEFT's cast to fp32 is turned off)
+    cast = f"off on {metrics['fast_lora_dropout']} layers" if want == "bf16" else "kept"  # every LoRA layer
+    assert metrics["lora_input_cast"].startswith(cast)
     assert all(torch.isfinite(torch.tensor(metrics["eval_losses"])))
     trained = load_file(str(run.path / "train" / "adapter" / "adapter_model.safetensors"))
     start = load_file(str(run.path / "prepare" / "adapter" / "adapter_model.safetensors"))
