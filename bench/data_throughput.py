@@ -63,9 +63,9 @@ def worker(n: int, seq_length: int) -> dict:
     from trl.data_utils import pack_dataset
 
     from sft_pipeline.config import PackConfig, recipe_from_dict
-    from sft_pipeline.models import load_tokenizer
-    from sft_pipeline.pipeline import run_stage
-    from sft_pipeline.rundir import RunDir, read_json
+    from sft_pipeline.model.loader import load_tokenizer
+    from sft_pipeline.run.pipeline import run_stage
+    from sft_pipeline.run.rundir import RunDir, read_json
     from sft_pipeline.stages.pack import pack, tokenize_split, with_eos
 
     datasets.disable_progress_bars()

@@ -7,7 +7,7 @@ against NF4 (double quantization, as QLoRA loads it), before any training.
 The loss is the token-weighted mean cross-entropy over every labelled token of the split's
 blocks (bfd rows with their position_ids, one block at a time, so transformers' SDPA keeps the
 samples apart), the same quantity as `sft-pipeline evaluate`'s 'before' loss. The models are
-loaded with sft_pipeline.models.load_model and prepare's seed preparation, as training loads
+loaded with sft_pipeline.model.loader.load_model and prepare's seed preparation, as training loads
 them; bf16 compute runs under torch.autocast, with bf16 base weights (what `train.precision: bf16`
 uses).
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 def block_loss(model, blocks, pad_id: int, compute) -> tuple[float, int]:
     import torch
 
-    from sft_pipeline.collate import PackedCollator
+    from sft_pipeline.training.collate import PackedCollator
 
     collate = PackedCollator(pad_id)
     total, count = 0.0, 0
@@ -47,7 +47,7 @@ def main() -> None:
     import torch
 
     from sft_pipeline.config import load_recipe
-    from sft_pipeline.models import load_model, load_tokenizer
+    from sft_pipeline.model.loader import load_model, load_tokenizer
     from sft_pipeline.stages.prepare import seed_preparation
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

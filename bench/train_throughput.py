@@ -70,7 +70,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from synthetic import conversations  # noqa: E402  (bench/synthetic.py, shared with data_throughput)
 
-import sft_pipeline.logs  # noqa: E402,F401  (before bitsandbytes: drops its notice about the optional `kernels` package)
+import sft_pipeline.run.logs  # noqa: E402,F401  (before bitsandbytes: drops its notice about the optional `kernels` package)
 
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
 VARIANTS = ("plain", "tuned", "pipeline_fp32", "pipeline", "pipeline_ckpt")
@@ -112,7 +112,7 @@ def build_random_model(folder: Path, config: Any, tokenizer_ref: str, dtype: str
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sft_pipeline.models import load_tokenizer
+    from sft_pipeline.model.loader import load_tokenizer
 
     tok = load_tokenizer(tokenizer_ref)
     if len(tok) > config.vocab_size:
@@ -219,8 +219,8 @@ def _trl_variant(variant: str, recipe: Any, run_path: Path, device: str, bf16_fa
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
 
-    from sft_pipeline.collate import PackedCollator
-    from sft_pipeline.models import load_tokenizer, resolve
+    from sft_pipeline.training.collate import PackedCollator
+    from sft_pipeline.model.loader import load_tokenizer, resolve
     from sft_pipeline.stages.train import StepTimer
 
     tok = load_tokenizer(recipe.model.ref)
@@ -269,8 +269,8 @@ def _trl_variant(variant: str, recipe: Any, run_path: Path, device: str, bf16_fa
 
 
 def _pipeline_variant(recipe: Any, run_path: Path) -> dict[str, Any]:
-    from sft_pipeline.pipeline import run_stage
-    from sft_pipeline.rundir import RunDir, read_json
+    from sft_pipeline.run.pipeline import run_stage
+    from sft_pipeline.run.rundir import RunDir, read_json
 
     run = RunDir(run_path, recipe)
     run_stage(run, "train", force=True)
@@ -286,7 +286,7 @@ def worker(variant: str, recipe_file: Path, device: str) -> dict[str, Any]:
     import torch
 
     from sft_pipeline.config import load_recipe
-    from sft_pipeline.hardware import configure_threads, detect
+    from sft_pipeline.model.hardware import configure_threads, detect
 
     configure_threads()  # as the CLI does, for every variant alike
 
@@ -321,8 +321,8 @@ def estimates(recipe: Any) -> dict[str, int]:
     """prepare's memory estimate for this recipe, with and without gradient checkpointing."""
     from transformers import AutoConfig
 
-    from sft_pipeline.hardware import detect
-    from sft_pipeline.models import resolve
+    from sft_pipeline.model.hardware import detect
+    from sft_pipeline.model.loader import resolve
     from sft_pipeline.stages.prepare import plan_memory
 
     config = AutoConfig.from_pretrained(resolve(recipe.model.ref).path)
@@ -370,7 +370,7 @@ def main() -> None:
 
     import torch
 
-    from sft_pipeline.hardware import configure_threads, cpu_flags, detect
+    from sft_pipeline.model.hardware import configure_threads, cpu_flags, detect
 
     threads, _ = configure_threads()
     hw = detect()
@@ -453,7 +453,7 @@ def report(results: dict[str, dict[str, Any]], recipe: Any, device: str, rate: d
            plain_steps: int, shape: str) -> None:
     from transformers import AutoConfig
 
-    from sft_pipeline.models import resolve
+    from sft_pipeline.model.loader import resolve
 
     gib = 1024**3
     config = AutoConfig.from_pretrained(resolve(recipe.model.ref).path)

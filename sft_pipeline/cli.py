@@ -22,10 +22,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import logs
+from .run import logs
 from .config import Recipe, RecipeError, load_recipe
-from .logs import close_progress_bars
-from .rundir import STAGES, RunDir, StageError
+from .run.logs import close_progress_bars
+from .run.rundir import STAGES, RunDir, StageError
 
 # PEFT reads transformers' deprecated `is_gradient_checkpointing` on every model it wraps: a
 # warning about library code that a user of this command can do nothing about
@@ -50,11 +50,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 
 def _all_known_errors() -> tuple[type[BaseException], ...]:
-    from .formats import FormatError
-    from .hardware import HardwareError
-    from .isolation import IsolationError
-    from .models import ModelRefError
-    from .sources import SourceError
+    from .data.formats import FormatError
+    from .model.hardware import HardwareError
+    from .training.isolation import IsolationError
+    from .model.loader import ModelRefError
+    from .data.sources import SourceError
     from .stages.merge import MergeError
     from .stages.pack import PackError
     from .stages.template import TemplateError
@@ -159,7 +159,7 @@ def _stage_command(stage: str) -> Callable:
     def command(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt,
                 force: bool = typer.Option(False, "--force", help="redo the stage even if up to date")) -> None:
         def go() -> None:
-            from .pipeline import run_stage
+            from .run.pipeline import run_stage
 
             recipe = resolve_recipe(target, set_, run_dir)
             run_stage(RunDir(recipe.resolved_run_dir(), recipe), stage, force=force)
@@ -189,7 +189,7 @@ def run_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run_di
     """Run every stage that is not up to date, in order. Each stage logs to logs/<stage>.log."""
 
     def go() -> None:
-        from .pipeline import run_all
+        from .run.pipeline import run_all
 
         if until is not None and until not in STAGES:
             raise RecipeError(f"--until {until}: not a stage ({', '.join(STAGES)})")
@@ -201,7 +201,7 @@ def run_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run_di
 
 
 def _print_status(run: RunDir) -> None:
-    from .pipeline import status_rows
+    from .run.pipeline import status_rows
 
     table = Table(title=f"run directory {run.path}")
     for col in ("stage", "state", "seconds", "summary"):
@@ -230,8 +230,8 @@ def inspect_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, ru
     """Run load, template and pack if needed, then show counts, drops, lengths and trained spans."""
 
     def go() -> None:
-        from .inspect_data import show
-        from .pipeline import run_stage
+        from .data.inspect import show
+        from .run.pipeline import run_stage
 
         recipe = resolve_recipe(target, set_, run_dir)
         run = RunDir(recipe.resolved_run_dir(), recipe)
@@ -247,7 +247,7 @@ def validate_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt) -
     """Check a recipe (keys, types, data files, model reference) without loading anything large."""
 
     def go() -> None:
-        from .preflight import check_all
+        from .run.preflight import check_all
 
         recipe = resolve_recipe(target, set_, None)
         check_all(recipe)
@@ -267,8 +267,8 @@ def generate_cmd(target: Path = TargetArg,
     With a run directory, what it prints is also kept in its logs/generate.log."""
 
     def go() -> None:
-        from .generate import MODELS, generate, inference_precision, load_for_inference, prompt_text, read_prompts
-        from .hardware import configure_threads
+        from .model.generate import MODELS, generate, inference_precision, load_for_inference, prompt_text, read_prompts
+        from .model.hardware import configure_threads
 
         if model not in MODELS:
             raise RecipeError(f"--model {model}: expected one of {', '.join(MODELS)}")
@@ -295,7 +295,7 @@ def evaluate_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, r
     """Loss and style share before and after training, with before/after answer pairs."""
 
     def go() -> None:
-        from .pipeline import run_stage
+        from .run.pipeline import run_stage
 
         recipe = resolve_recipe(target, set_, run_dir)
         run = RunDir(recipe.resolved_run_dir(), recipe)

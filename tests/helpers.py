@@ -19,7 +19,7 @@ STATE = r"""
 import json, sys
 from pathlib import Path
 from sft_pipeline.config import load_recipe
-from sft_pipeline.rundir import STAGES, RunDir
+from sft_pipeline.run.rundir import STAGES, RunDir
 path = Path(sys.argv[1])
 if path.is_dir():
     run = RunDir(path, load_recipe(path / "recipe.yaml"))

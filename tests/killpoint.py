@@ -28,7 +28,7 @@ def die() -> None:
 
 
 def install(rule: dict) -> None:
-    from sft_pipeline import rundir
+    from sft_pipeline.run import rundir
 
     pattern = re.compile(rule["match"])
     nth = rule.get("nth", 1)

@@ -2,7 +2,7 @@ import datasets
 import pyarrow as pa
 import pytest
 
-from sft_pipeline.arrow_io import SplitWriter, count_rows, iter_batches, split_dirs
+from sft_pipeline.data.arrow_io import SplitWriter, count_rows, iter_batches, split_dirs
 
 SCHEMA = pa.schema([("text", pa.string()), ("spans", pa.list_(pa.list_(pa.int64()))), ("source", pa.string())])
 

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from sft_pipeline.config import DataConfig, PackConfig, TemplateConfig
-from sft_pipeline.sources import SourceError
+from sft_pipeline.data.sources import SourceError
 from sft_pipeline.stages.load import load_split
 from sft_pipeline.stages.pack import IGNORE, Tokens, pack, tokenize, with_eos
 from sft_pipeline.stages.template import render

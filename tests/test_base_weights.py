@@ -35,7 +35,7 @@ def _file_hashes(folder) -> dict[str, str]:
 def test_train_leaves_the_base_weights_bitwise_unchanged(tmp_path, tiny_model_dir, recipe_factory, monkeypatch):
     from safetensors.torch import load_file
 
-    from sft_pipeline.pipeline import run_all
+    from sft_pipeline.run.pipeline import run_all
     from sft_pipeline.stages import prepare
 
     base_dir = tmp_path / "base"
@@ -97,7 +97,7 @@ def _spy_from_pretrained(monkeypatch, calls: list):
 
 
 def test_no_call_gets_trust_remote_code_unless_the_recipe_sets_it(recipe_factory, monkeypatch):
-    from sft_pipeline.pipeline import run_all
+    from sft_pipeline.run.pipeline import run_all
 
     calls: list = []
     _spy_from_pretrained(monkeypatch, calls)
@@ -128,7 +128,7 @@ def test_checkpoint_code_runs_only_with_trust_remote_code(tmp_path, tiny_model_d
     """A checkpoint whose config.json points (auto_map) at its own Python file, which writes a
     marker when imported. prepare loads config, tokenizer and model: the file must not run unless
     the recipe says trust_remote_code: true (which shows the marker would appear)."""
-    from sft_pipeline.pipeline import run_all
+    from sft_pipeline.run.pipeline import run_all
 
     folder = tmp_path / "canary-model"
     shutil.copytree(tiny_model_dir, folder)

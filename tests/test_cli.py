@@ -51,7 +51,7 @@ def test_bad_override_is_one_line_and_exit_2(tmp_path, recipe_factory):
 
 
 def test_inspect_shows_counts_histogram_and_marked_sample(tmp_path, recipe_factory):
-    from sft_pipeline.inspect_data import histogram
+    from sft_pipeline.data.inspect import histogram
 
     assert histogram([10, 70, 200, 300], 256, bins=4) == [("1-64", 1), ("65-128", 1), ("129-192", 0), ("193-256", 1), ("> 256", 1)]
     recipe_path = _recipe_file(tmp_path, recipe_factory())

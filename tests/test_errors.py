@@ -17,7 +17,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from sft_pipeline import logs
+from sft_pipeline.run import logs
 from sft_pipeline.cli import app
 
 PY = sys.executable
@@ -28,7 +28,7 @@ ENV.pop("SFT_PIPELINE_DEBUG", None)
 # that prints on every channel a stage uses and then fails as $BOOM says.
 DRIVER = r'''
 import logging, os, sys, warnings
-import sft_pipeline.pipeline as pipeline
+import sft_pipeline.run.pipeline as pipeline
 
 def runner(stage):
     def run(run, out):
@@ -46,7 +46,7 @@ def runner(stage):
         if boom == "interrupt":
             raise KeyboardInterrupt
         if boom == "known":
-            from sft_pipeline.rundir import StageError
+            from sft_pipeline.run.rundir import StageError
             raise StageError(f"{stage}: a known problem, said in one line")
         if boom == "exit":
             raise SystemExit(143)
@@ -163,7 +163,7 @@ def _failing_runner(message: str):
 
 
 def test_an_error_outside_any_stage_is_one_line_too(tmp_path, recipe_factory, monkeypatch):
-    import sft_pipeline.pipeline as pipeline
+    import sft_pipeline.run.pipeline as pipeline
 
     def broken(run):
         raise KeyError("no such column")
@@ -177,7 +177,7 @@ def test_an_error_outside_any_stage_is_one_line_too(tmp_path, recipe_factory, mo
 def test_a_log_that_cannot_be_written_changes_nothing(tmp_path, recipe_factory, monkeypatch):
     """logs/ is a file here, so no log can be opened: the stage runs as before, and a failure is
     still one line, without a log to point to."""
-    import sft_pipeline.pipeline as pipeline
+    import sft_pipeline.run.pipeline as pipeline
 
     recipe_path = str(_recipe_file(tmp_path, recipe_factory()))
     (tmp_path / "run").mkdir()

@@ -5,7 +5,7 @@ import torch
 def test_mean_loss_equals_the_model_loss(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from sft_pipeline.evaluate import mean_loss
+    from sft_pipeline.stages.evaluate import mean_loss
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     ids = list(range(20, 44))
@@ -24,8 +24,8 @@ def test_mean_loss_padding_free_with_per_sample_attention_equals_padded(tiny_mod
     padded rows under the model's own attention with its block-diagonal mask."""
     from transformers import AutoModelForCausalLM
 
-    from sft_pipeline import attention
-    from sft_pipeline.evaluate import mean_loss
+    from sft_pipeline.training import attention
+    from sft_pipeline.stages.evaluate import mean_loss
 
     g = torch.Generator().manual_seed(0)
     blocks = []
@@ -43,7 +43,7 @@ def test_mean_loss_padding_free_with_per_sample_attention_equals_padded(tiny_mod
 
 def test_style_share():
     from sft_pipeline.config import EvaluateConfig
-    from sft_pipeline.evaluate import style_share
+    from sft_pipeline.stages.evaluate import style_share
 
     rx = EvaluateConfig().style_regex
     good = "TL;DR: Short.\n\nDetails:\n- one\n- two"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sft_pipeline.formats import FormatError, check_turns, detect_format, to_conversation
+from sft_pipeline.data.formats import FormatError, check_turns, detect_format, to_conversation
 
 
 def U(text):

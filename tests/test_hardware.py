@@ -1,6 +1,6 @@
 import pytest
 
-from sft_pipeline.hardware import PROFILE_ENV, Hardware, choose_precision, cpu_flags, detect
+from sft_pipeline.model.hardware import PROFILE_ENV, Hardware, choose_precision, cpu_flags, detect
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sft_pipeline.isolation import IsolationError, check_bfd, probe
+from sft_pipeline.training.isolation import IsolationError, check_bfd, probe
 
 
 @pytest.mark.parametrize("attn", [None, "eager", "sdpa"])
@@ -32,8 +32,8 @@ def test_a_backend_that_cannot_be_built_is_refused_not_assumed(tiny_model_dir):
 def test_pack_stage_refuses_bfd_for_opt_and_none_works(tmp_path, recipe_factory, tiny_model_dir, tiny_tokenizer):
     from transformers import OPTConfig
 
-    from sft_pipeline.pipeline import run_stage
-    from sft_pipeline.rundir import RunDir
+    from sft_pipeline.run.pipeline import run_stage
+    from sft_pipeline.run.rundir import RunDir
 
     opt = tmp_path / "tiny-opt"
     opt.mkdir()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sft_pipeline.rundir import COMPLETE, STAGES, RunDir, StageError
+from sft_pipeline.run.rundir import COMPLETE, STAGES, RunDir, StageError
 
 KILLPOINT = Path(__file__).with_name("killpoint.py")
 
@@ -95,7 +95,7 @@ def load_rows(run: RunDir) -> int:
 
 
 def rerun(run: RunDir, stage: str) -> str:
-    from sft_pipeline.pipeline import run_stage
+    from sft_pipeline.run.pipeline import run_stage
 
     ran = run_stage(run, stage)
     rec = run.stage_record(stage)
@@ -124,7 +124,7 @@ def test_load_killed_at_a_point_of_its_first_run(tmp_path, recipe_factory, point
 
 @pytest.mark.parametrize("point", list(REPLACE_POINTS))
 def test_load_killed_while_replacing_a_complete_output(tmp_path, recipe_factory, lima_dir, point):
-    from sft_pipeline.pipeline import run_stage
+    from sft_pipeline.run.pipeline import run_stage
 
     from helpers import lima_rows, write_jsonl
 
@@ -142,7 +142,7 @@ def test_load_killed_while_replacing_a_complete_output(tmp_path, recipe_factory,
 
 
 def test_train_killed_after_its_rename_is_adopted_not_retrained(tmp_path, recipe_factory):
-    from sft_pipeline.pipeline import run_all
+    from sft_pipeline.run.pipeline import run_all
 
     recipe = recipe_factory()
     run = run_all(recipe, until="prepare")

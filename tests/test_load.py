@@ -6,8 +6,8 @@ import json
 import pytest
 
 from helpers import lima_rows, write_jsonl
-from sft_pipeline.rundir import RunDir, read_json
-from sft_pipeline.sources import SourceError
+from sft_pipeline.run.rundir import RunDir, read_json
+from sft_pipeline.data.sources import SourceError
 from sft_pipeline.stages.load import load_split
 
 GOOD = {"conversations": ["q", "a"], "source": "s"}
@@ -153,7 +153,7 @@ def test_empty_source(tmp_path):
 def test_load_stage_through_run_stage(recipe_factory):
     import datasets
 
-    from sft_pipeline.pipeline import run_stage
+    from sft_pipeline.run.pipeline import run_stage
 
     recipe = recipe_factory()
     run = RunDir(recipe.resolved_run_dir(), recipe)
@@ -185,7 +185,7 @@ def test_load_stage_through_run_stage(recipe_factory):
 
 
 def test_load_stage_with_no_usable_records_fails_and_records_nothing(recipe_factory, tmp_path):
-    from sft_pipeline.pipeline import run_stage
+    from sft_pipeline.run.pipeline import run_stage
 
     bad = write_jsonl(tmp_path / "bad" / "train.jsonl", [{"conversations": ["q"]}] * 3)
     recipe = recipe_factory(data={"source": str(bad), "eval_split": None})
@@ -224,8 +224,8 @@ def test_duplicates_are_dropped_and_counted(tmp_path):
 
 
 def test_seeded_eval_carve(tmp_path, recipe_factory):
-    from sft_pipeline.pipeline import run_stage
-    from sft_pipeline.rundir import RunDir, read_json
+    from sft_pipeline.run.pipeline import run_stage
+    from sft_pipeline.run.rundir import RunDir, read_json
 
     src = write_jsonl(tmp_path / "all.jsonl", lima_rows(20))
     recipe = recipe_factory(data={"source": str(src), "eval_size": 0.25, "eval_split": "unused"})
@@ -241,7 +241,7 @@ def test_seeded_eval_carve(tmp_path, recipe_factory):
 
 
 def _load(recipe):
-    from sft_pipeline.pipeline import run_stage
+    from sft_pipeline.run.pipeline import run_stage
 
     run = RunDir(recipe.resolved_run_dir(), recipe)
     run_stage(run, "load")
@@ -265,7 +265,7 @@ def test_a_single_file_is_never_read_again_as_its_own_test_split(tmp_path, recip
 
 
 def test_has_split_by_source_kind(tmp_path, lima_dir):
-    from sft_pipeline.sources import has_split
+    from sft_pipeline.data.sources import has_split
 
     assert has_split(str(lima_dir), "test") and not has_split(str(lima_dir), "validation")
     assert has_split(str(lima_dir / "{split}.jsonl"), "test") and not has_split(str(lima_dir / "{split}.jsonl"), "dev")

@@ -101,7 +101,7 @@ def test_bfd_block_logits_equal_each_sample_alone(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sft_pipeline.collate import PackedCollator
+    from sft_pipeline.training.collate import PackedCollator
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     samples = _samples([7, 5, 9], start=20)

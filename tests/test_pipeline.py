@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from sft_pipeline.pipeline import run_all
-from sft_pipeline.rundir import STAGES, read_json
+from sft_pipeline.run.pipeline import run_all
+from sft_pipeline.run.rundir import STAGES, read_json
 
 
 def _adapter_changed(run_dir):
@@ -26,8 +26,8 @@ def test_all_stages_on_the_tiny_model(recipe_factory):
     assert all(run.stage_state(s) == "complete" for s in STAGES)
     assert _adapter_changed(run.path)
     metrics = read_json(run.path / "train" / "metrics.json")
-    from sft_pipeline.hardware import detect
-    from sft_pipeline.precision import plan
+    from sft_pipeline.model.hardware import detect
+    from sft_pipeline.model.precision import plan
 
     assert metrics["steps"] == 3 and metrics["precision"] == plan(recipe, detect()).compute  # both: test_precision.py
     verify = read_json(run.path / "merge" / "verify.json")
@@ -72,8 +72,8 @@ def test_wandb_offline_run_is_written(recipe_factory, monkeypatch):
 def test_bundled_model_end_to_end(tmp_path):
     """All six stages on the bundled SmolLM2 for a few steps; the merged model loads and answers."""
     from sft_pipeline.config import load_recipe
-    from sft_pipeline.generate import generate, prompt_text
-    from sft_pipeline.models import load_model, load_tokenizer
+    from sft_pipeline.model.generate import generate, prompt_text
+    from sft_pipeline.model.loader import load_model, load_tokenizer
 
     recipe = load_recipe("recipes/demo.yaml", [
         f"run_dir={tmp_path / 'run'}", "train.max_steps=2", "train.eval_strategy=no", "train.save_strategy=no",

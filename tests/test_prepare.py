@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sft_pipeline.config import recipe_from_dict
-from sft_pipeline.hardware import Hardware
+from sft_pipeline.model.hardware import Hardware
 from sft_pipeline.stages.prepare import build_model, count_params, plan_memory, seed_preparation
 
 CPU = Hardware("cpu", bf16_fast=False, reason="test", cpu_count=2, memory_bytes=24 * 1024**3)
@@ -77,8 +77,8 @@ def test_qlora_nf4_trains_on_cpu(recipe_factory):
 
 
 def test_prepare_stage_records_counts_and_adapter(recipe_factory):
-    from sft_pipeline.pipeline import run_stage
-    from sft_pipeline.rundir import RunDir, read_json
+    from sft_pipeline.run.pipeline import run_stage
+    from sft_pipeline.run.rundir import RunDir, read_json
 
     recipe = recipe_factory()
     run = RunDir(recipe.resolved_run_dir(), recipe)
@@ -90,7 +90,7 @@ def test_prepare_stage_records_counts_and_adapter(recipe_factory):
 
 
 def test_memory_total_takes_the_larger_transient_and_the_factor_of_the_mode():
-    from sft_pipeline.memory import MemoryEstimate
+    from sft_pipeline.training.memory import MemoryEstimate
 
     est = MemoryEstimate(weights=100, adapter_and_optimizer=10, activations_full=400, activations_checkpointed=40,
                          logits=60, evaluation=0, runtime=50, allocator_factor=2.0, allocator_factor_checkpointed=3.0)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sft_pipeline.rundir import read_json
+from sft_pipeline.run.rundir import read_json
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 TOLERANCE = 1e-3
@@ -39,7 +39,7 @@ def _qlora_model(ref, dtype, adapter_dir=None):
     random non-zero B so the adapter changes the logits; saved to adapter_dir if given."""
     from peft import LoraConfig, get_peft_model
 
-    from sft_pipeline.models import load_model
+    from sft_pipeline.model.loader import load_model
     from sft_pipeline.stages.prepare import seed_preparation
 
     base = load_model(str(ref), dtype=dtype, quantization="nf4", compute_dtype=dtype)
@@ -64,7 +64,7 @@ def _compute(dtype):
 
 
 def _batch(ref):
-    from sft_pipeline.models import load_tokenizer
+    from sft_pipeline.model.loader import load_tokenizer
     from sft_pipeline.stages.merge import probe_batch
 
     batch = probe_batch(load_tokenizer(str(ref)), TEXTS)
@@ -104,7 +104,7 @@ def test_dequantized_merge_matches_the_adapter_on_the_nf4_base(nf4_model_dir, tm
     batch, mask = _batch(nf4_model_dir)
     recipe = SimpleNamespace(model=SimpleNamespace(ref=str(nf4_model_dir), trust_remote_code=False, allow_pickle=False))
 
-    from sft_pipeline.models import load_model
+    from sft_pipeline.model.loader import load_model
     from sft_pipeline.stages.prepare import seed_preparation
 
     base = load_model(str(nf4_model_dir), dtype=dtype, quantization="nf4", compute_dtype=dtype)
@@ -150,7 +150,7 @@ def _demo_qlora(tiny_model_dir, tmp_path, precision):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_demo_qlora_recipe_runs_through_merge(tiny_model_dir, tmp_path, precision):
-    from sft_pipeline.pipeline import run_all
+    from sft_pipeline.run.pipeline import run_all
 
     recipe = _demo_qlora(tiny_model_dir, tmp_path, precision)
     assert recipe.model.quantization == "nf4" and recipe.merge.base == "dequantized"

@@ -68,8 +68,8 @@ def test_train_resumed_from_its_final_checkpoint_runs_no_extra_step(tmp_path, re
     constant schedule, one that changes the weights)."""
     import shutil
 
-    from sft_pipeline.pipeline import run_all
-    from sft_pipeline.rundir import read_json
+    from sft_pipeline.run.pipeline import run_all
+    from sft_pipeline.run.rundir import read_json
 
     recipe = recipe_factory(train={"max_steps": 2, "save_strategy": "steps", "save_steps": 2,
                                    "lr_scheduler_type": "constant", "learning_rate": 0.01})

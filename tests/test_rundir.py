@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from sft_pipeline.config import Recipe
-from sft_pipeline.rundir import STAGES, LockedError, RunDir, StageError, write_json
+from sft_pipeline.run.rundir import STAGES, LockedError, RunDir, StageError, write_json
 
 
 def _complete(run: RunDir, stage: str) -> None:
@@ -99,7 +99,7 @@ def test_second_writer_is_refused_with_the_holder(tmp_path):
 
 def test_lock_of_a_dead_process_is_taken_over(tmp_path):
     code = (
-        "import os; from sft_pipeline.rundir import RunDir; from sft_pipeline.config import Recipe\n"
+        "import os; from sft_pipeline.run.rundir import RunDir; from sft_pipeline.config import Recipe\n"
         f"r = RunDir({str(tmp_path)!r}, Recipe())\n"
         "with r.locked('victim'): os._exit(0)\n"  # dies holding the lock
     )

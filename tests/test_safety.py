@@ -27,7 +27,7 @@ def test_merge_weight_check_catches_a_wrong_merge(tiny_model_dir):
 def test_pickle_weights_refused_unless_allowed(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from sft_pipeline.models import ModelRefError, load_model
+    from sft_pipeline.model.loader import ModelRefError, load_model
 
     import shutil
 
@@ -48,7 +48,7 @@ FAKE = {
 
 
 def test_secrets_never_reach_the_run_directory(recipe_factory, monkeypatch):
-    from sft_pipeline.pipeline import run_all
+    from sft_pipeline.run.pipeline import run_all
 
     for key, value in FAKE.items():
         monkeypatch.setenv(key, value)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from helpers import write_jsonl
-from sft_pipeline.sources import SourceError, read_records, source_kind
+from sft_pipeline.data.sources import SourceError, read_records, source_kind
 from sft_pipeline.stages.load import load_split
 
 QA = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(3)]

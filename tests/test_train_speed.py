@@ -5,8 +5,8 @@ benchmark's model building and FLOP counting (its GPU path on a tiny config)."""
 import pytest
 import torch
 
-from sft_pipeline.hardware import Hardware
-from sft_pipeline.loss import labelled_loss, unsupported_reason
+from sft_pipeline.model.hardware import Hardware
+from sft_pipeline.training.loss import labelled_loss, unsupported_reason
 
 CPU = Hardware("cpu", bf16_fast=False, reason="test", cpu_count=2, memory_bytes=24 * 1024**3)
 
@@ -59,7 +59,7 @@ def test_labelled_loss_is_the_models_own_loss(recipe_factory, limit):
 
 
 def test_labelled_loss_without_gradients_is_the_same_loss_in_slices(recipe_factory, monkeypatch):
-    import sft_pipeline.loss as loss_module
+    import sft_pipeline.training.loss as loss_module
 
     model = _lora_model(recipe_factory)
     batch = _packed_batch(model.config.vocab_size)
@@ -107,7 +107,7 @@ def _tiny_llama(kv_heads=2):
 
 
 def test_sample_spans_follow_position_restarts():
-    from sft_pipeline.attention import sample_spans
+    from sft_pipeline.training.attention import sample_spans
 
     pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6, 7, 8]])
     assert sample_spans(pos) == [[(0, 3), (3, 5), (5, 9)], [(0, 9)]]
@@ -118,7 +118,7 @@ def test_sample_spans_follow_position_restarts():
 def test_packed_sdpa_equals_the_block_diagonal_mask(kv_heads, compute):
     """Same logits and gradients as transformers' SDPA with the mask it builds from position_ids,
     in fp32 and under bf16 autocast (to bf16 rounding: the two run different SDPA kernels)."""
-    from sft_pipeline.attention import register
+    from sft_pipeline.training.attention import register
 
     register()
     model = _tiny_llama(kv_heads)
@@ -142,8 +142,8 @@ def test_packed_sdpa_equals_the_block_diagonal_mask(kv_heads, compute):
 def test_attention_choice_keeps_packed_samples_apart_or_falls_back(tiny_model_dir):
     from transformers import AutoConfig, BloomConfig, OPTConfig
 
-    from sft_pipeline.attention import choose
-    from sft_pipeline.isolation import probe
+    from sft_pipeline.training.attention import choose
+    from sft_pipeline.training.isolation import probe
 
     assert choose(AutoConfig.from_pretrained(tiny_model_dir), None, "cpu") == "packed_sdpa"
     assert choose(AutoConfig.from_pretrained(tiny_model_dir), "eager", "cpu") == "eager"  # a recipe's choice stands
@@ -162,7 +162,7 @@ def _blocks():
 
 
 def test_padding_free_collator_makes_one_row_without_padding():
-    from sft_pipeline.collate import PackedCollator, batch_work
+    from sft_pipeline.training.collate import PackedCollator, batch_work
 
     batch = PackedCollator(pad_id=0, padding_free=True)(_blocks())
     assert batch["input_ids"].shape == (1, 10) and "attention_mask" not in batch
@@ -176,8 +176,8 @@ def test_padding_free_collator_makes_one_row_without_padding():
 
 
 def test_padding_free_loss_equals_the_padded_batch(recipe_factory):
-    from sft_pipeline.attention import register
-    from sft_pipeline.collate import PackedCollator
+    from sft_pipeline.training.attention import register
+    from sft_pipeline.training.collate import PackedCollator
 
     register()
     model = _lora_model(recipe_factory)
@@ -199,7 +199,7 @@ def test_padding_free_loss_equals_the_padded_batch(recipe_factory):
 # ---- fast LoRA dropout ------------------------------------------------------------------------------
 
 def test_fast_dropout_drops_p_and_scales_the_rest():
-    from sft_pipeline.dropout import FastDropout
+    from sft_pipeline.training.dropout import FastDropout
 
     drop = FastDropout(0.05).train()
     x = torch.ones(400, 1000)
@@ -210,7 +210,7 @@ def test_fast_dropout_drops_p_and_scales_the_rest():
 
 
 def test_fast_dropout_draws_from_torchs_seed():
-    from sft_pipeline.dropout import FastDropout
+    from sft_pipeline.training.dropout import FastDropout
 
     drop = FastDropout(0.1).train()
     x = torch.randn(64, 64)
@@ -223,7 +223,7 @@ def test_fast_dropout_draws_from_torchs_seed():
 def test_fast_dropout_replaces_peft_dropout_and_survives_checkpoint_recompute(recipe_factory):
     """With gradient checkpointing the recomputed forward draws the same masks (torch restores its
     RNG state), so gradients equal a run without checkpointing."""
-    from sft_pipeline.dropout import FastDropout, use_fast_dropout
+    from sft_pipeline.training.dropout import FastDropout, use_fast_dropout
     from sft_pipeline.stages.prepare import build_model
 
     batch = _packed_batch(300)
@@ -253,8 +253,8 @@ def test_pipeline_trainer_loss_equals_sfttrainers(recipe_factory, tmp_path):
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    from sft_pipeline.collate import PackedCollator
-    from sft_pipeline.models import load_tokenizer
+    from sft_pipeline.training.collate import PackedCollator
+    from sft_pipeline.model.loader import load_tokenizer
     from sft_pipeline.stages.train import trainer_class
 
     recipe = recipe_factory()
@@ -287,8 +287,8 @@ def test_a_compiled_or_wrapped_model_keeps_its_own_forward_and_sfttrainers_loss(
     import datasets
     from trl import SFTConfig
 
-    from sft_pipeline.collate import PackedCollator
-    from sft_pipeline.models import load_tokenizer
+    from sft_pipeline.training.collate import PackedCollator
+    from sft_pipeline.model.loader import load_tokenizer
     from sft_pipeline.stages.train import trainer_class
 
     recipe = recipe_factory()
@@ -313,8 +313,8 @@ def test_step_rate_leaves_out_the_warm_up_step():
 
 
 def test_train_stage_records_its_speed_setup_and_step_times(recipe_factory):
-    from sft_pipeline.pipeline import run_all
-    from sft_pipeline.rundir import read_json
+    from sft_pipeline.run.pipeline import run_all
+    from sft_pipeline.run.rundir import read_json
 
     recipe = recipe_factory(train={"max_steps": 3})
     run = run_all(recipe, until="train")
@@ -334,9 +334,9 @@ def test_memory_estimate_counts_what_autograd_keeps(recipe_factory):
     (LoRA, fast dropout, per-sample attention, labelled-positions loss) within 10%."""
     from transformers import AutoConfig
 
-    from sft_pipeline.attention import register
-    from sft_pipeline.collate import PackedCollator
-    from sft_pipeline.dropout import use_fast_dropout
+    from sft_pipeline.training.attention import register
+    from sft_pipeline.training.collate import PackedCollator
+    from sft_pipeline.training.dropout import use_fast_dropout
     from sft_pipeline.stages.prepare import build_model, plan_memory
 
     recipe = recipe_factory(pack={"seq_length": 64}, train={"per_device_train_batch_size": 2})
@@ -369,7 +369,7 @@ def test_memory_estimate_counts_what_autograd_keeps(recipe_factory):
 def test_memory_estimate_turns_checkpointing_on_only_when_needed(recipe_factory):
     from transformers import AutoConfig
 
-    from sft_pipeline.hardware import Hardware
+    from sft_pipeline.model.hardware import Hardware
     from sft_pipeline.stages.prepare import plan_memory
 
     recipe = recipe_factory(pack={"seq_length": 2048}, train={"per_device_train_batch_size": 64})

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sft_pipeline.rundir import RunDir
+from sft_pipeline.run.rundir import RunDir
 
 from helpers import STATE, lima_rows, run_read_only, run_state, userns_works, write_jsonl
 
@@ -95,7 +95,7 @@ def _file_size_limit(limit: int):
 
 
 def test_file_size_limit_efbig(tmp_path, recipe_factory):
-    from sft_pipeline.pipeline import run_stage
+    from sft_pipeline.run.pipeline import run_stage
 
     recipe, recipe_path = big_recipe(tmp_path, recipe_factory, tmp_path / "run")
     proc = subprocess.run([PY, "-m", "sft_pipeline.cli", "load", str(recipe_path)], capture_output=True, text=True,
@@ -120,7 +120,7 @@ def _tree_hashes(folder: Path) -> dict:
 @pytest.mark.skipif(os.geteuid() == 0 and not userns_works(),
                     reason="root ignores permissions, and no mount namespace for a read-only mount")
 def test_read_only_run_directory(tmp_path, recipe_factory):
-    from sft_pipeline.pipeline import run_stage
+    from sft_pipeline.run.pipeline import run_stage
 
     run_dir = tmp_path / "run"
     recipe, recipe_path = big_recipe(tmp_path, recipe_factory, run_dir, template={"kind": "seed"})
@@ -147,7 +147,7 @@ def test_read_only_run_directory(tmp_path, recipe_factory):
 def test_write_fault_is_found_in_chains_and_messages(tmp_path):
     import errno
 
-    from sft_pipeline.write_faults import find_cause
+    from sft_pipeline.run.write_faults import find_cause
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

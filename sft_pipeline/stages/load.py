@@ -17,11 +17,11 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from ..arrow_io import SplitWriter, iter_batches
-from ..formats import FormatError, detect_format, rename_columns, to_conversation
+from ..data.arrow_io import SplitWriter, iter_batches
+from ..data.formats import FormatError, detect_format, rename_columns, to_conversation
 from ..progress import progress
-from ..rundir import RunDir, write_json
-from ..sources import SourceError, has_split, read_records
+from ..run.rundir import RunDir, write_json
+from ..data.sources import SourceError, has_split, read_records
 
 SPLITS = ("train", "eval")
 EXAMPLES_PER_REASON = 3

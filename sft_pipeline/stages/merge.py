@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from ..config import Recipe
-from ..rundir import RunDir, write_json
+from ..run.rundir import RunDir, write_json
 
 console = Console(stderr=True)
 
@@ -88,7 +88,7 @@ def dequantized_base(recipe: Recipe, dtype: Any, source: Any = None) -> Any:
     NF4 codes quantized from the bf16 weights are what is merged into, not the checkpoint's."""
     import torch
 
-    from ..models import load_model
+    from ..model.loader import load_model
 
     if source is None:
         source = load_model(recipe.model.ref, dtype=dtype, quantization="nf4",
@@ -173,8 +173,8 @@ def run(run: RunDir, out: Path) -> None:
     import torch
     from peft import PeftModel
 
-    from ..hardware import detect
-    from ..models import load_model, load_tokenizer
+    from ..model.hardware import detect
+    from ..model.loader import load_model, load_tokenizer
     from .prepare import build_model
 
     recipe = run.recipe

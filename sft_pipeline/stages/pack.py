@@ -24,10 +24,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from ..arrow_io import SplitWriter, count_rows, iter_batches, split_dirs
+from ..data.arrow_io import SplitWriter, count_rows, iter_batches, split_dirs
 from ..config import PackConfig
 from ..progress import progress
-from ..rundir import RunDir, write_json
+from ..run.rundir import RunDir, write_json
 from .template import needs_eos
 
 IGNORE = -100
@@ -359,15 +359,15 @@ def pack(tokens: Tokens, cfg: PackConfig) -> tuple[Blocks, dict]:
 
 
 def run(run: RunDir, out: Path) -> None:
-    from ..models import load_tokenizer
+    from ..model.loader import load_tokenizer
 
     cfg = run.recipe.pack
     model = run.recipe.model
     if cfg.strategy == "bfd":  # refuse before tokenizing anything
         from transformers import AutoConfig
 
-        from ..isolation import check_bfd
-        from ..models import resolve
+        from ..training.isolation import check_bfd
+        from ..model.loader import resolve
 
         config = AutoConfig.from_pretrained(resolve(model.ref).path, trust_remote_code=model.trust_remote_code)
         check_bfd(config, model.attn_implementation, model.trust_remote_code)

@@ -13,10 +13,10 @@ from typing import Any
 from rich.console import Console
 
 from ..config import Recipe
-from .. import precision
-from ..hardware import Hardware, detect
-from ..memory import GIB, MemoryEstimate, estimate, fmt_gib
-from ..rundir import RunDir, write_json
+from ..model import precision
+from ..model.hardware import Hardware, detect
+from ..training.memory import GIB, MemoryEstimate, estimate, fmt_gib
+from ..run.rundir import RunDir, write_json
 
 console = Console(stderr=True)
 
@@ -85,9 +85,9 @@ def plan_memory(recipe: Recipe, config: Any, hw: Hardware) -> tuple[MemoryEstima
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from .. import attention
-    from ..loss import MATERIALIZE_LIMIT_BYTES
-    from ..memory import dims
+    from ..training import attention
+    from ..training.loss import MATERIALIZE_LIMIT_BYTES
+    from ..training.memory import dims
 
     with init_empty_weights():
         meta = AutoModelForCausalLM.from_config(config)
@@ -144,7 +144,7 @@ def build_model(recipe: Recipe, hw: Hardware, checkpointing: bool, adapter: str 
     """The prepared model: base (maybe NF4) + seed preparation + LoRA (new, or loaded)."""
     from peft import PeftModel, get_peft_model
 
-    from ..models import load_model
+    from ..model.loader import load_model
 
     prec = precision.plan(recipe, hw)
     base = load_model(recipe.model.ref, dtype=prec.weights_dtype, quantization=recipe.model.quantization,
@@ -162,7 +162,7 @@ def run(run: RunDir, out: Path) -> None:
     import torch
     from transformers import AutoConfig
 
-    from ..models import resolve
+    from ..model.loader import resolve
 
     recipe = run.recipe
     hw = detect()

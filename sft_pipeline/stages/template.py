@@ -11,10 +11,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..arrow_io import SplitWriter, count_rows, iter_batches, split_dirs
+from ..data.arrow_io import SplitWriter, count_rows, iter_batches, split_dirs
 from ..config import TemplateConfig
 from ..progress import progress
-from ..rundir import RunDir, write_json
+from ..run.rundir import RunDir, write_json
 
 Span = tuple[int, int]
 
@@ -123,7 +123,7 @@ TEMPLATE_SCHEMA = pa.schema([
 
 
 def run(run: RunDir, out: Path) -> None:
-    from ..models import load_tokenizer
+    from ..model.loader import load_tokenizer
 
     cfg = run.recipe.template
     load_dir = run.stage_dir("load")

@@ -24,11 +24,11 @@ from typing import Any
 
 from rich.console import Console
 
-from .. import precision as precision_plan
+from ..model import precision as precision_plan
 from ..config import Recipe
-from ..hardware import detect
-from ..memory import GIB
-from ..rundir import RunDir, read_json, write_json
+from ..model.hardware import detect
+from ..training.memory import GIB
+from ..run.rundir import RunDir, read_json, write_json
 
 console = Console(stderr=True)
 
@@ -171,7 +171,7 @@ class StepTimer:
         self._start = 0.0
 
     def add_batch(self, batch: dict[str, Any]) -> None:
-        from ..collate import batch_work
+        from ..training.collate import batch_work
 
         for key, value in batch_work(batch, self.pad_id).items():
             self._pending[key] = self._pending.get(key, 0) + value
@@ -224,7 +224,7 @@ def trainer_class() -> Any:
     """SFTTrainer with its loss replaced by loss.labelled_loss where that is the same loss."""
     from trl import SFTTrainer
 
-    from ..loss import labelled_loss, unsupported_reason
+    from ..training.loss import labelled_loss, unsupported_reason
 
     class PipelineSFTTrainer(SFTTrainer):
         step_timer: StepTimer | None = None
@@ -300,9 +300,9 @@ def take_final_checkpoint(trainer: Any, checkpoint: str) -> None:
 
 def speed_setup(model: Any, recipe: Recipe, hw: Any) -> dict[str, Any]:
     """What train changes on the prepared model for speed (recorded in metrics.json)."""
-    from ..dropout import use_fast_dropout
+    from ..training.dropout import use_fast_dropout
 
-    from .. import attention
+    from ..training import attention
 
     causal = model.get_base_model()
     wanted = attention.choose(causal.config, recipe.model.attn_implementation, hw.device)
@@ -351,8 +351,8 @@ def run(run: RunDir, out: Path) -> None:
     import datasets
     import torch
 
-    from ..collate import PackedCollator
-    from ..models import load_tokenizer
+    from ..training.collate import PackedCollator
+    from ..model.loader import load_tokenizer
     from .prepare import build_model
 
     recipe = run.recipe

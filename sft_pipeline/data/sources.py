@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import deeplake_source, hf, local
+from . import source_deeplake as deeplake_source
+from . import source_hf as hf
+from . import source_local as local
 
 Record = tuple[str, Any]
 

@@ -15,7 +15,7 @@ def _name_config(source: str) -> tuple[str, str]:
 def read(source: str, split: str) -> Iterator[tuple[str, Any]]:
     import datasets
 
-    from . import SourceError
+    from .sources import SourceError
 
     name, config = _name_config(source)
     try:

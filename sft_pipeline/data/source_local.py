@@ -24,7 +24,7 @@ def looks_local(source: str) -> bool:
 
 
 def _error(msg: str) -> Exception:
-    from . import SourceError
+    from .sources import SourceError
 
     return SourceError(msg)
 

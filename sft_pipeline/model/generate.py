@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from . import precision
-from .config import Recipe
-from .progress import progress
-from .rundir import RunDir
-from .stages.template import render_prompt
+from ..config import Recipe
+from ..progress import progress
+from ..run.rundir import RunDir
+from ..stages.template import render_prompt
 
 MODELS = ("base", "adapter", "merged")
 
@@ -26,7 +26,7 @@ def inference_precision(recipe: Recipe) -> precision.Precision:
 def load_for_inference(run: RunDir, which: str) -> tuple[Any, Any]:
     from peft import PeftModel
 
-    from .models import load_model, load_tokenizer
+    from .loader import load_model, load_tokenizer
 
     recipe = run.recipe
     dtype = inference_precision(recipe).weights_dtype

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from .config import Recipe, RecipeError
+from ..config import Recipe, RecipeError
 
 # Stages that read the data source, and those that load the tokenizer or the model.
 READS_DATA = {"load"}
@@ -56,7 +56,7 @@ def _check_data(recipe: Recipe) -> None:
 
 
 def _check_source(key: str, source: str, splits: list[str]) -> None:
-    from .sources import BUNDLED_DATA, source_kind
+    from ..data.sources import BUNDLED_DATA, source_kind
 
     kind = source_kind(source)
     if kind == "bundled":
@@ -76,7 +76,7 @@ def _check_source(key: str, source: str, splits: list[str]) -> None:
 
 
 def _check_model_ref(ref: str) -> None:
-    from .models import ModelRefError, check_ref
+    from ..model.loader import ModelRefError, check_ref
 
     try:
         check_ref(ref)
@@ -91,7 +91,7 @@ def _check_model_ref(ref: str) -> None:
 
 def _check_extra_args(extra: dict) -> None:
     # Needs TRL's SFTConfig (a few seconds to import), so only when extra_args is set.
-    from .stages.train import TrainConfigError, check_extra_args
+    from ..stages.train import TrainConfigError, check_extra_args
 
     try:
         check_extra_args(extra)

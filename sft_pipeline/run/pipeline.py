@@ -10,7 +10,7 @@ from typing import Callable
 from rich.console import Console
 
 from . import logs, preflight, process_state, write_faults
-from .config import Recipe
+from ..config import Recipe
 from .rundir import STAGES, RunDir, StageError
 
 console = Console(stderr=True)
@@ -20,7 +20,7 @@ EXTRA = ("evaluate",)  # runs like a stage, outside the six
 
 def _runner(stage: str) -> Callable:
     if stage == "evaluate":
-        return importlib.import_module("sft_pipeline.evaluate").run
+        return importlib.import_module("sft_pipeline.stages.evaluate").run
     return importlib.import_module(f"sft_pipeline.stages.{stage}").run
 
 
@@ -52,7 +52,7 @@ def _run_stage(run: RunDir, stage: str, force: bool) -> bool:
                 return False
             console.rule(f"[bold]{stage}")
             with run.stage_output(stage, keep_partial=(stage == "train")) as out:
-                from .hardware import configure_threads
+                from ..model.hardware import configure_threads
 
                 configure_threads()  # one per physical core, or SFT_PIPELINE_THREADS / OMP_NUM_THREADS
                 with process_state.restored():  # signal handlers and environment, for the stages after it

@@ -17,7 +17,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any, ContextManager
 
-from .config import Recipe
+from ..config import Recipe
 from .hardware import Hardware, choose_precision
 
 COMPUTE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import Recipe, recipe_to_yaml
+from ..config import Recipe, recipe_to_yaml
 
 STAGES = ("load", "template", "pack", "prepare", "train", "merge")
 COMPLETE = ".complete"  # in a stage folder: the fingerprint it was completed for

@@ -30,7 +30,7 @@ def _open(source: str) -> Any:
 
 
 def read(source: str) -> Iterator[tuple[str, Any]]:
-    from . import SourceError
+    from .sources import SourceError
 
     try:
         ds = _open(source)

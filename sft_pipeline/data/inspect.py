@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .rundir import RunDir, read_json
+from ..run.rundir import RunDir, read_json
 
 
 def histogram(lengths: list[int], seq_length: int, bins: int = 8) -> list[tuple[str, int]]:
@@ -35,9 +35,9 @@ def marked(ids: list[int], labels: list[int], tokenizer: Any) -> Text:
 
 
 def show(run: RunDir, console: Console, samples: int = 2) -> None:
-    from .models import load_tokenizer
-    from .stages.pack import OUTCOMES, fit, tokenize_split
-    from .stages.template import needs_eos
+    from ..model.loader import load_tokenizer
+    from ..stages.pack import OUTCOMES, fit, tokenize_split
+    from ..stages.template import needs_eos
 
     recipe = run.recipe
     load_stats = read_json(run.stage_dir("load") / "stats.json")

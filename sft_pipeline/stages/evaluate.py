@@ -11,8 +11,8 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from .progress import progress
-from .rundir import RunDir, write_json
+from ..progress import progress
+from ..run.rundir import RunDir, write_json
 
 
 def mean_loss(model: Any, blocks: Any, pad_id: int, batch_size: int, label: str, padding_free: bool = False,
@@ -23,8 +23,8 @@ def mean_loss(model: Any, blocks: Any, pad_id: int, batch_size: int, label: str,
     of the context training computed in (precision.autocast)."""
     import torch
 
-    from .collate import PackedCollator
-    from .loss import labelled_loss
+    from ..training.collate import PackedCollator
+    from ..training.loss import labelled_loss
 
     collate = PackedCollator(pad_id, padding_free=padding_free)
     total, count = 0.0, 0
@@ -48,8 +48,9 @@ def style_share(answers: list[str], pattern: str) -> float:
 def run(run: RunDir, out: Path) -> None:
     import datasets
 
-    from . import attention, precision
-    from .generate import generate, inference_precision, load_for_inference
+    from ..training import attention
+    from ..model import precision
+    from ..model.generate import generate, inference_precision, load_for_inference
 
     recipe = run.recipe
     cfg = recipe.evaluate
