@@ -66,7 +66,8 @@ def worker(n: int, seq_length: int) -> dict:
     from sft_pipeline.model.loader import load_tokenizer
     from sft_pipeline.run.pipeline import run_stage
     from sft_pipeline.run.rundir import RunDir, read_json
-    from sft_pipeline.stages.pack import pack, tokenize_split, with_eos
+    from sft_pipeline.data.packing import pack, with_eos
+    from sft_pipeline.data.tokens import tokenize_split
 
     datasets.disable_progress_bars()
     rss = PeakRSS()

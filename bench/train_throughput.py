@@ -221,7 +221,7 @@ def _trl_variant(variant: str, recipe: Any, run_path: Path, device: str, bf16_fa
 
     from sft_pipeline.training.collate import PackedCollator
     from sft_pipeline.model.loader import load_tokenizer, resolve
-    from sft_pipeline.stages.train import StepTimer
+    from sft_pipeline.training.callbacks import StepTimer
 
     tok = load_tokenizer(recipe.model.ref)
     path = resolve(recipe.model.ref).path
@@ -309,7 +309,7 @@ def worker(variant: str, recipe_file: Path, device: str) -> dict[str, Any]:
 
 def summarize(r: dict[str, Any]) -> dict[str, Any]:
     """The train stage's own step statistics (train.step_rate), for every variant alike."""
-    from sft_pipeline.stages.train import step_rate, timed_steps
+    from sft_pipeline.training.callbacks import step_rate, timed_steps
 
     timed = timed_steps(r["seconds"], r["work"])
     rate = step_rate(r["seconds"], r["work"])
@@ -323,7 +323,7 @@ def estimates(recipe: Any) -> dict[str, int]:
 
     from sft_pipeline.model.hardware import detect
     from sft_pipeline.model.loader import resolve
-    from sft_pipeline.stages.prepare import plan_memory
+    from sft_pipeline.training.memory_plan import plan_memory
 
     config = AutoConfig.from_pretrained(resolve(recipe.model.ref).path)
     est, _, plan = plan_memory(recipe, config, detect())

@@ -55,10 +55,10 @@ def _all_known_errors() -> tuple[type[BaseException], ...]:
     from .training.isolation import IsolationError
     from .model.loader import ModelRefError
     from .data.sources import SourceError
-    from .stages.merge import MergeError
+    from .model.merging import MergeError
     from .stages.pack import PackError
-    from .stages.template import TemplateError
-    from .stages.train import TrainConfigError
+    from .data.prompts import TemplateError
+    from .training.sft_args import TrainConfigError
 
     return (RecipeError, StageError, SourceError, ModelRefError, FormatError, TemplateError,
             TrainConfigError, MergeError, PackError, IsolationError, HardwareError, OSError)

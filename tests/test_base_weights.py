@@ -36,6 +36,7 @@ def test_train_leaves_the_base_weights_bitwise_unchanged(tmp_path, tiny_model_di
     from safetensors.torch import load_file
 
     from sft_pipeline.run.pipeline import run_all
+    from sft_pipeline.model import build
     from sft_pipeline.stages import prepare
 
     base_dir = tmp_path / "base"
@@ -45,14 +46,15 @@ def test_train_leaves_the_base_weights_bitwise_unchanged(tmp_path, tiny_model_di
     assert len(tensors_before) == len(original) > 10
 
     built = []
-    real_build = prepare.build_model
+    real_build = build.build_model
 
     def spy_build(*args, **kwargs):
         model = real_build(*args, **kwargs)
         built.append(model)
         return model
 
-    monkeypatch.setattr(prepare, "build_model", spy_build)
+    monkeypatch.setattr(prepare, "build_model", spy_build)  # imported by name at the top of prepare
+    monkeypatch.setattr(build, "build_model", spy_build)  # train imports it when it runs
     recipe = recipe_factory(model={"ref": str(base_dir)},
                             train={"max_steps": 3, "learning_rate": 5e-2, "save_strategy": "no"})
     run = run_all(recipe, until="train")

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from sft_pipeline.config import PackConfig, TemplateConfig
-from sft_pipeline.stages.pack import IGNORE, Tokens, bfd_bins, fit, pack, pack_wrapped, tokenize, with_eos
-from sft_pipeline.stages.template import render
+from sft_pipeline.data.tokens import IGNORE, Tokens, fit, tokenize
+from sft_pipeline.data.packing import bfd_bins, pack, pack_wrapped, with_eos
+from sft_pipeline.data.prompts import render
 
 
 def _samples(lengths, start=10):

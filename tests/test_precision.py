@@ -89,7 +89,7 @@ def test_labelled_loss_under_the_plans_autocast_is_the_models_own_loss(hw, recip
     dtype' before), give the model's own loss, and leave fp32 gradients on fp32 LoRA weights."""
     from sft_pipeline.training import attention
     from sft_pipeline.training.loss import labelled_loss
-    from sft_pipeline.stages.prepare import build_model
+    from sft_pipeline.model.build import build_model
 
     recipe = recipe_factory(lora={"r": 4, "lora_alpha": 8, "lora_dropout": 0.0})
     torch.manual_seed(0)

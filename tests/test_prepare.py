@@ -3,7 +3,8 @@ import torch
 
 from sft_pipeline.config import recipe_from_dict
 from sft_pipeline.model.hardware import Hardware
-from sft_pipeline.stages.prepare import build_model, count_params, plan_memory, seed_preparation
+from sft_pipeline.model.build import build_model, count_params, seed_preparation
+from sft_pipeline.training.memory_plan import plan_memory
 
 CPU = Hardware("cpu", bf16_fast=False, reason="test", cpu_count=2, memory_bytes=24 * 1024**3)
 

@@ -40,7 +40,7 @@ def _qlora_model(ref, dtype, adapter_dir=None):
     from peft import LoraConfig, get_peft_model
 
     from sft_pipeline.model.loader import load_model
-    from sft_pipeline.stages.prepare import seed_preparation
+    from sft_pipeline.model.build import seed_preparation
 
     base = load_model(str(ref), dtype=dtype, quantization="nf4", compute_dtype=dtype)
     seed_preparation(base, checkpointing=False)
@@ -65,7 +65,7 @@ def _compute(dtype):
 
 def _batch(ref):
     from sft_pipeline.model.loader import load_tokenizer
-    from sft_pipeline.stages.merge import probe_batch
+    from sft_pipeline.model.merging import probe_batch
 
     batch = probe_batch(load_tokenizer(str(ref)), TEXTS)
     return batch, batch["attention_mask"].float()
@@ -73,7 +73,7 @@ def _batch(ref):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_nf4_model_computes_the_same_in_eval_as_in_training(nf4_model_dir, dtype):
-    from sft_pipeline.stages.merge import logits_of, max_gap
+    from sft_pipeline.model.merging import logits_of, max_gap
 
     model = _qlora_model(nf4_model_dir, dtype)
     batch, mask = _batch(nf4_model_dir)
@@ -97,7 +97,7 @@ def test_dequantized_merge_matches_the_adapter_on_the_nf4_base(nf4_model_dir, tm
 
     from peft import PeftModel
 
-    from sft_pipeline.stages import merge
+    from sft_pipeline.model import merging as merge
 
     adapter = tmp_path / "adapter"
     _qlora_model(nf4_model_dir, dtype, adapter)
@@ -105,7 +105,7 @@ def test_dequantized_merge_matches_the_adapter_on_the_nf4_base(nf4_model_dir, tm
     recipe = SimpleNamespace(model=SimpleNamespace(ref=str(nf4_model_dir), trust_remote_code=False, allow_pickle=False))
 
     from sft_pipeline.model.loader import load_model
-    from sft_pipeline.stages.prepare import seed_preparation
+    from sft_pipeline.model.build import seed_preparation
 
     base = load_model(str(nf4_model_dir), dtype=dtype, quantization="nf4", compute_dtype=dtype)
     seed_preparation(base, checkpointing=False)

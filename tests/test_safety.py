@@ -8,7 +8,7 @@ def test_merge_weight_check_catches_a_wrong_merge(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from sft_pipeline.stages.merge import expected_merged_weights, weight_check
+    from sft_pipeline.model.merging import expected_merged_weights, weight_check
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                            LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))

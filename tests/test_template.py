@@ -1,7 +1,7 @@
 import pytest
 
 from sft_pipeline.config import TemplateConfig
-from sft_pipeline.stages.template import needs_eos, render, render_prompt, render_sample
+from sft_pipeline.data.prompts import needs_eos, render, render_prompt, render_sample
 
 CONV = [
     {"role": "user", "content": "Hi?"},

@@ -24,7 +24,7 @@ def _packed_batch(vocab: int, seed: int = 0):
 
 
 def _lora_model(recipe_factory, **model):
-    from sft_pipeline.stages.prepare import build_model
+    from sft_pipeline.model.build import build_model
 
     torch.manual_seed(0)
     m = build_model(recipe_factory(model=model, lora={"lora_dropout": 0.0}), CPU, checkpointing=False)
@@ -224,7 +224,7 @@ def test_fast_dropout_replaces_peft_dropout_and_survives_checkpoint_recompute(re
     """With gradient checkpointing the recomputed forward draws the same masks (torch restores its
     RNG state), so gradients equal a run without checkpointing."""
     from sft_pipeline.training.dropout import FastDropout, use_fast_dropout
-    from sft_pipeline.stages.prepare import build_model
+    from sft_pipeline.model.build import build_model
 
     batch = _packed_batch(300)
     grads = []
@@ -255,7 +255,7 @@ def test_pipeline_trainer_loss_equals_sfttrainers(recipe_factory, tmp_path):
 
     from sft_pipeline.training.collate import PackedCollator
     from sft_pipeline.model.loader import load_tokenizer
-    from sft_pipeline.stages.train import trainer_class
+    from sft_pipeline.training.trainer import trainer_class
 
     recipe = recipe_factory()
     model = _lora_model(recipe_factory)
@@ -289,7 +289,7 @@ def test_a_compiled_or_wrapped_model_keeps_its_own_forward_and_sfttrainers_loss(
 
     from sft_pipeline.training.collate import PackedCollator
     from sft_pipeline.model.loader import load_tokenizer
-    from sft_pipeline.stages.train import trainer_class
+    from sft_pipeline.training.trainer import trainer_class
 
     recipe = recipe_factory()
     model = _lora_model(recipe_factory)
@@ -304,7 +304,7 @@ def test_a_compiled_or_wrapped_model_keeps_its_own_forward_and_sfttrainers_loss(
 
 
 def test_step_rate_leaves_out_the_warm_up_step():
-    from sft_pipeline.stages.train import step_rate
+    from sft_pipeline.training.callbacks import step_rate
 
     work = [{"tokens": 1000}, {"tokens": 100}, {"tokens": 300}, {"tokens": 200}]
     assert step_rate([50.0, 1.0, 3.0, 2.0], work) == {"seconds_per_step": 2.0, "tokens_per_second": 100.0}
@@ -337,7 +337,8 @@ def test_memory_estimate_counts_what_autograd_keeps(recipe_factory):
     from sft_pipeline.training.attention import register
     from sft_pipeline.training.collate import PackedCollator
     from sft_pipeline.training.dropout import use_fast_dropout
-    from sft_pipeline.stages.prepare import build_model, plan_memory
+    from sft_pipeline.model.build import build_model
+    from sft_pipeline.training.memory_plan import plan_memory
 
     recipe = recipe_factory(pack={"seq_length": 64}, train={"per_device_train_batch_size": 2})
     est, _, _ = plan_memory(recipe, AutoConfig.from_pretrained(recipe.model.ref), CPU)
@@ -370,7 +371,7 @@ def test_memory_estimate_turns_checkpointing_on_only_when_needed(recipe_factory)
     from transformers import AutoConfig
 
     from sft_pipeline.model.hardware import Hardware
-    from sft_pipeline.stages.prepare import plan_memory
+    from sft_pipeline.training.memory_plan import plan_memory
 
     recipe = recipe_factory(pack={"seq_length": 2048}, train={"per_device_train_batch_size": 64})
     config = AutoConfig.from_pretrained(recipe.model.ref)

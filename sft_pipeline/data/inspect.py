@@ -36,8 +36,8 @@ def marked(ids: list[int], labels: list[int], tokenizer: Any) -> Text:
 
 def show(run: RunDir, console: Console, samples: int = 2) -> None:
     from ..model.loader import load_tokenizer
-    from ..stages.pack import OUTCOMES, fit, tokenize_split
-    from ..stages.template import needs_eos
+    from ..data.tokens import OUTCOMES, fit, tokenize_split
+    from ..data.prompts import needs_eos
 
     recipe = run.recipe
     load_stats = read_json(run.stage_dir("load") / "stats.json")

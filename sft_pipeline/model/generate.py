@@ -11,7 +11,7 @@ from . import precision
 from ..config import Recipe
 from ..progress import progress
 from ..run.rundir import RunDir
-from ..stages.template import render_prompt
+from ..data.prompts import render_prompt
 
 MODELS = ("base", "adapter", "merged")
 

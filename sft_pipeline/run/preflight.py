@@ -91,7 +91,7 @@ def _check_model_ref(ref: str) -> None:
 
 def _check_extra_args(extra: dict) -> None:
     # Needs TRL's SFTConfig (a few seconds to import), so only when extra_args is set.
-    from ..stages.train import TrainConfigError, check_extra_args
+    from ..training.sft_args import TrainConfigError, check_extra_args
 
     try:
         check_extra_args(extra)

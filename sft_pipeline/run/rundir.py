@@ -8,18 +8,17 @@ atomically, so a crash never leaves something that looks finished.
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-import socket
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..config import Recipe, recipe_to_yaml
+from .files import LockedError, atomic_write_text, exclusive, fsync_dir, fsync_tree, now, read_json, write_json  # noqa: F401 (re-exported)
 
 STAGES = ("load", "template", "pack", "prepare", "train", "merge")
 COMPLETE = ".complete"  # in a stage folder: the fingerprint it was completed for
@@ -52,39 +51,6 @@ class StageError(RuntimeError):
     """A stage cannot run; the message is one line saying why and what to do."""
 
 
-class LockedError(StageError):
-    pass
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder, fsync, then rename: readers see old or new."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:  # disk full mid-write: do not leave the half-written temp file taking space
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
 def _pick(recipe: Recipe, dotted: str) -> Any:
     node: Any = recipe
     for key in dotted.split("."):
@@ -96,7 +62,6 @@ class RunDir:
     def __init__(self, path: str | Path, recipe: Recipe):
         self.path = Path(path)
         self.recipe = recipe
-        self._lock_fh: Any = None
 
     # ---- fingerprints -------------------------------------------------------------------
     def fingerprint(self, stage: str) -> str:
@@ -143,7 +108,7 @@ class RunDir:
             return False
         summary_path = self.path / stage / "summary.json"
         self._record(stage, {
-            "status": "complete", "fingerprint": self.fingerprint(stage), "recovered": _now(),
+            "status": "complete", "fingerprint": self.fingerprint(stage), "recovered": now(),
             "summary": read_json(summary_path) if summary_path.is_file() else {},
             "versions": versions(), "command": " ".join(sys.argv),
         })
@@ -158,39 +123,8 @@ class RunDir:
         write_json(self.manifest_path, manifest)
 
     # ---- the lock -----------------------------------------------------------------------
-    @contextmanager
-    def locked(self, command: str) -> Iterator[None]:
-        """One writer at a time. flock dies with its process, so a stale lock frees itself."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        lock_path = self.path / ".lock"
-        fh = open(lock_path, "a+", encoding="utf-8")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "{}"
-            fh.close()
-            try:
-                info = json.loads(holder)
-            except json.JSONDecodeError:
-                info = {}
-            raise LockedError(
-                f"{self.path} is in use by pid {info.get('pid', '?')} on {info.get('host', '?')} "
-                f"running `{info.get('command', '?')}`; wait for it or stop it"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": _now()}))
-        fh.flush()
-        self._lock_fh = fh
-        try:
-            yield
-        finally:
-            fh.seek(0)
-            fh.truncate()
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            fh.close()
-            self._lock_fh = None
+    def locked(self, command: str) -> Any:
+        return exclusive(self.path, command)
 
     # ---- atomic stage output ------------------------------------------------------------
     def work_dir(self, stage: str) -> Path:
@@ -213,13 +147,13 @@ class RunDir:
         work.mkdir(parents=True, exist_ok=True)
         marker.write_text(fingerprint)
         atomic_write_text(self.path / "recipe.yaml", recipe_to_yaml(self.recipe))
-        started = _now()
+        started = now()
         t0 = _dt.datetime.now()
         yield work
         # The folder says which inputs it is complete for, and reaches the disk before it is
         # renamed into place (a lost VM keeps only what was written back).
         os.replace(marker, work / COMPLETE)
-        _fsync_tree(work)
+        fsync_tree(work)
         final = self.path / stage
         # Forget the old record first: from here until the new record, the stage reads as missing.
         manifest = self.manifest()
@@ -232,7 +166,7 @@ class RunDir:
             os.replace(final, old)
             shutil.rmtree(old)
         os.replace(work, final)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         summary_path = final / "summary.json"
         summary = read_json(summary_path) if summary_path.is_file() else {}
         self._record(
@@ -241,32 +175,13 @@ class RunDir:
                 "status": "complete",
                 "fingerprint": fingerprint,
                 "started": started,
-                "finished": _now(),
+                "finished": now(),
                 "seconds": round((_dt.datetime.now() - t0).total_seconds(), 1),
                 "summary": summary,
                 "versions": versions(),
                 "command": " ".join(sys.argv),
             },
         )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(folder))
 
 
 def versions() -> dict[str, str]:

@@ -1,0 +1,81 @@
+"""SFTTrainer with its loss replaced by loss.labelled_loss where that is the same loss (the LM
+head only on labelled positions), and the step timer fed with each batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from .callbacks import StepTimer
+from .checkpoints import checkpoint_is_final, resumable_checkpoint, take_final_checkpoint
+
+console = Console(stderr=True)
+
+
+def trainer_class() -> Any:
+    """SFTTrainer with its loss replaced by loss.labelled_loss where that is the same loss."""
+    from trl import SFTTrainer
+
+    from .loss import labelled_loss, unsupported_reason
+
+    class PipelineSFTTrainer(SFTTrainer):
+        step_timer: StepTimer | None = None
+
+        def _labelled_loss_applies(self, model: Any, inputs: dict[str, Any]) -> bool:
+            return (
+                # DDP/FSDP/torch.compile wrappers: their forward (labelled_loss would call around them)
+                self.accelerator.unwrap_model(model, keep_torch_compile=False) is model
+                and self.compute_loss_func is None
+                and self.label_smoother is None
+                and self.args.loss_type == "nll"
+                and not self.aux_loss_enabled
+                and "labels" in inputs
+                and "shift_labels" not in inputs
+                and unsupported_reason(model) is None
+            )
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            if return_outputs or not self._labelled_loss_applies(model, inputs):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # the model's forward runs under accelerate's autocast (bf16 training); labelled_loss
+            # calls the backbone and LM head around that forward, so it takes the same autocast
+            with self.accelerator.autocast():
+                loss, _ = labelled_loss(model, inputs, num_items_in_batch)
+            # as SFTTrainer: num_items_in_batch counts every rank's tokens and DDP averages gradients
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            if self.model.training:
+                self._total_train_tokens += inputs["input_ids"].numel()
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return loss
+
+        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+            if self.step_timer is not None:
+                self.step_timer.add_batch(inputs)
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    return PipelineSFTTrainer
+
+
+def fit(trainer: Any, checkpoints: Path, trackers: list[str]) -> tuple[Any, str | None]:
+    """Train, resuming from the newest complete checkpoint; (TrainOutput or None, checkpoint)."""
+    resume = resumable_checkpoint(checkpoints)
+    if resume and checkpoint_is_final(resume):
+        # killed after its last save, before the adapter was written: Trainer would run one more
+        # step from here (at the schedule's last learning rate), so the checkpoint is the result
+        console.print(f"[bold]Resuming from[/] {resume}: the last step, so it is the result")
+        take_final_checkpoint(trainer, resume)
+        return None, resume
+    if resume:
+        console.print(f"[bold]Resuming[/] from {resume}")
+    try:
+        return trainer.train(resume_from_checkpoint=resume), resume
+    finally:
+        if "wandb" in trackers:
+            import wandb
+
+            wandb.finish()
+            wandb.teardown()  # wandb keeps its settings (the run folder) per process otherwise
