@@ -20,84 +20,47 @@ from rich.console import Console
 
 from ..model.merging import (WEIGHT_RTOL, MergeError, compute_dtype_of, dequantized_base, expected_merged_weights,
                              logits_of, max_gap, probe_batch, upcast_to_fp32, weight_check)
+from ..config import Recipe
 from ..run.rundir import RunDir, write_json
 
 console = Console(stderr=True)
 
 
 def run(run: RunDir, out: Path) -> None:
-    import datasets
     import torch
     from peft import PeftModel
 
-    from ..model.hardware import detect
     from ..model.loader import load_model, load_tokenizer
-    from ..model.build import build_model
 
-    recipe = run.recipe
-    cfg = recipe.merge
-    train_dir = run.stage_dir("train")
-    adapter = train_dir / "adapter"
+    recipe, cfg = run.recipe, run.recipe.merge
+    adapter = run.stage_dir("train") / "adapter"
     dtype = getattr(torch, cfg.dtype)
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
-    template_dir = run.stage_dir("template") if run.stage_state("template") == "complete" else None
-    texts = ["What is the capital of France?", "Explain gradient descent in one paragraph."]
-    if template_dir is not None:
-        split = "eval" if (template_dir / "eval").is_dir() else "train"
-        texts = datasets.load_from_disk(str(template_dir / split))["text"][:4]
+    texts = probe_texts(run)
     batch = probe_batch(tokenizer, texts)
     mask = batch["attention_mask"].float()
 
     quantized = recipe.model.quantization == "nf4"
-    compared: dict[str, Any] = {}
-    if quantized:
-        # The reference is the adapter on exactly the base training saw: the NF4 one.
-        reference = build_model(recipe, detect(), checkpointing=False, adapter=adapter, trainable=False)
-        reference.eval()
-        compute = compute_dtype_of(reference)
-        if compute != torch.float32:
-            # What training computed (bf16 rounding of activations, weights and logits: more than
-            # merge.tolerance by itself), kept for the record; the check compares the merged model
-            # with the same NF4 model computed in float32.
-            with torch.autocast(device_type=next(reference.parameters()).device.type, dtype=compute):
-                native_logits = logits_of(reference, batch)
-            upcast_to_fp32(reference)
-        ref_logits = logits_of(reference, batch)
-        if compute != torch.float32:
-            compared["training_compute_rounding_gap"] = max_gap(ref_logits, native_logits, mask)
-        compared["training_compute_dtype"] = str(compute).replace("torch.", "")
-        compared["reference_compute_dtype"] = "float32"
-        base = dequantized_base(recipe, dtype, source=reference) if cfg.base == "dequantized" else None
-        del reference
+    if quantized:  # the reference is the adapter on exactly the base training saw: the NF4 one
+        ref_logits, native_logits, compared, base = nf4_reference(recipe, adapter, batch, mask, dtype)
     else:
-        base = None
-    if base is None:
-        base = load_model(recipe.model.ref, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code,
-                          allow_pickle=recipe.model.allow_pickle)
+        native_logits, compared, base = None, {}, load_model(
+            recipe.model.ref, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code,
+            allow_pickle=recipe.model.allow_pickle)
     peft_model = PeftModel.from_pretrained(base, str(adapter))
     peft_model.eval()
-    if not quantized:
-        # Same full-precision base: the unmerged adapter model is the reference, loaded once.
+    if not quantized:  # same full-precision base: the unmerged adapter model is the reference
         ref_logits = logits_of(peft_model, batch)
-    expected = expected_merged_weights(peft_model)
-    merged = peft_model.merge_and_unload()
-    merged.eval()
-    weight_gap = weight_check(merged, expected)
-    del expected
-    if weight_gap > WEIGHT_RTOL:
-        raise MergeError(f"merge: a merged weight differs from W0 + (alpha/r)*B*A by {weight_gap:.3g} (relative)")
+    merged, weight_gap = merge_checked(peft_model)
     merged_logits = logits_of(merged, batch)
     gap = max_gap(merged_logits, ref_logits, mask)
-    if "training_compute_rounding_gap" in compared:
+    if native_logits is not None:
         compared["training_compute_gap"] = max_gap(merged_logits, native_logits, mask)
 
     passed = gap <= cfg.tolerance
     record = {
-        "base": cfg.base if quantized else "original",
-        "quantized_training": quantized,
-        "max_abs_logit_gap": gap,
-        "tolerance": cfg.tolerance,
-        "passed": passed,
+        "base": cfg.base if quantized else "original", "quantized_training": quantized,
+        "max_abs_logit_gap": gap, "tolerance": cfg.tolerance, "passed": passed,
         "reference": ("adapter on the NF4 base training saw (its 4-bit codes, scales and other weights), "
                       "computed in float32" if quantized else "adapter on the same full-precision base"),
         **compared,
@@ -114,3 +77,60 @@ def run(run: RunDir, out: Path) -> None:
     console.print(f"merged model saved to {out / 'model'}; max |logit gap| vs adapter = {gap:.3g}")
     write_json(out / "verify.json", record)
     write_json(out / "summary.json", {k: record[k] for k in ("base", "max_abs_logit_gap", "passed")})
+
+
+def probe_texts(run: RunDir) -> list[str]:
+    """What the merged and adapter models are compared on: rendered samples when template's output
+    is there (the eval split first), two fixed questions otherwise."""
+    import datasets
+
+    if run.stage_state("template") != "complete":
+        return ["What is the capital of France?", "Explain gradient descent in one paragraph."]
+    template_dir = run.stage_dir("template")
+    split = "eval" if (template_dir / "eval").is_dir() else "train"
+    return datasets.load_from_disk(str(template_dir / split))["text"][:4]
+
+
+def nf4_reference(recipe: Recipe, adapter: Path, batch: dict[str, Any], mask: Any,
+                  dtype: Any) -> tuple[Any, Any, dict[str, Any], Any]:
+    """(reference logits in fp32, training-compute logits or None, what was compared, merge base).
+
+    With bf16 compute the same model's logits move by more than merge.tolerance from rounding
+    alone, so what training computed is kept for the record and the check compares the merged
+    model with the same NF4 model computed in float32."""
+    import torch
+
+    from ..model.build import build_model
+    from ..model.hardware import detect
+
+    reference = build_model(recipe, detect(), checkpointing=False, adapter=adapter, trainable=False)
+    reference.eval()
+    compute = compute_dtype_of(reference)
+    native = None
+    if compute != torch.float32:
+        with torch.autocast(device_type=next(reference.parameters()).device.type, dtype=compute):
+            native = logits_of(reference, batch)
+        upcast_to_fp32(reference)
+    ref_logits = logits_of(reference, batch)
+    compared: dict[str, Any] = {}
+    if native is not None:
+        compared["training_compute_rounding_gap"] = max_gap(ref_logits, native, mask)
+    compared.update(training_compute_dtype=str(compute).replace("torch.", ""), reference_compute_dtype="float32")
+    base = dequantized_base(recipe, dtype, source=reference) if recipe.merge.base == "dequantized" else None
+    if base is None:
+        from ..model.loader import load_model
+
+        base = load_model(recipe.model.ref, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code,
+                          allow_pickle=recipe.model.allow_pickle)
+    return ref_logits, native, compared, base
+
+
+def merge_checked(peft_model: Any) -> tuple[Any, float]:
+    """merge_and_unload, with every merged weight checked against W0 + scale * B @ A computed here."""
+    expected = expected_merged_weights(peft_model)
+    merged = peft_model.merge_and_unload()
+    merged.eval()
+    weight_gap = weight_check(merged, expected)
+    if weight_gap > WEIGHT_RTOL:
+        raise MergeError(f"merge: a merged weight differs from W0 + (alpha/r)*B*A by {weight_gap:.3g} (relative)")
+    return merged, weight_gap
