@@ -252,3 +252,15 @@ def test_wrapped_equals_reference_loop_on_random_samples():
     blocks, stats = pack(with_eos(Tokens.from_samples(samples), 2), PackConfig(seq_length=64, strategy="wrapped"))
     assert [r["input_ids"] for r in blocks.rows()] == reference_constant_length(samples, 64, 2)
     assert stats["tokens"] + stats["tail_tokens_dropped"] == stats["tokens_in"] == sum(len(s[0]) + 1 for s in samples)
+
+
+def test_packing_examples_in_the_docstrings_hold():
+    """data/packing.py documents each strategy with exact outputs; they are run here, so a change
+    in what packing produces shows up as a failing example."""
+    import doctest
+
+    from sft_pipeline.data import packing
+
+    result = doctest.testmod(packing, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 10  # the examples exist (a docstring edit cannot silently drop them all)
+    assert result.failed == 0

@@ -6,6 +6,9 @@ Strategies:
 - bfd: best-fit decreasing; samples stay whole and each block carries `position_ids` restarting
   at 0 per sample, which transformers turns into a block-diagonal mask: no cross-sample attention.
 - none: one sample per row, padded per batch by the collator.
+
+The examples are tested (tests/test_pack.py runs them). Their three samples are (input_ids,
+labels) pairs whose first tokens are prompt (label IGNORE = -100) and the rest answer.
 """
 
 from __future__ import annotations
@@ -45,7 +48,13 @@ class Blocks:
 
 def with_eos(tokens: Tokens, eos_id: int) -> Tokens:
     """Every sample followed by EOS, trained when the sample has trained tokens (what tokenize
-    does with add_eos; for samples that were tokenized without it)."""
+    does with add_eos; for samples that were tokenized without it).
+
+    >>> samples = Tokens.from_samples([([1, 2, 3], [-100, 2, 3]), ([4, 5], [-100, 5]),
+    ...                                ([6, 7, 8, 9, 10, 11], [-100, -100, 8, 9, 10, 11])])
+    >>> with_eos(samples, 0).ids.tolist()
+    [1, 2, 3, 0, 4, 5, 0, 6, 7, 8, 9, 10, 11, 0]
+    """
     ends = tokens.offsets[1:]
     trained_cum = np.concatenate([[0], np.cumsum(tokens.trained, dtype=np.int64)])
     any_trained = trained_cum[ends] > trained_cum[tokens.offsets[:-1]]
@@ -55,7 +64,17 @@ def with_eos(tokens: Tokens, eos_id: int) -> Tokens:
 
 def pack_wrapped(tokens: Tokens, seq_length: int) -> tuple[Blocks, dict]:
     """The seed's ConstantLengthDataset: sample, EOS, sample, EOS, ... cut into full blocks. The
-    samples must already end in EOS (tokenize with add_eos, or with_eos): cutting is then a view."""
+    samples must already end in EOS (tokenize with add_eos, or with_eos): cutting is then a view.
+    Samples run across block boundaries; the tail that fills no block is dropped and counted.
+
+    >>> samples = Tokens.from_samples([([1, 2, 3], [-100, 2, 3]), ([4, 5], [-100, 5]),
+    ...                                ([6, 7, 8, 9, 10, 11], [-100, -100, 8, 9, 10, 11])])
+    >>> blocks, stats = pack_wrapped(with_eos(samples, 0), 4)
+    >>> [row["input_ids"] for row in blocks.rows()], stats
+    ([[1, 2, 3, 0], [4, 5, 0, 6], [7, 8, 9, 10]], {'tail_tokens_dropped': 2})
+    >>> blocks.rows()[1]["labels"]  # sample 2's prompt token 4, sample 3's prompt token 6
+    [-100, 5, 0, -100]
+    """
     n = int(tokens.offsets[-1]) // seq_length
     used = n * seq_length
     blocks = Blocks({"input_ids": tokens.ids[:used], "labels": tokens.labels()[:used] if used else tokens.ids[:0]},
@@ -67,7 +86,11 @@ def bfd_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     """Best-fit decreasing: each item (longest first) goes to the fullest bin it still fits, the
     lowest-numbered one among equals. Open bins are kept in one heap per remaining space, and
     the distinct remaining spaces (at most capacity of them) in a sorted list: a lookup is a
-    bisect over a few hundred ints, whatever the number of bins."""
+    bisect over a few hundred ints, whatever the number of bins.
+
+    >>> bfd_bins([3, 2, 6], capacity=8)  # 6 opens a bin, 3 does not fit beside it, 2 fills the first
+    [[2, 1], [0]]
+    """
     order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable").tolist()
     sizes = list(map(int, lengths))
     bins: list[list[int]] = []
@@ -94,6 +117,16 @@ def bfd_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 
 
 def pack_bfd(tokens: Tokens, seq_length: int) -> Blocks:
+    """Whole samples in best-fit-decreasing blocks, in dataset order inside a block; position_ids
+    restart at 0 at each sample, which keeps attention within samples.
+
+    >>> samples = Tokens.from_samples([([1, 2, 3], [-100, 2, 3]), ([4, 5], [-100, 5]),
+    ...                                ([6, 7, 8, 9, 10, 11], [-100, -100, 8, 9, 10, 11])])
+    >>> for row in pack_bfd(samples, 8).rows():
+    ...     print(row)
+    {'input_ids': [4, 5, 6, 7, 8, 9, 10, 11], 'labels': [-100, 5, -100, -100, 8, 9, 10, 11], 'position_ids': [0, 1, 0, 1, 2, 3, 4, 5]}
+    {'input_ids': [1, 2, 3], 'labels': [-100, 2, 3], 'position_ids': [0, 1, 2]}
+    """
     lengths = tokens.lengths
     bins = bfd_bins(lengths, seq_length)
     for members in bins:
@@ -109,7 +142,18 @@ def pack_bfd(tokens: Tokens, seq_length: int) -> Blocks:
 
 
 def pack(tokens: Tokens, cfg: PackConfig) -> tuple[Blocks, dict]:
-    """For wrapped, every sample must end in EOS (tokenize_split with add_eos, or with_eos)."""
+    """Blocks for cfg.strategy, and what happened to the tokens. For wrapped, every sample must end
+    in EOS (tokenize_split with add_eos, or with_eos); bfd and none first fit each sample into
+    seq_length as cfg.overlong says (data/tokens.py fit).
+
+    >>> samples = Tokens.from_samples([([1, 2, 3], [-100, 2, 3]), ([4, 5], [-100, 5]),
+    ...                                ([6, 7, 8, 9, 10, 11], [-100, -100, 8, 9, 10, 11])])
+    >>> blocks, stats = pack(samples, PackConfig(seq_length=8, strategy="none"))
+    >>> [row["input_ids"] for row in blocks.rows()]
+    [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10, 11]]
+    >>> {k: stats[k] for k in ("samples", "tokens_in", "blocks", "tokens", "trained_tokens", "padding_share")}
+    {'samples': 3, 'tokens_in': 11, 'blocks': 3, 'tokens': 11, 'trained_tokens': 7, 'padding_share': 0.5417}
+    """
     stats: dict[str, Any] = {"samples": len(tokens), "tokens_in": int(tokens.offsets[-1])}
     if cfg.strategy == "wrapped":
         blocks, extra = pack_wrapped(tokens, cfg.seq_length)
