@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import sys
 from typing import Callable
@@ -10,18 +9,15 @@ from typing import Callable
 from rich.console import Console
 
 from . import logs, preflight, process_state, write_faults
+from .. import stages  # the registry: order and declarations; stage modules load only when asked for
 from ..config import Recipe
 from .rundir import STAGES, RunDir, StageError
 
 console = Console(stderr=True)
 
-EXTRA = ("evaluate",)  # runs like a stage, outside the six
-
 
 def _runner(stage: str) -> Callable:
-    if stage == "evaluate":
-        return importlib.import_module("sft_pipeline.stages.evaluate").run
-    return importlib.import_module(f"sft_pipeline.stages.{stage}").run
+    return stages.runner(stage)
 
 
 def run_stage(run: RunDir, stage: str, force: bool = False) -> bool:
@@ -37,8 +33,7 @@ def run_stage(run: RunDir, stage: str, force: bool = False) -> bool:
 
 
 def _run_stage(run: RunDir, stage: str, force: bool) -> bool:
-    if stage not in STAGES and stage not in EXTRA:
-        raise StageError(f"unknown stage '{stage}'")
+    spec = stages.spec(stage)  # StageError for a name that is not a stage
     if force or run.stage_state(stage) != "complete":
         preflight.check(run.recipe, [stage])  # a bad data file or model ref: refused before anything is written
     try:
@@ -51,7 +46,7 @@ def _run_stage(run: RunDir, stage: str, force: bool) -> bool:
                 console.print(f"[green]{stage}[/]: up to date")
                 return False
             console.rule(f"[bold]{stage}")
-            with run.stage_output(stage, keep_partial=(stage == "train")) as out:
+            with run.stage_output(stage, keep_partial=spec.resumes) as out:
                 from ..model.hardware import configure_threads
 
                 configure_threads()  # one per physical core, or SFT_PIPELINE_THREADS / OMP_NUM_THREADS
@@ -62,11 +57,11 @@ def _run_stage(run: RunDir, stage: str, force: bool) -> bool:
     except Exception as exc:
         # Disk full, read-only, quota: one line naming the path and the cause, not a traceback.
         # The manifest records a stage last, so nothing is recorded as complete; the work folder
-        # is removed to give the space back, except train's (its checkpoints are resumed from).
+        # is removed to give the space back, except a resuming stage's (train's checkpoints).
         cause = None if isinstance(exc, StageError) else write_faults.find_cause(exc, run.path)
         if cause is None:
             raise
-        if stage != "train":
+        if not spec.resumes:
             shutil.rmtree(run.work_dir(stage), ignore_errors=True)
         raise StageError(write_faults.describe(stage, cause, run.work_dir(stage), run.path)) from exc
     return True
@@ -86,7 +81,7 @@ def run_all(recipe: Recipe, force: bool = False, until: str | None = None) -> Ru
 
 def status_rows(run: RunDir) -> list[tuple[str, str, str, str]]:
     rows = []
-    for stage in (*STAGES, *EXTRA):
+    for stage in stages.ALL:
         rec = run.stage_record(stage) or {}
         state = run.stage_state(stage)
         summary = rec.get("summary", {}) if state != "missing" else {}

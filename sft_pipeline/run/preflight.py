@@ -15,30 +15,33 @@ import re
 from pathlib import Path
 from typing import Iterable
 
+from .. import stages as registry
 from ..config import Recipe, RecipeError
 
-# Stages that read the data source, and those that load the tokenizer or the model.
-READS_DATA = {"load"}
-READS_MODEL = {"template", "pack", "prepare", "train", "merge", "evaluate"}
 # An HF hub id: `name` or `namespace/name`, letters, digits, `-`, `_`, `.` (huggingface_hub's rules).
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 
 
 def check(recipe: Recipe, stages: Iterable[str]) -> None:
-    """Raise RecipeError (one line, naming the key) for the first bad reference `stages` use."""
-    stages = set(stages)
+    """Raise RecipeError (one line, naming the key) for the first bad reference `stages` use.
+    Which stages use which key is what each declares it reads (its SPEC)."""
+    specs = [registry.spec(name) for name in stages]
+
+    def read(key: str) -> bool:
+        return any(s.covers(key) for s in specs)
+
     _check_run_dir(recipe)
-    if stages & READS_DATA:
+    if read("data.source") or read("data.eval_source"):
         _check_data(recipe)
-    if stages & READS_MODEL:
+    if read("model.ref"):
         _check_model_ref(recipe.model.ref)
-    if "train" in stages and recipe.train.extra_args:
+    if read("train.extra_args") and recipe.train.extra_args:
         _check_extra_args(recipe.train.extra_args)
 
 
 def check_all(recipe: Recipe) -> None:
     """What `sft-pipeline validate` runs: every check, whatever the run directory holds."""
-    check(recipe, READS_DATA | READS_MODEL)
+    check(recipe, registry.ALL)
 
 
 def _check_run_dir(recipe: Recipe) -> None:

@@ -18,33 +18,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..config import Recipe, recipe_to_yaml
+from ..stages import ORDER
 from .files import LockedError, atomic_write_text, exclusive, fsync_dir, fsync_tree, now, read_json, write_json  # noqa: F401 (re-exported)
 
-STAGES = ("load", "template", "pack", "prepare", "train", "merge")
+STAGES = ORDER  # the six, in order (the registry, stages/__init__.py, has each one's declaration)
 COMPLETE = ".complete"  # in a stage folder: the fingerprint it was completed for
-
-# Which recipe sections (or single keys) each stage's output depends on, besides its upstream.
-STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "load": ("data",),
-    "template": ("template", "model.ref"),
-    "pack": ("pack", "model.ref"),
-    # prepare also reads: train.seed (LoRA's initialisation), train.precision (the dtype), and for
-    # its memory estimate pack.strategy (the attention) and the eval batch size and strategy
-    "prepare": ("model", "lora", "pack.seq_length", "pack.strategy", "train.per_device_train_batch_size",
-                "train.per_device_eval_batch_size", "train.eval_strategy", "train.seed", "train.precision"),
-    "train": ("train",),
-    "merge": ("merge",),
-    "evaluate": ("evaluate", "generate"),
-}
-UPSTREAM: dict[str, tuple[str, ...]] = {
-    "load": (),
-    "template": ("load",),
-    "pack": ("template",),
-    "prepare": (),
-    "train": ("pack", "prepare"),
-    "merge": ("prepare", "train"),
-    "evaluate": ("template", "pack", "train"),
-}
 
 
 class StageError(RuntimeError):
@@ -65,8 +43,13 @@ class RunDir:
 
     # ---- fingerprints -------------------------------------------------------------------
     def fingerprint(self, stage: str) -> str:
-        parts = {key: _pick(self.recipe, key) for key in STAGE_INPUTS[stage]}
-        parts["upstream"] = {up: self.fingerprint(up) for up in UPSTREAM[stage]}
+        """A digest of what the stage's output depends on: the recipe keys it declares it reads
+        (its SPEC) and its upstream stages' fingerprints. Keys it ignores stay out."""
+        from ..stages import spec
+
+        declared = spec(stage)
+        parts = {key: _pick(self.recipe, key) for key in declared.reads}
+        parts["upstream"] = {up: self.fingerprint(up) for up in declared.upstream}
         blob = json.dumps({"stage": stage, **parts}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -135,8 +118,8 @@ class RunDir:
     def stage_output(self, stage: str, keep_partial: bool = False) -> Iterator[Path]:
         """Yield a fresh work folder; on success swap it in as <stage>/ and record it last.
 
-        keep_partial keeps an earlier attempt's work folder (train resumes from its checkpoints)
-        when it was made for the same fingerprint.
+        keep_partial keeps an earlier attempt's work folder when it was made for the same
+        fingerprint (a stage whose SPEC resumes: train, from its checkpoints).
         """
         fingerprint = self.fingerprint(stage)
         work = self.work_dir(stage)

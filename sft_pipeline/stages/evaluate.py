@@ -13,6 +13,13 @@ from typing import Any
 
 from ..progress import progress
 from ..run.rundir import RunDir, write_json
+from ..run.stage_spec import StageSpec
+
+SPEC = StageSpec(
+    # train.precision: inference computes as training did; the eval batch size for the loss passes
+    name="evaluate", reads=("evaluate", "generate", "model", "train.precision", "train.per_device_eval_batch_size"),
+    upstream=("template", "pack", "train"), writes=("report.json", "summary.json"),
+)
 
 
 def mean_loss(model: Any, blocks: Any, pad_id: int, batch_size: int, label: str, padding_free: bool = False,

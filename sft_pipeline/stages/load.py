@@ -21,7 +21,14 @@ from ..data.arrow_io import SplitWriter, iter_batches
 from ..data.formats import FormatError, detect_format, rename_columns, to_conversation
 from ..progress import progress
 from ..run.rundir import RunDir, write_json
+from ..run.stage_spec import StageSpec
 from ..data.sources import SourceError, has_split, read_records
+
+SPEC = StageSpec(
+    name="load", reads=("data",),
+    writes=("train/", "stats.json", "summary.json"),
+    may_write={"eval/": "an eval set: data.eval_source, the source's eval split, or data.eval_size"},
+)
 
 SPLITS = ("train", "eval")
 EXAMPLES_PER_REASON = 3

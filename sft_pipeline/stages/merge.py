@@ -22,6 +22,14 @@ from ..model.merging import (WEIGHT_RTOL, MergeError, compute_dtype_of, dequanti
                              logits_of, max_gap, probe_batch, upcast_to_fp32, weight_check)
 from ..config import Recipe
 from ..run.rundir import RunDir, write_json
+from ..run.stage_spec import StageSpec
+
+SPEC = StageSpec(
+    # train.precision: the NF4 reference model's compute dtype (QLoRA)
+    name="merge", reads=("merge", "model", "train.precision"),
+    upstream=("template", "train"),  # template: the probe texts (prepare comes in through train)
+    writes=("model/", "verify.json", "summary.json"),
+)
 
 console = Console(stderr=True)
 

@@ -11,6 +11,14 @@ from ..data.packing import pack
 from ..data.prompts import needs_eos
 from ..data.tokens import tokenize_split
 from ..run.rundir import RunDir, write_json
+from ..run.stage_spec import StageSpec
+
+SPEC = StageSpec(
+    # template.kind: whether EOS is added; model.*: the tokenizer, and bfd's attention check
+    name="pack", reads=("pack", "template.kind", "model.ref", "model.trust_remote_code", "model.attn_implementation"),
+    upstream=("template",), writes=("train/", "stats.json", "summary.json"),
+    may_write={"eval/": "template has an eval split"},
+)
 
 
 class PackError(ValueError):

@@ -15,8 +15,17 @@ from ..model import precision
 from ..model.build import build_model, count_params
 from ..model.hardware import detect
 from ..run.rundir import RunDir, write_json
+from ..run.stage_spec import StageSpec
 from ..training.memory import GIB
 from ..training.memory_plan import memory_report, plan_memory
+
+SPEC = StageSpec(
+    # train.seed initialises LoRA, train.precision sets the dtype; the memory estimate takes the
+    # batch sizes, seq_length, the attention (pack.strategy) and whether evaluation runs
+    name="prepare", reads=("model", "lora", "pack.seq_length", "pack.strategy", "train.per_device_train_batch_size",
+                           "train.per_device_eval_batch_size", "train.eval_strategy", "train.seed", "train.precision"),
+    writes=("adapter/", "prepare.json", "summary.json"),
+)
 
 console = Console(stderr=True)
 

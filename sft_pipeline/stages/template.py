@@ -12,6 +12,12 @@ from ..data.arrow_io import SplitWriter, count_rows, iter_batches, split_dirs
 from ..data.prompts import render_sample
 from ..progress import progress
 from ..run.rundir import RunDir, write_json
+from ..run.stage_spec import StageSpec
+
+SPEC = StageSpec(
+    name="template", reads=("template", "model.ref", "model.trust_remote_code"),  # model: the chat template's tokenizer
+    upstream=("load",), writes=("train/", "summary.json"), may_write={"eval/": "load has an eval split"},
+)
 
 TEMPLATE_SCHEMA = pa.schema([
     ("text", pa.string()),

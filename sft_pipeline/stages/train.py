@@ -20,12 +20,24 @@ from ..config import Recipe
 from ..model import precision
 from ..model.hardware import Hardware, detect
 from ..run.rundir import RunDir, read_json, write_json
+from ..run.stage_spec import StageSpec
 from ..training.callbacks import Interrupted, StepTimer, StopOnSignal
 from ..training.memory_plan import decide_checkpointing
 from ..training.metrics import train_metrics
 from ..training.sft_args import TrainConfigError, sft_config, use_trackers
 from ..training.speed import speed_setup
 from ..training.trainer import fit, trainer_class
+
+SPEC = StageSpec(
+    name="train", reads=("train", "model"), upstream=("pack", "prepare"),
+    writes=("adapter/", "metrics.json", "summary.json"),
+    may_write={"checkpoints/": "the trainer's output_dir (checkpoints when train.save_strategy saves one)",
+               "tensorboard/": "tracking.tensorboard",
+               "wandb/": "tracking.wandb is not off"},
+    resumes=True,  # a killed run resumes from its last checkpoint in the work folder
+    ignores={"tracking": "where metrics are reported, not what is trained",
+             "name": "the W&B / TensorBoard run name"},
+)
 
 console = Console(stderr=True)
 
