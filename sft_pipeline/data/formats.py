@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+from ..errors import PipelineError
+
 Message = dict[str, str]
 Result = tuple[list[Message] | None, str | None]
 
@@ -19,8 +21,8 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 ROLES = ("system", "user", "assistant")
 
 
-class FormatError(ValueError):
-    pass
+class FormatError(PipelineError, ValueError):
+    """The records' shape cannot be told from their columns; the message lists the known shapes."""
 
 
 def detect_format(columns: Iterable[str], first: dict[str, Any] | None = None) -> str:

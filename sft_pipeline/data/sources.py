@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..errors import PipelineError
 from . import source_deeplake as deeplake_source
 from . import source_hf as hf
 from . import source_local as local
@@ -13,7 +14,7 @@ from . import source_local as local
 Record = tuple[str, Any]
 
 
-class SourceError(ValueError):
+class SourceError(PipelineError, ValueError):
     """A source that cannot be read at all; one line with the file/line or dataset and reason."""
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 from rich.console import Console
 
+from ..errors import PipelineError
+
 console = Console(stderr=True)
 
 BUNDLED_MODELS = {
@@ -26,8 +28,9 @@ BUNDLED_MODELS = {
 }
 
 
-class ModelRefError(ValueError):
-    pass
+class ModelRefError(PipelineError, ValueError):
+    """A model reference that names nothing usable; the message starts with `model.ref:` or
+    names the bundled model."""
 
 
 def cache_root() -> Path:

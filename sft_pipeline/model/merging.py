@@ -13,12 +13,14 @@ from typing import Any
 from rich.console import Console
 
 from ..config import Recipe
+from ..errors import PipelineError
 
 console = Console(stderr=True)
 
 
-class MergeError(RuntimeError):
-    pass
+class MergeError(PipelineError, RuntimeError):
+    """The base cannot be merged, or the merged model is not the trained one (weights or logits
+    differ): nothing is saved."""
 
 
 def _is_4bit(param: Any) -> bool:

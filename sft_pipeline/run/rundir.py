@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..config import Recipe, recipe_to_yaml
+from ..errors import PipelineError
 from .files import LockedError, atomic_write_text, exclusive, fsync_dir, fsync_tree, now, read_json, write_json  # noqa: F401 (re-exported)
 
 STAGES = ("load", "template", "pack", "prepare", "train", "merge")
@@ -47,7 +48,7 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
 }
 
 
-class StageError(RuntimeError):
+class StageError(PipelineError, RuntimeError):
     """A stage cannot run; the message is one line saying why and what to do."""
 
 
