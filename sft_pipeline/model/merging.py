@@ -155,8 +155,10 @@ def logits_of(model: Any, batch: dict[str, Any]) -> Any:
 
 
 def probe_batch(tokenizer: Any, texts: list[str], max_tokens: int = 64) -> dict[str, Any]:
-    tokenizer.padding_side = "right"
-    return dict(tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_tokens))
+    """The verification inputs, right-padded. The side is passed for this call only: setting
+    `tokenizer.padding_side` would change it for whoever uses the tokenizer next."""
+    return dict(tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_tokens,
+                          padding_side="right"))
 
 
 def max_gap(a: Any, b: Any, mask: Any) -> float:
