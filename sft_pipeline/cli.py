@@ -1,8 +1,9 @@
 """The command line: one command per stage, plus run, status, generate, evaluate and validate.
 
 Every command takes a recipe file (or a run directory, whose frozen recipe.yaml is used) and
-`--set section.key=value` overrides. Every failure ends in one line on stderr: a known one (a bad
-recipe, a refused stage, a failed write) as its message, status 2; anything else as
+`--set section.key=value` overrides. Every failure ends in one line on stderr: a known one (a
+PipelineError: a bad recipe, a refused stage, a failed write; or an OSError raised outside any
+stage) as its message, led by its stage, status 2; anything else as
 `error: <stage>: <type>: <first line> (full traceback: <run dir>/logs/<stage>.log)`, status 1;
 Ctrl-C the same way, status 130. `--debug` (or SFT_PIPELINE_DEBUG=1) prints the traceback too.
 """
@@ -24,8 +25,9 @@ from rich.table import Table
 
 from .run import logs
 from .config import Recipe, RecipeError, load_recipe
+from .errors import PipelineError
 from .run.logs import close_progress_bars
-from .run.rundir import STAGES, RunDir, StageError
+from .run.rundir import STAGES, RunDir
 
 # PEFT reads transformers' deprecated `is_gradient_checkpointing` on every model it wraps: a
 # warning about library code that a user of this command can do nothing about
@@ -39,29 +41,6 @@ err = Console(stderr=True)
 TargetArg = typer.Argument(..., help="recipe YAML, or a run directory (uses its recipe.yaml)")
 SetOpt = typer.Option(None, "--set", help="override a recipe key: section.key=value (repeatable)")
 RunDirOpt = typer.Option(None, "--run-dir", help="run directory (default: the recipe's run_dir or runs/<name>)")
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    """The errors whose message is the whole story: printed as it is, status 2."""
-    try:
-        return _all_known_errors()
-    except Exception:  # a module that cannot even be imported: its error is not one of these
-        return (RecipeError, StageError, OSError)
-
-
-def _all_known_errors() -> tuple[type[BaseException], ...]:
-    from .data.formats import FormatError
-    from .model.hardware import HardwareError
-    from .training.isolation import IsolationError
-    from .model.loader import ModelRefError
-    from .data.sources import SourceError
-    from .model.merging import MergeError
-    from .stages.pack import PackError
-    from .data.prompts import TemplateError
-    from .training.sft_args import TrainConfigError
-
-    return (RecipeError, StageError, SourceError, ModelRefError, FormatError, TemplateError,
-            TrainConfigError, MergeError, PackError, IsolationError, HardwareError, OSError)
 
 
 _debug = False  # --debug: set by the app's callback for the one command it runs
@@ -133,10 +112,13 @@ def guarded(fn: Callable[[], None]) -> None:
     except KeyboardInterrupt as exc:
         _report(exc, one_line(exc))
         raise typer.Exit(130) from None
+    except PipelineError as exc:
+        _report(exc, exc.line)
+        raise typer.Exit(2) from None
+    except OSError as exc:  # a write fault, or a file that cannot be read, outside any stage
+        _report(exc, str(exc))
+        raise typer.Exit(2) from None
     except Exception as exc:
-        if isinstance(exc, _known_errors()):
-            _report(exc, str(exc))
-            raise typer.Exit(2) from None
         _report(exc, one_line(exc))
         raise typer.Exit(1) from None
 

@@ -14,8 +14,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import PipelineError
 
-class RecipeError(ValueError):
+
+class RecipeError(PipelineError, ValueError):
     """A recipe that cannot be used; the message is one line naming the key and the file."""
 
 

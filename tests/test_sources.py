@@ -239,7 +239,7 @@ def test_bundled_dataset():
 
 
 def test_unknown_bundled_dataset():
-    with pytest.raises(SourceError, match=r"unknown bundled dataset 'bundled:nope'; known: \['lima_house_style'\]"):
+    with pytest.raises(SourceError, match=r"^data.source: unknown bundled dataset 'nope'; known: lima_house_style$"):
         read("bundled:nope")
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+from ..errors import PipelineError
+
 Message = dict[str, str]
 Result = tuple[list[Message] | None, str | None]
 
@@ -19,8 +21,8 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 ROLES = ("system", "user", "assistant")
 
 
-class FormatError(ValueError):
-    pass
+class FormatError(PipelineError, ValueError):
+    """The records' shape cannot be told from their columns; the message lists the known shapes."""
 
 
 def detect_format(columns: Iterable[str], first: dict[str, Any] | None = None) -> str:
@@ -60,6 +62,22 @@ def _text(value: Any, field: str) -> tuple[str | None, str | None]:
     return value, None
 
 
+def _texts(rec: dict[str, Any], *fields: str) -> tuple[list[str], str | None]:
+    """Each field's text, or the reason the first missing or unreadable one drops the record."""
+    texts = []
+    for field in fields:
+        text, why = _text(rec.get(field), field)
+        if why:
+            return [], why
+        texts.append(text)
+    return texts, None
+
+
+def _exchange(prompt: str, answer: str) -> list[Message]:
+    """One user turn and the assistant's answer: what the single-exchange formats become."""
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
 def check_turns(messages: list[Message]) -> str | None:
     """The rules every normalized conversation obeys; the first broken one is the reason."""
     if not messages:
@@ -95,27 +113,20 @@ def from_lima(rec: dict[str, Any]) -> Result:
 
 
 def from_deeplake_lima(rec: dict[str, Any]) -> Result:
-    question, why = _text(rec.get("question"), "question")
-    if why:
-        return None, why
-    answer, why = _text(rec.get("answer"), "answer")
-    if why:
-        return None, why
-    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], None
+    texts, why = _texts(rec, "question", "answer")
+    return (None, why) if why else (_exchange(*texts), None)
 
 
 def from_alpaca(rec: dict[str, Any]) -> Result:
-    instruction, why = _text(rec.get("instruction"), "instruction")
+    texts, why = _texts(rec, "instruction", "output")
     if why:
         return None, why
-    output, why = _text(rec.get("output"), "output")
-    if why:
-        return None, why
+    instruction, output = texts
     extra = rec.get("input") or ""
     if not isinstance(extra, str):
         return None, "wrong_type:input"
     prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}], None
+    return _exchange(prompt, output), None
 
 
 def _role_turns(rec: dict[str, Any], field: str, role_key: str, text_key: str, roles: dict[str, str]) -> Result:
@@ -129,12 +140,10 @@ def _role_turns(rec: dict[str, Any], field: str, role_key: str, text_key: str, r
     for turn in turns:
         if not isinstance(turn, dict):
             return None, f"wrong_type:{field}"
-        role, why = _text(turn.get(role_key), role_key)
+        texts, why = _texts(turn, role_key, text_key)
         if why:
             return None, why
-        text, why = _text(turn.get(text_key), text_key)
-        if why:
-            return None, why
+        role, text = texts
         if role not in roles:
             return None, "unknown_role"
         messages.append({"role": roles[role], "content": text})
@@ -154,13 +163,8 @@ def from_prompt_completion(rec: dict[str, Any]) -> Result:
     prompt, completion = rec.get("prompt"), rec.get("completion")
     if isinstance(prompt, list) and isinstance(completion, list):
         return from_messages({"messages": [*prompt, *completion]})
-    prompt, why = _text(prompt, "prompt")
-    if why:
-        return None, why
-    completion, why = _text(completion, "completion")
-    if why:
-        return None, why
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], None
+    texts, why = _texts(rec, "prompt", "completion")
+    return (None, why) if why else (_exchange(*texts), None)
 
 
 CONVERTERS: dict[str, Callable[[dict[str, Any]], Result]] = {

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..run.rundir import RunDir, read_json
+from .tokens import IGNORE
 
 
 def histogram(lengths: list[int], seq_length: int, bins: int = 8) -> list[tuple[str, int]]:
@@ -30,7 +31,7 @@ def marked(ids: list[int], labels: list[int], tokenizer: Any) -> Text:
     text = Text()
     for tok, lab in zip(ids, labels):
         piece = tokenizer.decode([tok])
-        text.append(piece, style="bold green" if lab != -100 else "dim")
+        text.append(piece, style="bold green" if lab != IGNORE else "dim")
     return text
 
 
@@ -79,5 +80,5 @@ def show(run: RunDir, console: Console, samples: int = 2) -> None:
             for k, v in pack_stats.items() if isinstance(v, dict)))
     for i in range(min(samples, len(tokens))):
         ids, labels = tokens.sample(i)
-        console.rule(f"train sample {i} ({len(ids)} tokens, {int((labels != -100).sum())} trained, in green)")
+        console.rule(f"train sample {i} ({len(ids)} tokens, {int((labels != IGNORE).sum())} trained, in green)")
         console.print(marked(ids.tolist(), labels.tolist(), tokenizer))

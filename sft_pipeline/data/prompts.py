@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import TemplateConfig
+from ..errors import PipelineError
 
 Span = tuple[int, int]
 
 SEED = TemplateConfig(kind="seed")  # the seed's "Question: {question}\n\nAnswer: {answer}"
 
 
-class TemplateError(ValueError):
+class TemplateError(PipelineError, ValueError):
     pass
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..errors import PipelineError
 from . import source_deeplake as deeplake_source
 from . import source_hf as hf
 from . import source_local as local
@@ -13,7 +14,7 @@ from . import source_local as local
 Record = tuple[str, Any]
 
 
-class SourceError(ValueError):
+class SourceError(PipelineError, ValueError):
     """A source that cannot be read at all; one line with the file/line or dataset and reason."""
 
 
@@ -33,12 +34,23 @@ def source_kind(source: str) -> str:
     return "hf"
 
 
+def bundled_folder(source: str, key: str = "data.source") -> Path:
+    """The folder a `bundled:<name>` source names; SourceError (naming `key`) when no such
+    dataset ships with the package. The one check: preflight and the load stage both ask here."""
+    name = source.split(":", 1)[1]
+    folder = BUNDLED_DATA / name
+    if not folder.is_dir():
+        known = sorted(p.name for p in BUNDLED_DATA.iterdir() if p.is_dir()) if BUNDLED_DATA.is_dir() else []
+        raise SourceError(f"{key}: unknown bundled dataset '{name}'; known: {', '.join(known)}")
+    return folder
+
+
 def has_split(source: str, split: str) -> bool | None:
     """Whether the source has this split; None when it cannot be told without reading (a hub
     dataset while offline): reading it then decides. A Deep Lake dataset is one undivided set."""
     kind = source_kind(source)
     if kind == "bundled":
-        return local.has_split(str(BUNDLED_DATA / source.split(":", 1)[1]), split)
+        return local.has_split(str(bundled_folder(source)), split)
     if kind == "local":
         return local.has_split(source, split)
     if kind == "deeplake":
@@ -49,11 +61,7 @@ def has_split(source: str, split: str) -> bool | None:
 def read_records(source: str, split: str) -> Iterator[Record]:
     kind = source_kind(source)
     if kind == "bundled":
-        folder = BUNDLED_DATA / source.split(":", 1)[1]
-        if not folder.is_dir():
-            known = sorted(p.name for p in BUNDLED_DATA.iterdir() if p.is_dir()) if BUNDLED_DATA.is_dir() else []
-            raise SourceError(f"data.source: unknown bundled dataset '{source}'; known: {known}")
-        yield from local.read(str(folder), split)
+        yield from local.read(str(bundled_folder(source)), split)
     elif kind == "deeplake":
         yield from deeplake_source.read(source)
     elif kind == "local":

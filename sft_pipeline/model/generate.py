@@ -50,16 +50,16 @@ def prompt_text(recipe: Recipe, question: str, tokenizer: Any) -> str:
 def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
              label: str = "generate", compute: precision.Precision | None = None) -> list[str]:
     """Greedy answers, batched with left padding; each stops at EOS. `compute`: run under its
-    autocast, as training computed (needed where fp32 weights meet bf16 compute)."""
+    autocast, as training computed (needed where fp32 weights meet bf16 compute). The padding
+    side is passed per call, so the caller's tokenizer keeps its own."""
     import torch
 
-    tokenizer.padding_side = "left"
     answers: list[str] = []
     with progress() as bar:
         task = bar.add_task(label, total=len(prompts))
         for lo in range(0, len(prompts), batch_size):
             chunk = prompts[lo : lo + batch_size]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
             with torch.no_grad(), precision.autocast(compute, model.device.type) if compute else nullcontext():
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)

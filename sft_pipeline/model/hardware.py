@@ -18,13 +18,15 @@ from pathlib import Path
 
 import psutil
 
+from ..errors import PipelineError
+
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 PROFILE_ENV = "SFT_PIPELINE_CPU_PROFILE"  # auto (read /proc/cpuinfo) | bf16 | avx2
 PROFILES = ("auto", "bf16", "avx2")
 THREADS_ENV = "SFT_PIPELINE_THREADS"
 
 
-class HardwareError(ValueError):
+class HardwareError(PipelineError, ValueError):
     pass
 
 

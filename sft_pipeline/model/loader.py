@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,12 @@ from typing import Any
 
 from rich.console import Console
 
+from ..errors import PipelineError
+
 console = Console(stderr=True)
+
+# An HF hub id: `name` or `namespace/name`, letters, digits, `-`, `_`, `.` (huggingface_hub's rules).
+HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 
 BUNDLED_MODELS = {
     # name -> (python package holding the file, gguf file name)
@@ -26,8 +32,9 @@ BUNDLED_MODELS = {
 }
 
 
-class ModelRefError(ValueError):
-    pass
+class ModelRefError(PipelineError, ValueError):
+    """A model reference that names nothing usable; the message starts with `model.ref:` or
+    names the bundled model."""
 
 
 def cache_root() -> Path:
@@ -57,15 +64,32 @@ def _bundled_gguf(name: str) -> Path:
     return path
 
 
-def check_ref(ref: str) -> None:
-    """Cheap validation for recipe checks: no model is loaded."""
+def ref_kind(ref: str) -> str:
+    """bundled | gguf | local | hub: what a model reference names. Decided here only, so that
+    the recipe check and the loader can never read one reference two ways. A reference spelled
+    like a path (./, /, ~) is local even if the folder is missing: it is refused, never looked
+    up on the hub."""
     if ref.startswith("bundled:"):
+        return "bundled"
+    if ref.endswith(".gguf"):
+        return "gguf"
+    if ref.startswith((".", "/", "~")) or Path(ref).expanduser().is_dir():
+        return "local"
+    return "hub"
+
+
+def check_ref(ref: str) -> None:
+    """Cheap validation for recipe checks: no model is loaded, nothing is downloaded."""
+    kind = ref_kind(ref)
+    if kind == "bundled":
         _bundled_gguf(ref.split(":", 1)[1])
-    elif ref.endswith(".gguf"):
-        if not Path(ref).is_file():
-            raise ModelRefError(f"model.ref: {ref}: file not found")
-    elif ref.startswith((".", "/", "~")) and not Path(ref).expanduser().is_dir():
+    elif kind == "gguf" and not Path(ref).expanduser().is_file():
+        raise ModelRefError(f"model.ref: {ref}: file not found")
+    elif kind == "local" and not Path(ref).expanduser().is_dir():
         raise ModelRefError(f"model.ref: {ref}: folder not found")
+    elif kind == "hub" and not HUB_ID.match(ref):
+        raise ModelRefError(f"model.ref: {ref!r}: not a bundled model, an existing folder or .gguf file, "
+                            "or a hub id (org/name)")
 
 
 def _convert_gguf(gguf: Path, dest: Path) -> None:
@@ -93,13 +117,14 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
 
 
 def resolve(ref: str) -> ResolvedRef:
-    if ref.startswith("bundled:"):
+    kind = ref_kind(ref)
+    if kind == "bundled":
         name = ref.split(":", 1)[1]
         dest = cache_root() / "models" / name
         if not (dest / "config.json").is_file():
             _convert_gguf(_bundled_gguf(name), dest)
         return ResolvedRef(str(dest), "bundled")
-    if ref.endswith(".gguf"):
+    if kind == "gguf":
         gguf = Path(ref).expanduser().resolve()
         if not gguf.is_file():
             raise ModelRefError(f"model.ref: {ref}: file not found")
@@ -109,11 +134,11 @@ def resolve(ref: str) -> ResolvedRef:
         if not (dest / "config.json").is_file():
             _convert_gguf(gguf, dest)
         return ResolvedRef(str(dest), "gguf")
-    local = Path(ref).expanduser()
-    if local.is_dir():
+    if kind == "local":
+        local = Path(ref).expanduser()
+        if not local.is_dir():
+            raise ModelRefError(f"model.ref: {ref}: folder not found")
         return ResolvedRef(str(local.resolve()), "local")
-    if ref.startswith((".", "/", "~")):
-        raise ModelRefError(f"model.ref: {ref}: folder not found")
     return ResolvedRef(ref, "hub")
 
 

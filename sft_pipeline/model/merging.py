@@ -13,12 +13,14 @@ from typing import Any
 from rich.console import Console
 
 from ..config import Recipe
+from ..errors import PipelineError
 
 console = Console(stderr=True)
 
 
-class MergeError(RuntimeError):
-    pass
+class MergeError(PipelineError, RuntimeError):
+    """The base cannot be merged, or the merged model is not the trained one (weights or logits
+    differ): nothing is saved."""
 
 
 def _is_4bit(param: Any) -> bool:
@@ -153,8 +155,10 @@ def logits_of(model: Any, batch: dict[str, Any]) -> Any:
 
 
 def probe_batch(tokenizer: Any, texts: list[str], max_tokens: int = 64) -> dict[str, Any]:
-    tokenizer.padding_side = "right"
-    return dict(tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_tokens))
+    """The verification inputs, right-padded. The side is passed for this call only: setting
+    `tokenizer.padding_side` would change it for whoever uses the tokenizer next."""
+    return dict(tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_tokens,
+                          padding_side="right"))
 
 
 def max_gap(a: Any, b: Any, mask: Any) -> float:

@@ -15,8 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..errors import PipelineError
 
-class LockedError(RuntimeError):
+
+class LockedError(PipelineError, RuntimeError):
     """Another process holds the folder's lock; the message names it."""
 
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from . import logs, preflight, process_state, write_faults
 from .. import stages  # the registry: order and declarations; stage modules load only when asked for
 from ..config import Recipe
+from ..errors import PipelineError
 from .rundir import STAGES, RunDir, StageError
 
 console = Console(stderr=True)
@@ -60,10 +61,12 @@ def _run_stage(run: RunDir, stage: str, force: bool) -> bool:
         # is removed to give the space back, except a resuming stage's (train's checkpoints).
         cause = None if isinstance(exc, StageError) else write_faults.find_cause(exc, run.path)
         if cause is None:
+            if isinstance(exc, PipelineError) and exc.stage is None:
+                exc.stage = stage  # the CLI leads its line with the stage it failed in
             raise
         if not spec.resumes:
             shutil.rmtree(run.work_dir(stage), ignore_errors=True)
-        raise StageError(write_faults.describe(stage, cause, run.work_dir(stage), run.path)) from exc
+        raise StageError(write_faults.describe(stage, cause, run.work_dir(stage), run.path), stage) from exc
     return True
 
 

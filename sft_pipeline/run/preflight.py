@@ -11,15 +11,11 @@ merge may run on another machine than load).
 from __future__ import annotations
 
 import glob
-import re
 from pathlib import Path
 from typing import Iterable
 
 from .. import stages as registry
 from ..config import Recipe, RecipeError
-
-# An HF hub id: `name` or `namespace/name`, letters, digits, `-`, `_`, `.` (huggingface_hub's rules).
-HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 
 
 def check(recipe: Recipe, stages: Iterable[str]) -> None:
@@ -59,14 +55,14 @@ def _check_data(recipe: Recipe) -> None:
 
 
 def _check_source(key: str, source: str, splits: list[str]) -> None:
-    from ..data.sources import BUNDLED_DATA, source_kind
+    from ..data.sources import SourceError, bundled_folder, source_kind
 
     kind = source_kind(source)
     if kind == "bundled":
-        name = source.split(":", 1)[1]
-        if not (BUNDLED_DATA / name).is_dir():
-            known = sorted(p.name for p in BUNDLED_DATA.iterdir() if p.is_dir()) if BUNDLED_DATA.is_dir() else []
-            raise RecipeError(f"{key}: unknown bundled dataset '{name}'; known: {', '.join(known)}")
+        try:
+            bundled_folder(source, key)
+        except SourceError as err:
+            raise RecipeError(str(err)) from None
     elif kind == "local":
         for split in splits or ["train"]:
             pattern = str(Path(source.replace("{split}", split)).expanduser())
@@ -86,10 +82,6 @@ def _check_model_ref(ref: str) -> None:
     except ModelRefError as err:
         msg = str(err)
         raise RecipeError(msg if msg.startswith("model.ref") else f"model.ref: {msg}") from None
-    looks_local = ref.startswith(("bundled:", ".", "/", "~")) or ref.endswith(".gguf") or Path(ref).expanduser().is_dir()
-    if not looks_local and not HUB_ID.match(ref):
-        raise RecipeError(f"model.ref: {ref!r}: not a bundled model, an existing folder or .gguf file, "
-                          "or a hub id (org/name)")
 
 
 def _check_extra_args(extra: dict) -> None:

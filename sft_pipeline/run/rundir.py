@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..config import Recipe, recipe_to_yaml
+from ..errors import PipelineError
 from ..stages import ORDER
 from .files import LockedError, atomic_write_text, exclusive, fsync_dir, fsync_tree, now, read_json, write_json  # noqa: F401 (re-exported)
 
@@ -25,7 +26,7 @@ STAGES = ORDER  # the six, in order (the registry, stages/__init__.py, has each 
 COMPLETE = ".complete"  # in a stage folder: the fingerprint it was completed for
 
 
-class StageError(RuntimeError):
+class StageError(PipelineError, RuntimeError):
     """A stage cannot run; the message is one line saying why and what to do."""
 
 
@@ -89,15 +90,18 @@ class RunDir:
         rec = self.stage_record(stage)
         if (rec and rec.get("status") == "complete") or not done.is_file() or done.read_text() != self.fingerprint(stage):
             return False
-        summary_path = self.path / stage / "summary.json"
-        self._record(stage, {
-            "status": "complete", "fingerprint": self.fingerprint(stage), "recovered": now(),
-            "summary": read_json(summary_path) if summary_path.is_file() else {},
-            "versions": versions(), "command": " ".join(sys.argv),
-        })
+        self._record(stage, self._complete_record(stage, self.fingerprint(stage), recovered=now()))
         for leftover in (self.work_dir(stage), self.path / ".partial" / f"{stage}.old"):
             shutil.rmtree(leftover, ignore_errors=True)  # a later attempt's work: superseded
         return True
+
+    def _complete_record(self, stage: str, fingerprint: str, **times: Any) -> dict[str, Any]:
+        """What the manifest says of a complete stage: one shape whether stage_output wrote it
+        or adopt recovered it after a crash (`times` says which: started/finished or recovered)."""
+        summary_path = self.path / stage / "summary.json"
+        return {"status": "complete", "fingerprint": fingerprint, **times,
+                "summary": read_json(summary_path) if summary_path.is_file() else {},
+                "versions": versions(), "command": " ".join(sys.argv)}
 
     def _record(self, stage: str, record: dict[str, Any]) -> None:
         manifest = self.manifest()
@@ -150,21 +154,8 @@ class RunDir:
             shutil.rmtree(old)
         os.replace(work, final)
         fsync_dir(self.path)
-        summary_path = final / "summary.json"
-        summary = read_json(summary_path) if summary_path.is_file() else {}
-        self._record(
-            stage,
-            {
-                "status": "complete",
-                "fingerprint": fingerprint,
-                "started": started,
-                "finished": now(),
-                "seconds": round((_dt.datetime.now() - t0).total_seconds(), 1),
-                "summary": summary,
-                "versions": versions(),
-                "command": " ".join(sys.argv),
-            },
-        )
+        seconds = round((_dt.datetime.now() - t0).total_seconds(), 1)
+        self._record(stage, self._complete_record(stage, fingerprint, started=started, finished=now(), seconds=seconds))
 
 
 def versions() -> dict[str, str]:

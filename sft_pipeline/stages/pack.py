@@ -10,6 +10,7 @@ from ..data.arrow_io import SplitWriter, split_dirs
 from ..data.packing import pack
 from ..data.prompts import needs_eos
 from ..data.tokens import tokenize_split
+from ..errors import PipelineError
 from ..run.rundir import RunDir, write_json
 from ..run.stage_spec import StageSpec
 
@@ -21,8 +22,8 @@ SPEC = StageSpec(
 )
 
 
-class PackError(ValueError):
-    pass
+class PackError(PipelineError, ValueError):
+    """Packing gives nothing to train on; the message says which split and what to change."""
 
 
 def run(run: RunDir, out: Path) -> None:

@@ -17,6 +17,7 @@ already keeps real tokens from seeing right padding.
 
 from __future__ import annotations
 
+import weakref
 from contextlib import nullcontext
 from typing import Any
 
@@ -24,20 +25,48 @@ NAME = "packed_sdpa"
 # implementations that keep the samples of a packed row apart by position_ids alone: rows can be
 # concatenated (padding-free) and no (seq, seq) mask or score tensor is made
 PER_SAMPLE = (NAME, "flash_attention_2")
-_last: list[Any] = [None, None]  # (position_ids tensor, its spans): every layer gets the same tensor
+
+# Every attention layer of one forward gets the same position_ids tensor, so its spans are
+# computed once per forward (a .tolist() and a Python scan per layer would cost a few percent of
+# a small model's step). The one entry holds only a weak reference to that tensor and is dropped
+# when the tensor is freed, at the end of its batch: no tensor is kept alive and nothing outlives
+# the forward that made it. It cannot answer for another batch, stage or model: a live tensor's
+# identity is its own, and the tensor's version counter (bumped by any in-place write) is checked.
+_forward_spans: list[tuple[Any, Any, list[list[tuple[int, int]]]]] = []  # [(weakref, version, spans)]
 
 
 def sample_spans(position_ids: Any) -> list[list[tuple[int, int]]]:
     """Per row, the (start, end) of each sample: a new one starts wherever the position does not
     follow the previous one."""
-    if _last[0] is position_ids:
-        return _last[1]
-    rows = position_ids.tolist()
     spans = []
-    for row in rows:
+    for row in position_ids.tolist():
         starts = [0] + [t for t in range(1, len(row)) if row[t] != row[t - 1] + 1]
         spans.append(list(zip(starts, starts[1:] + [len(row)])))
-    _last[0], _last[1] = position_ids, spans
+    return spans
+
+
+def _version(tensor: Any) -> int | None:
+    try:
+        return tensor._version
+    except RuntimeError:  # an inference-mode tensor keeps no version counter
+        return None
+
+
+def _forget(ref: Any) -> None:
+    """The entry's tensor was freed: drop its spans (unless a newer tensor's replaced them)."""
+    if _forward_spans and _forward_spans[0][0] is ref:
+        _forward_spans.clear()
+
+
+def forward_spans(position_ids: Any) -> list[list[tuple[int, int]]]:
+    """sample_spans, computed once for all the layers of a forward (see _forward_spans)."""
+    version = _version(position_ids)
+    if _forward_spans:
+        ref, seen_version, spans = _forward_spans[0]
+        if ref() is position_ids and seen_version == version:
+            return spans
+    spans = sample_spans(position_ids)
+    _forward_spans[:] = [(weakref.ref(position_ids, _forget), version, spans)]
     return spans
 
 
@@ -73,7 +102,7 @@ def _per_sample(query: Any, key: Any, value: Any, position_ids: Any, dropout: fl
     if position_ids.shape[0] != query.shape[0]:
         position_ids = position_ids.expand(query.shape[0], -1)
     rows = []
-    for b, spans in enumerate(sample_spans(position_ids)):
+    for b, spans in enumerate(forward_spans(position_ids)):
         if len(spans) == 1:
             rows.append(F.scaled_dot_product_attention(query[b : b + 1], key[b : b + 1], value[b : b + 1],
                                                        dropout_p=dropout, scale=scaling, is_causal=True))

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from typing import Any
 
-IGNORE = -100
+from ..data.tokens import IGNORE
 
 
 class PackedCollator:
-    def __init__(self, pad_id: int, multiple_of: int = 1, padding_free: bool = False):
+    """Rows to one batch of tensors: padded to the batch's longest row, or (padding_free) one row."""
+
+    def __init__(self, pad_id: int, padding_free: bool = False):
         self.pad_id = pad_id
-        self.multiple_of = multiple_of
         self.padding_free = padding_free
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -41,8 +42,7 @@ class PackedCollator:
             }
             batch["labels"][batch["position_ids"] == 0] = IGNORE  # a row's first label is never a target either
             return batch
-        longest = max(len(r["input_ids"]) for r in rows)
-        width = -(-longest // self.multiple_of) * self.multiple_of
+        width = max(len(r["input_ids"]) for r in rows)
         ids, labels, pos, mask = [], [], [], []
         packed = "position_ids" in rows[0]
         for r in rows:

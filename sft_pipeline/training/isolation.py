@@ -11,6 +11,7 @@ about a second and reads no weights.
 from __future__ import annotations
 
 from typing import Any
+from ..errors import PipelineError
 
 # Attribute -> small value, across the config spellings of common decoder families.
 SHRINK = {
@@ -23,7 +24,7 @@ SHRINK = {
 TOLERANCE = 1e-4
 
 
-class IsolationError(ValueError):
+class IsolationError(PipelineError, ValueError):
     pass
 
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..data.tokens import IGNORE
+
 MATERIALIZE_LIMIT_BYTES = 512 * 1024**2
 NO_GRAD_SLICE_BYTES = 64 * 1024**2  # evaluation: fp32 logits of this many bytes at a time
-IGNORE = -100
 # Config keys of models whose forward transforms the LM head's output (softcapping, scaling):
 # their loss is left to the model's own forward.
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier",

@@ -11,11 +11,12 @@ from typing import Any
 from rich.console import Console
 
 from ..config import Recipe
+from ..errors import PipelineError
 
 console = Console(stderr=True)
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(PipelineError, ValueError):
     pass
 
 
