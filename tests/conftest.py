@@ -3,12 +3,11 @@ a config and saved as local safetensors checkpoints. Nothing is downloaded."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from helpers import CHATML, lima_rows, make_tokenizer, save_tiny_llama, write_jsonl  # noqa: F401 (fixtures below use them)
+from helpers import lima_rows, save_tiny_llama, write_jsonl
 
 
 @pytest.fixture(scope="session")

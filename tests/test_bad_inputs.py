@@ -16,7 +16,6 @@ Entries marked xfail(strict=True) are real bugs: the expectation states what sho
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import re

@@ -1,7 +1,5 @@
 """The six stages end to end on the tiny model (fast), and on the bundled model (slow)."""
 
-import json
-
 import pytest
 import torch
 

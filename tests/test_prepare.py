@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from sft_pipeline.config import recipe_from_dict
