@@ -9,6 +9,7 @@ from typing import Any, Iterator
 from . import source_deeplake as deeplake_source
 from . import source_hf as hf
 from . import source_local as local
+from . import source_saved as saved
 
 Record = tuple[str, Any]
 
@@ -21,13 +22,16 @@ BUNDLED_DATA = Path(__file__).resolve().parent.parent / "bundled"
 
 
 def source_kind(source: str) -> str:
-    """bundled:<name> | hf:<id or folder> (forces datasets.load_dataset) | Deep Lake | local | hub id."""
+    """bundled:<name> | hf:<id or folder> (forces datasets.load_dataset) | Deep Lake | a saved
+    dataset (save_to_disk folder) | local | hub id."""
     if source.startswith("hf:"):
         return "hf"
     if source.startswith("bundled:"):
         return "bundled"
     if deeplake_source.is_deeplake(source):
         return "deeplake"
+    if saved.is_saved(source):
+        return "saved"
     if local.looks_local(source):
         return "local"
     return "hf"
@@ -41,22 +45,27 @@ def has_split(source: str, split: str) -> bool | None:
         return local.has_split(str(BUNDLED_DATA / source.split(":", 1)[1]), split)
     if kind == "local":
         return local.has_split(source, split)
+    if kind == "saved":
+        return saved.has_split(source, split)
     if kind == "deeplake":
         return False
     return hf.has_split(source.removeprefix("hf:"), split)
 
 
-def read_records(source: str, split: str) -> Iterator[Record]:
+def read_records(source: str, split: str, csv_delimiter: str = "auto") -> Iterator[Record]:
+    """The split's records as (where, record); `csv_delimiter` is data.csv_delimiter (csv_read)."""
     kind = source_kind(source)
     if kind == "bundled":
         folder = BUNDLED_DATA / source.split(":", 1)[1]
         if not folder.is_dir():
             known = sorted(p.name for p in BUNDLED_DATA.iterdir() if p.is_dir()) if BUNDLED_DATA.is_dir() else []
             raise SourceError(f"data.source: unknown bundled dataset '{source}'; known: {known}")
-        yield from local.read(str(folder), split)
+        yield from local.read(str(folder), split, csv_delimiter)
     elif kind == "deeplake":
         yield from deeplake_source.read(source)
+    elif kind == "saved":
+        yield from saved.read(source, split)
     elif kind == "local":
-        yield from local.read(source, split)
+        yield from local.read(source, split, csv_delimiter)
     else:
         yield from hf.read(source.removeprefix("hf:"), split)
