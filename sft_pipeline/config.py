@@ -41,6 +41,14 @@ class DataConfig(Section):
     # train, a count (>= 1) or a fraction (< 1). A source that has the split uses it.
     eval_size: float | None = Field(default=None, gt=0)
     split_seed: int = 42
+    # CSV/TSV field separator; auto: Excel's `sep=` line, tab for .tsv, else the one of , ; tab |
+    # that splits the header into the most fields. "tab" or "\t" (quoted in YAML) for a tab.
+    csv_delimiter: Literal["auto", ",", ";", "\t", "|"] = "auto"
+
+    @field_validator("csv_delimiter", mode="before")
+    @classmethod
+    def _tab(cls, v: Any) -> Any:
+        return "\t" if v in ("tab", "\\t") else v  # '\t' in single quotes is backslash + t
 
 
 class TemplateConfig(Section):

@@ -134,14 +134,16 @@ CASES: list[Any] = []
 KINDS: set[str] = set()
 
 
-def case(kind: str, name: str, fmt: str = "auto", bug: str | None = None, raises: Any = None):
+def case(kind: str, name: str, fmt: str = "auto", bug: str | None = None, raises: Any = None,
+         opts: dict[str, Any] | None = None):
     """Register a builder `build(tmp_path) -> (source, expectation)` under a corpus kind. `bug`
-    marks a known bug (strict xfail); `raises` pins how it fails today where that is an exception."""
+    marks a known bug (strict xfail); `raises` pins how it fails today where that is an exception;
+    `opts` are more load_split arguments (csv_delimiter)."""
 
     def register(build):
         KINDS.add(kind)
         marks = [pytest.mark.xfail(strict=True, raises=raises, reason=f"bug: {bug}")] if bug else []
-        CASES.append(pytest.param(build, fmt, id=f"{kind}/{name}", marks=marks))
+        CASES.append(pytest.param(build, fmt, opts or {}, id=f"{kind}/{name}", marks=marks))
         return build
 
     return register
@@ -571,21 +573,21 @@ def _(tmp):
 def _(tmp):
     p = tmp / "d.csv"
     p.write_text("question,answer\nq0,a0\nonly-one-field\nq2,a2\n", encoding="utf-8")
-    return p, stop(p, ":3", "1 fields, header has 2")
+    return p, stop(p, ":3", "1 fields, header has 2 with delimiter ','")
 
 
 @case("csv_ragged", "too_many_fields")
 def _(tmp):
     p = tmp / "d.csv"
     p.write_text("question,answer\nq0,a0\nq1,a1,extra\n", encoding="utf-8")
-    return p, stop(p, ":3", "3 fields, header has 2")
+    return p, stop(p, ":3", "3 fields, header has 2 with delimiter ','")
 
 
 @case("csv_ragged", "after_a_multiline_field_line_numbers_are_physical")
 def _(tmp):
     p = tmp / "d.csv"
     p.write_text('question,answer\n"two\nlines",a\nragged\n', encoding="utf-8")
-    return p, stop(p, ":4", "1 fields, header has 2")
+    return p, stop(p, ":4", "1 fields, header has 2 with delimiter ','")
 
 
 # 18. empty file (0 bytes) ------------------------------------------------------------------------
@@ -777,24 +779,322 @@ def _(tmp):
     return p, Loads(1, [GOOD_KEPT])
 
 
+# data as people have it: compressed, saved, exported from spreadsheets and pandas -------------
+
+def compress(path: Path, data: bytes) -> Path:
+    import bz2
+    import gzip
+    import lzma
+
+    import zstandard
+
+    codec = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress,
+             ".zst": lambda b: zstandard.ZstdCompressor().compress(b)}[path.suffix]
+    path.write_bytes(codec(data))
+    return path
+
+
+def many(n: int) -> list[dict[str, str]]:
+    return [{"question": f"q{i}", "answer": f"answer number {i} " + "x" * 80} for i in range(n)]
+
+
+def saved_rows(folder: Path) -> int:
+    """Rows in a save_to_disk folder, counted by datasets itself."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(folder))
+    return ds["train"].num_rows if isinstance(ds, datasets.DatasetDict) else ds.num_rows
+
+
+# 23. compressed files: records and drops as in the plain file
+
+@case("compressed_records", "jsonl_gz_with_drops")
+def _(tmp):
+    rows = [GOOD, {"question": "q", "answer": ""}, GOOD, {"question": "q1", "answer": "a1"}]
+    p = compress(tmp / "d.jsonl.gz", jsonl_bytes(rows))
+    import gzip
+
+    present = sum(1 for line in gzip.decompress(p.read_bytes()).splitlines() if line.strip())
+    return p, Loads(present, [GOOD_KEPT, qa("q1", "a1")], {"empty_turn": 1, "duplicate": 1},
+                    examples={"empty_turn": [f"{p}:2"], "duplicate": [f"{p}:3"]})
+
+
+@case("compressed_records", "json_zst_array")
+def _(tmp):
+    p = compress(tmp / "d.json.zst", json.dumps([GOOD, 5, {"question": "q1", "answer": "a1"}]).encode())
+    return p, Loads(3, [GOOD_KEPT, qa("q1", "a1")], {"not_a_mapping": 1}, examples={"not_a_mapping": [f"{p}[1]"]})
+
+
+@case("compressed_records", "csv_bz2_and_tsv_xz_split_files")
+def _(tmp):
+    d = tmp / "data"
+    d.mkdir()
+    compress(d / "train-00000-of-00002.csv.bz2", b"question,answer\nq0,a0\n")
+    compress(d / "train-00001-of-00002.tsv.xz", b"question\tanswer\nq1\ta1\nq2\t\n")
+    compress(d / "test.csv.bz2", b"question,answer\nnot,read\n")
+    return d, Loads(3, [GOOD_KEPT, qa("q1", "a1")], {"empty_turn": 1})
+
+
+# 24. compressed bytes that are damaged, cut short, or not compressed at all
+
+@case("compressed_damaged", "gz_download_cut_short")
+def _(tmp):
+    whole = compress(tmp / "whole.jsonl.gz", jsonl_bytes(many(5000))).read_bytes()
+    p = tmp / "d.jsonl.gz"
+    p.write_bytes(whole[: len(whole) * 3 // 4])
+    return p, stop(p, "", r"corrupt gzip data after \d+ records \(\d+ bytes decompressed\): "
+                          r"Compressed file ended before the end-of-stream marker was reached")
+
+
+@case("compressed_damaged", "zst_cut_short_which_zstandard_reads_silently")
+def _(tmp):
+    whole = compress(tmp / "whole.jsonl.zst", jsonl_bytes(many(5000))).read_bytes()
+    p = tmp / "d.jsonl.zst"
+    p.write_bytes(whole[: len(whole) // 2])
+    return p, stop(p, "", r"corrupt zstd data after \d+ records \(\d+ bytes decompressed\): "
+                          r"the file ends inside a zstd frame \(cut short\?\)")
+
+
+@case("compressed_damaged", "xz_bytes_overwritten")
+def _(tmp):
+    data = bytearray(compress(tmp / "whole.csv.xz", b"question,answer\n" + b"q,a\n" * 50_000).read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 32] = b"\xff" * 32
+    p = tmp / "d.csv.xz"
+    p.write_bytes(bytes(data))
+    return p, stop(p, "", r"corrupt xz data after \d+ records \(\d+ bytes decompressed\): Corrupt input data")
+
+
+@case("compressed_damaged", "plain_jsonl_named_gz")
+def _(tmp):
+    p = write_jsonl(tmp / "d.jsonl.gz", [GOOD])
+    return p, stop(p, "", re.escape("corrupt gzip data after 0 records (0 bytes decompressed): Not a gzipped file") + ".*")
+
+
+# 25. empty compressed files: empty, as an empty plain file is
+
+@case("compressed_empty", "jsonl_gz_0_bytes")
+def _(tmp):
+    p = tmp / "d.jsonl.gz"
+    p.write_bytes(b"")
+    return p, Loads(0, 0)
+
+
+@case("compressed_empty", "csv_bz2_0_bytes")
+def _(tmp):  # bz2 itself calls a 0-byte file cut short
+    p = tmp / "d.csv.bz2"
+    p.write_bytes(b"")
+    return p, Loads(0, 0)
+
+
+@case("compressed_empty", "gzip_of_nothing")
+def _(tmp):
+    return compress(tmp / "d.jsonl.gz", b""), Loads(0, 0)
+
+
+@case("compressed_empty", "json_xz_empty_array")
+def _(tmp):
+    return compress(tmp / "d.json.xz", b"[]"), Loads(0, 0)
+
+
+# 26. CSV delimiters from spreadsheets in other locales
+
+@case("csv_delimiter", "semicolon_export_with_commas_in_the_text")
+def _(tmp):
+    p = tmp / "d.csv"
+    p.write_text("question;answer\nq0;a0\nq1, really;a1, with, commas\n", encoding="utf-8")
+    return p, Loads(2, [GOOD_KEPT, qa("q1, really", "a1, with, commas")])
+
+
+@case("csv_delimiter", "excel_sep_line_bom_crlf")
+def _(tmp):
+    p = tmp / "d.csv"
+    p.write_bytes(b"\xef\xbb\xbfsep=;\r\nquestion;answer\r\nq0;a0\r\n\"q1\r\nsecond line\";a1\r\n")
+    return p, Loads(2, [GOOD_KEPT, qa("q1\r\nsecond line", "a1")], examples={})
+
+
+@case("csv_delimiter", "pipe_separated")
+def _(tmp):
+    p = tmp / "d.csv"
+    p.write_text("question|answer\nq0|a0\nq1|a1; b, c\n", encoding="utf-8")
+    return p, Loads(2, [GOOD_KEPT, qa("q1", "a1; b, c")])
+
+
+@case("csv_delimiter", "set_to_comma_on_a_semicolon_file", opts={"csv_delimiter": ","})
+def _(tmp):
+    p = tmp / "d.csv"
+    p.write_text("question;answer\nq0;a0\nq1;a1, with, commas\n", encoding="utf-8")
+    return p, stop(p, ":1", re.escape("the header is one field with delimiter ','; it splits into 2 with ';': "
+                                      "set data.csv_delimiter"))
+
+
+# 27. CSV headers as spreadsheets write them
+
+@case("csv_header", "spaces_around_names")
+def _(tmp):
+    p = tmp / "d.csv"
+    p.write_text("question , answer\nq0,a0\n", encoding="utf-8")
+    return p, Loads(1, [GOOD_KEPT])
+
+
+@case("csv_header", "a_name_used_twice")
+def _(tmp):  # dict(zip()) would keep the last 'answer' column without a word
+    p = tmp / "d.csv"
+    p.write_text("question,answer,answer\nq0,a0,old answer\n", encoding="utf-8")
+    return p, stop(p, ":1", re.escape("the header names 'answer' twice (columns 2 and 3): rename one"))
+
+
+# 28. UTF-16 text (Windows PowerShell's `>`, Excel's "Unicode Text")
+
+@case("utf16_text", "jsonl_from_powershell")
+def _(tmp):
+    p = tmp / "d.jsonl"
+    p.write_bytes(jsonl_bytes([GOOD]).decode().encode("utf-16"))
+    return p, stop(p, ":1", re.escape("UTF-16 text (byte-order mark); save the file as UTF-8"))
+
+
+@case("utf16_text", "csv_unicode_text")
+def _(tmp):
+    p = tmp / "d.csv"
+    p.write_bytes("question\tanswer\r\nq0\ta0\r\n".encode("utf-16"))
+    return p, stop(p, ":1", re.escape("UTF-16 text (byte-order mark); save the file as UTF-8"))
+
+
+@case("utf16_text", "json_big_endian")
+def _(tmp):
+    p = tmp / "d.json"
+    p.write_bytes(b"\xfe\xff" + json.dumps([GOOD]).encode("utf-16-be"))
+    return p, stop(p, ":1", re.escape("UTF-16 text (byte-order mark); save the file as UTF-8"))
+
+
+# 29. JSON layouts exports write
+
+@case("json_layout", "records_next_to_metadata")
+def _(tmp):  # SQuAD-style: {"version": ..., "data": [...]}
+    p = tmp / "d.json"
+    p.write_text(json.dumps({"version": "1.1", "data": [GOOD, {"question": "q1", "answer": " "}]}, indent=2),
+                 encoding="utf-8")
+    return p, Loads(2, [GOOD_KEPT], {"empty_turn": 1}, examples={"empty_turn": [f"{p}[1]"]})
+
+
+@case("json_layout", "pandas_to_json_default_columns")
+def _(tmp):
+    import pandas as pd
+
+    p = tmp / "d.json"
+    pd.DataFrame([GOOD, {"question": "q1", "answer": None}]).to_json(p)  # {"question": {"0": ..}, ..}
+    return p, Loads(2, [GOOD_KEPT], {"missing_field:answer": 1}, examples={"missing_field:answer": [f"{p}[1]"]})
+
+
+@case("json_layout", "pandas_to_json_split")
+def _(tmp):
+    import pandas as pd
+
+    p = tmp / "d.json"
+    pd.DataFrame([GOOD, {"question": "q1", "answer": "a1"}]).to_json(p, orient="split")
+    return p, Loads(2, [GOOD_KEPT, qa("q1", "a1")])
+
+
+@case("json_layout", "pandas_to_json_index")
+def _(tmp):
+    import pandas as pd
+
+    p = tmp / "d.json"
+    pd.DataFrame([GOOD, GOOD]).to_json(p, orient="index")
+    return p, Loads(2, [GOOD_KEPT], {"duplicate": 1}, examples={"duplicate": [f"{p}[1]"]})
+
+
+# 30. saved datasets: save_to_disk folders and this project's own load output
+
+@case("saved_dataset", "dataset_dict_train_split")
+def _(tmp):
+    import datasets
+
+    d = tmp / "dd"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([GOOD, {"question": "q1", "answer": ""}, GOOD]),
+                          "test": datasets.Dataset.from_list([GOOD])}).save_to_disk(str(d))
+    return d, Loads(saved_rows(d), [GOOD_KEPT], {"empty_turn": 1, "duplicate": 1},
+                    examples={"empty_turn": [f"{d / 'train'} row 1"], "duplicate": [f"{d / 'train'} row 2"]})
+
+
+@case("saved_dataset", "dataset_folder_with_binary_column")
+def _(tmp):
+    import datasets
+
+    d = tmp / "ds"
+    datasets.Dataset.from_dict({"question": [b"q0", b"q1"], "answer": [b"a0", b"caf\xe9"]}).save_to_disk(str(d))
+    return d, Loads(saved_rows(d), [GOOD_KEPT], {"not_utf8:answer": 1})
+
+
+@case("saved_dataset", "dataset_dict_without_a_train_split")
+def _(tmp):
+    import datasets
+
+    d = tmp / "dd"
+    datasets.DatasetDict({"training": datasets.Dataset.from_list([GOOD])}).save_to_disk(str(d))
+    return d, stop(d, "", re.escape("no split 'train' in this saved dataset (splits: ['training'])"))
+
+
+@case("saved_dataset", "a_shard_deleted")
+def _(tmp):
+    import datasets
+
+    d = tmp / "ds"
+    datasets.Dataset.from_list([GOOD, {"question": "q1", "answer": "a1"}]).save_to_disk(str(d), num_shards=2)
+    (d / "data-00001-of-00002.arrow").unlink()
+    shard = d / "data-00001-of-00002.arrow"
+    return d, Stop(re.escape(f"{shard}: missing (listed in {d / 'state.json'})"))
+
+
+# 31. file names as they come
+
+@case("file_naming", "upper_case_extension")
+def _(tmp):
+    p = tmp / "EXPORT.CSV"
+    p.write_text("question,answer\nq0,a0\n", encoding="utf-8")
+    return p, Loads(1, [GOOD_KEPT])
+
+
+@case("file_naming", "ndjson")
+def _(tmp):
+    p = write_jsonl(tmp / "d.ndjson", [GOOD, {"question": "q1", "answer": "a1"}])
+    return p, Loads(nonblank_lines(p), [GOOD_KEPT, qa("q1", "a1")])
+
+
+# 32. a file whose name says another format
+
+@case("misnamed_format", "pretty_json_array_named_jsonl")
+def _(tmp):
+    p = tmp / "d.jsonl"
+    p.write_text(json.dumps([GOOD], indent=2), encoding="utf-8")
+    return p, stop(p, ":1", re.escape("invalid JSON: Expecting value (column 1); the file looks like one JSON "
+                                      "document, not JSON Lines: name it .json"))
+
+
+@case("misnamed_format", "comma_csv_named_tsv")
+def _(tmp):
+    p = tmp / "d.tsv"
+    p.write_text("question,answer\nq0,a0\n", encoding="utf-8")
+    return p, Loads(1, [GOOD_KEPT])
+
+
 # ---- the corpus test ----------------------------------------------------------------------------
 
-def test_corpus_covers_at_least_22_kinds():
-    assert len(KINDS) >= 22, sorted(KINDS)
+def test_corpus_covers_at_least_35_kinds():
+    assert len(KINDS) >= 35, sorted(KINDS)
 
 
-@pytest.mark.parametrize("build, fmt", CASES)
-def test_bad_input(tmp_path, build, fmt):
+@pytest.mark.parametrize("build, fmt, opts", CASES)
+def test_bad_input(tmp_path, build, fmt, opts):
     source, expect = build(tmp_path)
     if isinstance(expect, Stop):
         with pytest.raises(SourceError) as info:
-            load_split(str(source), "train", fmt, None)
+            load_split(str(source), "train", fmt, None, **opts)
         msg = str(info.value)
         assert "\n" not in msg, msg
         assert re.fullmatch(expect.pattern, msg), msg
         return
 
-    kept, stats = load_split(str(source), "train", fmt, None)
+    kept, stats = load_split(str(source), "train", fmt, None, **opts)
     # nothing is lost silently: every record in the file is read, and is either kept or counted
     assert stats["kept"] + sum(stats["dropped"].values()) == stats["read"]
     assert stats["read"] == expect.present

@@ -137,7 +137,7 @@ def test_csv_ragged_row_names_file_and_line(tmp_path):
     path.write_text("question,answer\nq0,a0\nonly-one-field\n", encoding="utf-8")
     with pytest.raises(SourceError) as info:
         read(path)
-    assert str(info.value) == f"{path}:3: 1 fields, header has 2"
+    assert str(info.value) == f"{path}:3: 1 fields, header has 2 with delimiter ','"
 
 
 def test_csv_non_utf8(tmp_path):

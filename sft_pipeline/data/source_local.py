@@ -1,16 +1,29 @@
-"""Local json, jsonl, parquet and csv files: one file, a glob, or a folder of split files."""
+"""Local files: one file, a glob, or a folder of split files.
+
+JSON Lines (.jsonl, .ndjson), JSON, CSV and TSV, plain or compressed (.gz, .bz2, .xz, .zst:
+read as a stream, never decompressed whole), Parquet and Arrow. Every reader streams: a record
+at a time (a batch for Parquet and Arrow), so a file larger than memory can be loaded; only a
+.json object that is not an array of records (pandas' columns/index layouts) is parsed whole.
+"""
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import json
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+from . import json_stream
+from .compression import CODECS, CorruptCompressed, codec_of, open_binary
+from .csv_read import read_csv
+from .source_saved import read_arrow_file
+
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
+           ".parquet": "parquet", ".arrow": "arrow"}
+STREAMED = {"jsonl", "json", "csv", "tsv"}  # the formats that may be compressed
+SUFFIXES = tuple(FORMATS) + tuple(f + c for f, kind in FORMATS.items() if kind in STREAMED for c in CODECS)
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+SUPPORTED = ".jsonl, .ndjson, .json, .csv, .tsv (each plain or .gz, .bz2, .xz, .zst), .parquet, .arrow"
 
 
 def looks_local(source: str) -> bool:
@@ -18,7 +31,7 @@ def looks_local(source: str) -> bool:
         source.startswith((".", "/", "~"))
         or Path(source).exists()
         or any(ch in source for ch in "*?[")
-        or source.endswith(SUFFIXES)
+        or source.lower().endswith(SUFFIXES)
         or "{split}" in source
     )
 
@@ -29,15 +42,38 @@ def _error(msg: str) -> Exception:
     return SourceError(msg)
 
 
+def file_format(path: Path) -> str | None:
+    """'jsonl', 'csv', ... from the file name, through a compression suffix ('a.jsonl.gz' is
+    jsonl); None for anything else (a compressed Parquet file too: Parquet compresses itself)."""
+    inner = Path(path.stem) if codec_of(path) else path
+    fmt = FORMATS.get(inner.suffix.lower())
+    return fmt if fmt in STREAMED or inner is path else None
+
+
+def data_suffix(path: Path) -> str:
+    """The suffix that makes the file a data file: '.jsonl.gz', '.csv'."""
+    return "".join(path.suffixes[-2:]) if codec_of(path) else path.suffix
+
+
+def split_name(path: Path) -> str:
+    """The split a file in a split folder belongs to: train.jsonl, train-00000-of-00002.jsonl.gz -> train."""
+    return path.name[: len(path.name) - len(data_suffix(path))].split("-")[0]
+
+
+def _split_files(folder: Path, split: str | None) -> list[Path]:
+    """The folder's data files (of one split, when given), sorted."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and file_format(p) and split in (None, split_name(p)))
+
+
 def resolve_files(source: str, split: str) -> list[Path]:
     """A folder holds one file per split (train.jsonl, test.parquet, ...); '{split}' in a path is
     replaced by the split; a plain file or glob is taken as given."""
     pattern = str(Path(source.replace("{split}", split)).expanduser())
     folder = Path(pattern)
     if folder.is_dir():
-        files = sorted(p for p in folder.iterdir() if p.suffix in SUFFIXES and p.stem.split("-")[0] == split)
+        files = _split_files(folder, split)
         if not files:
-            have = sorted(p.name for p in folder.iterdir() if p.suffix in SUFFIXES)
+            have = [p.name for p in _split_files(folder, None)]
             raise _error(f"{folder}: no file for split '{split}' (expected {split}.jsonl or similar; found {have})")
         return files
     files = sorted(Path(p) for p in glob.glob(pattern)) if any(c in pattern for c in "*?[") else [folder]
@@ -45,8 +81,8 @@ def resolve_files(source: str, split: str) -> list[Path]:
     if not files:
         raise _error(f"data.source: {pattern}: no such file")
     for f in files:
-        if f.suffix not in SUFFIXES:
-            raise _error(f"{f}: unsupported file type '{f.suffix}' (use {', '.join(SUFFIXES)})")
+        if file_format(f) is None:
+            raise _error(f"{f}: unsupported file type '{data_suffix(f)}' (use {SUPPORTED})")
     return files
 
 
@@ -57,12 +93,14 @@ def has_split(source: str, split: str) -> bool:
         pattern = str(Path(source.replace("{split}", split)).expanduser())
         return any(Path(p).is_file() for p in glob.glob(pattern)) if any(c in pattern for c in "*?[") else Path(pattern).is_file()
     folder = Path(source).expanduser()
-    return folder.is_dir() and any(p.suffix in SUFFIXES and p.stem.split("-")[0] == split for p in folder.iterdir())
+    return folder.is_dir() and bool(_split_files(folder, split))
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, "rb") as fh:
+    with open_binary(path) as fh:
         for lineno, raw in enumerate(fh, 1):
+            if lineno == 1 and raw.startswith(UTF16_BOMS):
+                raise _error(f"{path}:1: UTF-16 text (byte-order mark); save the file as UTF-8")
             try:
                 text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as err:
@@ -72,64 +110,30 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as err:
-                raise _error(f"{path}:{lineno}: invalid JSON: {err.msg} (column {err.colno})") from None
+                raise _error(f"{path}:{lineno}: invalid JSON: {err.msg} (column {err.colno}){_one_document(lineno, text)}") from None
             except (ValueError, RecursionError) as err:  # 5000-digit numbers, 100k-deep nesting
                 raise _error(f"{path}:{lineno}: unreadable JSON: {str(err).splitlines()[0][:120]}") from None
             yield f"{path}:{lineno}", record
 
 
-def _decode(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise _error(f"{path}:{line}: not UTF-8 text (byte {err.start})") from None
-
-
-RECORD_LIST_FIELDS = {"conversations", "messages"}
+def _one_document(lineno: int, text: str) -> str:
+    """A hint for a pretty-printed JSON document saved as .jsonl: its first line is a lone bracket."""
+    if lineno == 1 and text.strip() in ("[", "{"):
+        return "; the file looks like one JSON document, not JSON Lines: name it .json"
+    return ""
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
-    text = _decode(path)
+    """One JSON document, streamed (json_stream); a '.json' file that is one object per line,
+    as many are, is read as JSON Lines."""
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise _error(f"{path}:{err.lineno}: invalid JSON: {err.msg} (column {err.colno})") from None
-    except (ValueError, RecursionError) as err:
-        raise _error(f"{path}: unreadable JSON: {str(err).splitlines()[0][:120]}") from None
-    if isinstance(data, dict) and len(data) == 1:
-        key, value = next(iter(data.items()))
-        # {"data": [{...}, ...]} wraps records; {"conversations": [...]} is one record
-        wrapper = key not in RECORD_LIST_FIELDS and isinstance(value, list) and any(isinstance(v, dict) for v in value)
-        data = value if wrapper else [data]
-    elif isinstance(data, dict):
-        data = [data]  # a single record
-    if not isinstance(data, list):
-        raise _error(f"{path}: expected a JSON array of records (or use .jsonl)")
-    for i, rec in enumerate(data):
-        yield f"{path}[{i}]", rec
-
-
-def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
-    text = _decode(path)
-    csv.field_size_limit(sys.maxsize)  # the default 128 KiB limit rejects long answers
-    # strict: an unclosed quote is an error, not the rest of the file swallowed into one field
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    header: list[str] = []
-    try:
-        for row in reader:
-            lineno = reader.line_num
-            if not row:
-                continue
-            if not header:
-                header = row
-                continue
-            if len(row) != len(header):
-                raise _error(f"{path}:{lineno}: {len(row)} fields, header has {len(header)}")
-            yield f"{path}:{lineno}", dict(zip(header, row))
-    except csv.Error as err:
-        raise _error(f"{path}:{reader.line_num}: invalid CSV: {err}") from None
+        with open_binary(path) as fh:
+            for loc, rec in json_stream.records(fh):
+                yield f"{path}{loc}", rec
+    except json_stream.JsonStreamError as err:
+        raise _error(f"{path}{err}") from None
+    except json_stream.JsonLinesInstead:
+        yield from _read_jsonl(path)
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
@@ -153,31 +157,30 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
             row += 1
 
 
-READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+def _records(path: Path, fmt: str, csv_delimiter: str) -> Iterator[tuple[str, Any]]:
+    if fmt == "jsonl":
+        return _read_jsonl(path)
+    if fmt == "json":
+        return _read_json(path)
+    if fmt in ("csv", "tsv"):
+        return read_csv(path, csv_delimiter, fmt == "tsv")
+    if fmt == "parquet":
+        return _read_parquet(path)
+    return read_arrow_file(path)
 
 
-def read(source: str, split: str) -> Iterator[tuple[str, Any]]:
+def read(source: str, split: str, csv_delimiter: str = "auto") -> Iterator[tuple[str, Any]]:
     for path in resolve_files(source, split):
-        reader = _read_jsonl if path.suffix == ".json" and _is_jsonl(path) else READERS[path.suffix]
-        yield from reader(path)
+        yield from _stop_on_damage(path, _records(path, file_format(path) or "", csv_delimiter))
 
 
-def _is_jsonl(path: Path) -> bool:
-    """Many '.json' files are really JSON Lines: a '.json' file that does not parse as one JSON
-    document but starts with an object is read line by line."""
-    with open(path, "rb") as fh:
-        head = fh.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
-    if not head.startswith(b"{"):
-        return False
+def _stop_on_damage(path: Path, records: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """Damaged compressed bytes stop the read with the file and how far it got."""
+    n = 0
     try:
-        json.loads(path.read_bytes().decode("utf-8-sig"))
-        return False
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        pass
-    # Not one document: JSON Lines when the first line is a whole object on its own.
-    with open(path, "rb") as fh:
-        first = fh.readline().lstrip(b"\xef\xbb\xbf")
-    try:
-        return isinstance(json.loads(first), dict)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return False
+        for item in records:
+            yield item
+            n += 1
+    except CorruptCompressed as err:
+        raise _error(f"{path}: corrupt {err.codec} data after {n} records ({err.bytes_out} bytes "
+                     f"decompressed): {err.reason}") from None

@@ -10,6 +10,7 @@ from ..errors import PipelineError
 from . import source_deeplake as deeplake_source
 from . import source_hf as hf
 from . import source_local as local
+from . import source_saved as saved
 
 Record = tuple[str, Any]
 
@@ -22,13 +23,16 @@ BUNDLED_DATA = Path(__file__).resolve().parent.parent / "bundled"
 
 
 def source_kind(source: str) -> str:
-    """bundled:<name> | hf:<id or folder> (forces datasets.load_dataset) | Deep Lake | local | hub id."""
+    """bundled:<name> | hf:<id or folder> (forces datasets.load_dataset) | Deep Lake | a saved
+    dataset (save_to_disk folder) | local | hub id."""
     if source.startswith("hf:"):
         return "hf"
     if source.startswith("bundled:"):
         return "bundled"
     if deeplake_source.is_deeplake(source):
         return "deeplake"
+    if saved.is_saved(source):
+        return "saved"
     if local.looks_local(source):
         return "local"
     return "hf"
@@ -53,18 +57,23 @@ def has_split(source: str, split: str) -> bool | None:
         return local.has_split(str(bundled_folder(source)), split)
     if kind == "local":
         return local.has_split(source, split)
+    if kind == "saved":
+        return saved.has_split(source, split)
     if kind == "deeplake":
         return False
     return hf.has_split(source.removeprefix("hf:"), split)
 
 
-def read_records(source: str, split: str) -> Iterator[Record]:
+def read_records(source: str, split: str, csv_delimiter: str = "auto") -> Iterator[Record]:
+    """The split's records as (where, record); `csv_delimiter` is data.csv_delimiter (csv_read)."""
     kind = source_kind(source)
     if kind == "bundled":
-        yield from local.read(str(bundled_folder(source)), split)
+        yield from local.read(str(bundled_folder(source)), split, csv_delimiter)
     elif kind == "deeplake":
         yield from deeplake_source.read(source)
+    elif kind == "saved":
+        yield from saved.read(source, split)
     elif kind == "local":
-        yield from local.read(source, split)
+        yield from local.read(source, split, csv_delimiter)
     else:
         yield from hf.read(source.removeprefix("hf:"), split)

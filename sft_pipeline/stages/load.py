@@ -41,7 +41,8 @@ LOAD_SCHEMA = pa.schema([
 
 
 def iter_split(source: str, split: str, fmt: str, max_records: int | None,
-               columns: dict[str, str] | None, stats: dict[str, Any]) -> Iterator[dict[str, Any]]:
+               columns: dict[str, str] | None, stats: dict[str, Any],
+               csv_delimiter: str = "auto") -> Iterator[dict[str, Any]]:
     """Yield the kept records as {"messages", "source"}; fill `stats` (read, kept, dropped by
     reason with the first locations) as it goes. Duplicates are found by a 16-byte digest of the
     conversation, so memory grows by bytes per record, not by the records themselves."""
@@ -55,7 +56,7 @@ def iter_split(source: str, split: str, fmt: str, max_records: int | None,
     with progress() as bar:
         task = bar.add_task(f"load {split}", total=max_records)
         # islice stops before fetching record max_records+1: a broken line past the cap is never read
-        for where, rec in itertools.islice(read_records(source, split), max_records):
+        for where, rec in itertools.islice(read_records(source, split, csv_delimiter), max_records):
             read += 1
             bar.advance(task)
             if chosen is None:
@@ -87,10 +88,11 @@ def iter_split(source: str, split: str, fmt: str, max_records: int | None,
 
 
 def load_split(source: str, split: str, fmt: str, max_records: int | None,
-               columns: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+               columns: dict[str, str] | None = None,
+               csv_delimiter: str = "auto") -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """iter_split, collected: for callers that want the rows in memory (tests, small data)."""
     stats: dict[str, Any] = {}
-    rows = list(iter_split(source, split, fmt, max_records, columns, stats))
+    rows = list(iter_split(source, split, fmt, max_records, columns, stats, csv_delimiter))
     return rows, stats
 
 
@@ -118,7 +120,8 @@ def run(run: RunDir, out: Path) -> None:
         split_stats: dict[str, Any] = {}
         folder = out / (f".{name}-all" if carve and name == "train" else name)
         with SplitWriter(folder, LOAD_SCHEMA) as writer:
-            for row in iter_split(source, split, cfg.format, cfg.max_records, cfg.columns, split_stats):
+            for row in iter_split(source, split, cfg.format, cfg.max_records, cfg.columns, split_stats,
+                                  cfg.csv_delimiter):
                 writer.add(row)
             if not split_stats["kept"]:
                 raise SourceError(f"data.source: {source} (split {split}): no usable records ({split_stats['dropped'] or 'empty'})")
