@@ -19,18 +19,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
+from ..errors import PipelineError  # caught and reworded by source_local; one line if one escapes
+
 CODECS = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz", ".zst": "zstd"}
 BUFFER = 1 << 16
 STEP = 1 << 13  # decompressed bytes asked of a codec at a time: a cut-short file still yields its head
 ZSTD_INPUT = 1 << 14  # compressed bytes fed to zstd at a time: bounds one step's output
 
 
-class CorruptCompressed(Exception):
+class CorruptCompressed(PipelineError, ValueError):
     """Compressed bytes that cannot be decompressed: damaged, cut short, or not that codec."""
 
-    def __init__(self, codec: str, bytes_out: int, reason: str):
-        super().__init__(f"corrupt {codec} data after {bytes_out} decompressed bytes: {reason}")
+    def __init__(self, message: str, codec: str = "", bytes_out: int = 0, reason: str = ""):
+        super().__init__(message)
         self.codec, self.bytes_out, self.reason = codec, bytes_out, reason
+
+    @classmethod
+    def at(cls, codec: str, bytes_out: int, reason: str) -> "CorruptCompressed":
+        return cls(f"corrupt {codec} data after {bytes_out} decompressed bytes: {reason}", codec, bytes_out, reason)
 
 
 def codec_of(path: Path) -> str | None:
@@ -101,7 +107,7 @@ class _Decompressed(io.RawIOBase):
         try:
             data = self._inner.read(min(len(buffer), STEP))
         except self._bad as err:
-            raise CorruptCompressed(self.codec, self.bytes_out, str(err) or type(err).__name__) from None
+            raise CorruptCompressed.at(self.codec, self.bytes_out, str(err) or type(err).__name__) from None
         buffer[: len(data)] = data
         self.bytes_out += len(data)
         return len(data)

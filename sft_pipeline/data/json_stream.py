@@ -16,6 +16,8 @@ import json
 import re
 from typing import Any, BinaryIO, Iterator
 
+from ..errors import PipelineError  # caught and reworded by source_local; one line if one escapes
+
 NOT_WHITESPACE = re.compile(r"[^ \t\n\r]")  # JSON's whitespace
 CHUNK = 1 << 16
 SLACK = 64  # an error this close to the end of the window may only be the window's end
@@ -24,11 +26,11 @@ WRAPPER_KEYS = ("data", "rows", "records", "examples", "items", "instances")
 RECORD_LIST_FIELDS = {"conversations", "messages"}  # {"messages": [...]} is one record, not a wrapper
 
 
-class JsonStreamError(Exception):
+class JsonStreamError(PipelineError, ValueError):
     """Unreadable input; str() is '<loc>: <reason>', loc being ':<line>' or '' (the whole file)."""
 
 
-class JsonLinesInstead(Exception):
+class JsonLinesInstead(PipelineError, ValueError):
     """The first line is a whole object and more follows: JSON Lines in a .json file."""
 
 
