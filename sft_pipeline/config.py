@@ -59,6 +59,10 @@ class TemplateConfig(Section):
     user: str = "Question: {content}"
     assistant: str = "Answer: {content}"
     separator: str = "\n\n"
+    # A special token's text inside a record's content (an answer containing "<|im_end|>"):
+    # text tokenizes it as those characters (the template's own markup keeps its control tokens);
+    # drop drops the record (reason control_text); keep makes it the real control tokens, on purpose.
+    control_text: Literal["text", "drop", "keep"] = "text"
 
     @field_validator("user", "assistant")
     @classmethod

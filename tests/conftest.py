@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import lima_rows, save_tiny_llama, write_jsonl
+from helpers import CHATML, TOOL_CHATML, lima_rows, make_llama_tokenizer, make_tokenizer, save_tiny_llama, write_jsonl  # noqa: F401 (fixtures below use them)
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +21,33 @@ def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tool_tokenizer(tiny_model_dir):
+    """The tiny tokenizer with a chat template that renders tool definitions, calls and results."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = TOOL_CHATML
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tool_model_dir(tiny_model_dir, tmp_path_factory, tool_tokenizer) -> Path:
+    """The tiny model, its tokenizer's chat template the tool-capable one: a valid model.ref."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("tool-llama") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    tool_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer(tmp_path_factory):
+    """A tiny tokenizer with Llama 2's special tokens and layout ([INST] ... [/INST] ...</s>)."""
+    return make_llama_tokenizer(tmp_path_factory.mktemp("llama-tok"))
 
 
 @pytest.fixture

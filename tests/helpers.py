@@ -91,6 +91,29 @@ CHATML = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# ChatML with Hermes/Qwen-style tool calls: definitions in a system block, each call as
+# <tool_call> JSON in the assistant turn, each result in a tool turn of its own
+TOOL_CHATML = (
+    r"{%- if tools %}{{ '<|im_start|>system\n# Tools\n<tools>' }}{% for t in tools %}{{ '\n' + (t | tojson) }}"
+    r"{% endfor %}{{ '\n</tools><|im_end|>\n' }}{% endif %}"
+    r"{%- for m in messages %}"
+    r"{%- if m.role == 'tool' %}{{ '<|im_start|>tool\n<tool_response>\n' + m.content + '\n</tool_response><|im_end|>\n' }}"
+    r"{%- elif m.role == 'assistant' and m.tool_calls %}{{ '<|im_start|>assistant\n' }}"
+    r"{%- if m.content %}{{ m.content + '\n' }}{% endif %}"
+    r"{%- for c in m.tool_calls %}{{ '<tool_call>\n{\"name\": \"' + c.function.name + '\", \"arguments\": ' + (c.function.arguments | tojson) + '}\n</tool_call>' }}{% endfor %}"
+    r"{{ '<|im_end|>\n' }}"
+    r"{%- else %}{{ '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>\n' }}"
+    r"{%- endif %}{%- endfor %}"
+    r"{%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# Llama 2's layout: [INST] question [/INST] answer</s>, a BOS added by the tokenizer itself
+LLAMA_CHAT = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% elif m['role'] == 'assistant' %}{{ ' ' + m['content'] + '</s>' }}"
+    "{% else %}{{ '<<SYS>>' + m['content'] + '<</SYS>>' }}{% endif %}{% endfor %}"
+)
+
 CORPUS = [
     "What is the capital of France? Paris is the capital of France.",
     "TL;DR: Water boils at 100 degrees.\n\nDetails:\n- At sea level\n- Lower in the mountains",
@@ -114,6 +137,29 @@ def make_tokenizer(folder: Path):
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    unk_token="<unk>", bos_token="<|im_start|>")
     fast.chat_template = CHATML
+    fast.save_pretrained(folder)
+    return fast
+
+
+def make_llama_tokenizer(folder: Path):
+    """A tiny tokenizer with Llama 2's special tokens (<s>, </s>, [INST], [/INST]), its
+    SentencePiece-style pre-tokenizer (Metaspace, a space prepended to the text) and a BOS
+    added to every encoding, unlike the ChatML one."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "[INST]", "[/INST]"],
+                                  initial_alphabet=list(string.printable.strip() + "\u2581"))
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="</s>")
+    fast.chat_template = LLAMA_CHAT
     fast.save_pretrained(folder)
     return fast
 

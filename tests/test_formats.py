@@ -150,3 +150,99 @@ def test_check_turns_reports_the_first_broken_rule():
     # out of order (turn 2) comes before the empty turn (turn 3)
     assert check_turns([U("q"), U("q2"), A(" ")]) == "roles_out_of_order"
     assert check_turns([U(" "), U("q2")]) == "empty_turn"
+
+
+# ---- tool calls (OpenAI-style chat data) -------------------------------------------------------
+
+def _call(name="get_weather", args='{"city": "Paris"}', call_id="c1", wrapped=True):
+    fn = {"name": name, "arguments": args}
+    return {"id": call_id, "type": "function", "function": fn} if wrapped else {"id": call_id, **fn}
+
+
+def _calls(*calls, content=""):
+    return {"role": "assistant", "content": content, "tool_calls": list(calls)}
+
+
+def _norm(name="get_weather", args='{"city": "Paris"}', call_id="c1"):
+    return {"id": call_id, "name": name, "arguments": args}
+
+
+def test_tool_call_turns_are_kept_with_their_calls_and_results():
+    rec = {"messages": [U("Weather?"), _calls(_call(), content=None),
+                        {"role": "tool", "tool_call_id": "c1", "name": "get_weather", "content": "sunny", "extra": 1},
+                        A("Sunny.")]}
+    assert to_conversation(rec, "messages") == ([
+        U("Weather?"), _calls(_norm()),
+        {"role": "tool", "content": "sunny", "tool_call_id": "c1", "name": "get_weather"}, A("Sunny.")], None)
+
+
+@pytest.mark.parametrize("args, expected", [
+    ({"city": "Paris"}, '{"city": "Paris"}'),          # a mapping, as HF's chat-template docs write it
+    ('{"city":"Paris"}', '{"city": "Paris"}'),          # OpenAI's JSON text, in one spelling
+    ("", "{}"), ({}, "{}"),                             # a function without arguments
+    ('{"q": "caf\\u00e9"}', '{"q": "café"}'),
+])
+def test_tool_call_arguments_become_one_json_text(args, expected):
+    rec = {"messages": [U("q"), _calls(_call(args=args, wrapped=False)), {"role": "tool", "content": "r"}, A("a")]}
+    messages, why = to_conversation(rec, "messages")
+    assert why is None and messages[1]["tool_calls"] == [_norm(args=expected)]
+
+
+def test_a_tool_result_given_as_json_is_kept_as_its_text():
+    rec = {"messages": [U("q"), _calls(_call()), {"role": "tool", "content": {"temp": 21, "unit": "°C"}}, A("a")]}
+    messages, _ = to_conversation(rec, "messages")
+    assert messages[2] == {"role": "tool", "content": '{"temp": 21, "unit": "°C"}'}
+
+
+def test_prompt_completion_lists_carry_tool_calls():
+    rec = {"prompt": [U("q")], "completion": [_calls(_call()), {"role": "tool", "content": "r"}, A("a")]}
+    messages, why = to_conversation(rec, "prompt_completion")
+    assert why is None and [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant"]
+
+
+@pytest.mark.parametrize("turns, reason", [
+    ([U("q"), _calls(_call(args="{oops")), {"role": "tool", "content": "r"}, A("a")], "bad_tool_call"),
+    ([U("q"), _calls(_call(args="[1]")), {"role": "tool", "content": "r"}, A("a")], "bad_tool_call"),
+    ([U("q"), _calls(_call(name="  ")), {"role": "tool", "content": "r"}, A("a")], "bad_tool_call"),
+    ([U("q"), _calls({"type": "code_interpreter"}), {"role": "tool", "content": "r"}, A("a")], "bad_tool_call"),
+    ([U("q"), {"role": "assistant", "content": "", "tool_calls": {"name": "f"}}, A("a")], "bad_tool_call"),
+    ([U("q"), {"role": "tool", "content": "r"}, A("a")], "roles_out_of_order"),
+    ([U("q"), _calls(_call()), U("q2"), A("a")], "roles_out_of_order"),
+    ([U("q"), A("a"), {"role": "tool", "content": "r"}, A("a2")], "roles_out_of_order"),
+    ([U("q"), _calls(_call()), {"role": "tool", "content": "r"}], "ends_on_tool"),
+    ([U("q"), _calls(_call()), {"role": "tool", "content": 7}, A("a")], "wrong_type:content"),
+    ([U("q"), {"role": "assistant", "content": None}], "missing_field:content"),  # no call: an answer is needed
+    ([U("q"), {"role": "assistant", "content": " ", "tool_calls": []}], "empty_turn"),
+])
+def test_tool_call_drop_reasons(turns, reason):
+    assert to_conversation({"messages": turns}, "messages") == (None, reason)
+
+
+def test_check_turns_allows_results_in_a_row_and_an_empty_result():
+    assert check_turns([U("q"), _calls(_norm(), _norm(call_id="c2")), {"role": "tool", "content": ""},
+                        {"role": "tool", "content": "r2"}, _calls(_norm()), {"role": "tool", "content": "r3"},
+                        A("a")]) is None
+
+
+@pytest.mark.parametrize("value, expected", [
+    ([{"type": "function", "function": {"name": "f"}}], ('[{"type": "function", "function": {"name": "f"}}]', None)),
+    ('[{"name": "f"}]', ('[{"name": "f"}]', None)),
+    (None, (None, None)), ([], (None, None)), ("", (None, None)), ("[]", (None, None)),
+    ("[{broken", (None, "bad_tools")), ({"name": "f"}, (None, "bad_tools")), (["f"], (None, "bad_tools")),
+])
+def test_record_tools(value, expected):
+    from sft_pipeline.data.formats import record_tools
+
+    assert record_tools({"messages": [], "tools": value}) == expected
+    assert record_tools({"functions": value}, {"tools": "functions"}) == expected  # data.columns maps it too
+
+
+def test_a_normalized_tool_conversation_reads_back_as_itself():
+    """A split folder `load` wrote is itself a source (messages shape, null fields on other
+    turns): reading it again gives the same conversation."""
+    normalized = [U("q"), _calls(_norm(), _norm(args="{}", call_id=None), content="Checking."),
+                  {"role": "tool", "content": "r", "tool_call_id": "c1", "name": "get_weather"}, A("a")]
+    assert to_conversation({"messages": normalized}, "messages") == (normalized, None)
+    as_arrow = [{"role": m["role"], "content": m["content"], "tool_calls": m.get("tool_calls"),
+                 "tool_call_id": m.get("tool_call_id"), "name": m.get("name")} for m in normalized]
+    assert to_conversation({"messages": as_arrow}, "messages") == (normalized, None)

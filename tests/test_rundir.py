@@ -30,6 +30,7 @@ def _completed_then_changed(tmp_path, key: str) -> RunDir:
 @pytest.mark.parametrize("key, stale_from", [
     ("data.max_records=5", "load"),
     ("template.kind=seed", "template"),
+    ("template.control_text=keep", "template"),  # read by template; pack follows through its upstream
     ("pack.seq_length=128", "pack"),
     ("lora.r=8", "prepare"),
     ("train.learning_rate=0.5", "train"),

@@ -1,7 +1,9 @@
 """`inspect`: what the data stages made of the source, before any training is paid for.
 
-Counts kept and dropped by reason (with where the first drops are), a histogram of sample
-lengths in tokens against seq_length, and a few rendered samples with the trained tokens marked.
+Counts kept and dropped by reason (with where the first drops are) in load and in template
+(tool calls the template cannot render, control text), how many records held control text and
+how it was tokenized, a histogram of sample lengths in tokens against seq_length, and a few
+rendered samples with the trained tokens marked.
 """
 
 from __future__ import annotations
@@ -35,6 +37,33 @@ def marked(ids: list[int], labels: list[int], tokenizer: Any) -> Text:
     return text
 
 
+def _drops(st: dict[str, Any]) -> str:
+    return "; ".join(f"{why}: {n} ({', '.join(st.get('dropped_examples', {}).get(why, []))})"
+                     for why, n in st.get("dropped", {}).items()) or "none"
+
+
+def _control(c: dict[str, Any]) -> str:
+    if not c.get("records"):
+        return "none"
+    return f"records {c['records']}, fields {c['fields']}, tokenized as text {c['tokenized_as_text']}"
+
+
+def template_table(stats: dict[str, Any], console: Console) -> None:
+    """What template made of load's rows: kept, dropped by reason (with the first load rows),
+    and the records whose content held the tokenizer's control text."""
+    said = {True: "yes", False: "no"}
+    table = Table(title=f"template ({stats['kind']}; renders tool calls: {said[stats.get('tool_calls', False)]}, "
+                        f"tool definitions: {said[stats.get('tool_definitions', False)]})")
+    for col in ("split", "read", "kept", "dropped by reason (first rows)", "control text"):
+        table.add_column(col)
+    for split, st in stats.items():
+        if isinstance(st, dict):
+            mode = st.get("control_text", {}).get("mode", "text")
+            table.add_row(split, str(st["read"]), str(st["kept"]), _drops(st),
+                          f"{_control(st.get('control_text', {}))} (control_text: {mode})")
+    console.print(table)
+
+
 def show(run: RunDir, console: Console, samples: int = 2) -> None:
     from ..model.loader import load_tokenizer
     from ..data.tokens import OUTCOMES, fit, tokenize_split
@@ -46,11 +75,10 @@ def show(run: RunDir, console: Console, samples: int = 2) -> None:
     for col in ("split", "source", "format", "read", "kept", "dropped by reason (first locations)"):
         table.add_column(col)
     for split, st in load_stats.items():
-        drops = "; ".join(f"{why}: {n} ({', '.join(st.get('dropped_examples', {}).get(why, []))})"
-                          for why, n in st.get("dropped", {}).items()) or "none"
         table.add_row(split, str(st.get("source", st.get("carved_from", ""))), str(st.get("format", "")),
-                      str(st.get("read")), str(st.get("kept")), drops)
+                      str(st.get("read")), str(st.get("kept")), _drops(st))
     console.print(table)
+    template_table(read_json(run.stage_dir("template") / "stats.json"), console)
 
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
     template_dir = run.stage_dir("template")
@@ -76,7 +104,7 @@ def show(run: RunDir, console: Console, samples: int = 2) -> None:
         pack_stats = read_json(run.path / "pack" / "stats.json")
         console.print(f"pack ({pack_stats['strategy']}) made: " + "; ".join(
             f"{k}: {v['blocks']} blocks, {v['trained_tokens']}/{v['tokens']} tokens trained, "
-            f"padding {v['padding_share']:.1%}"
+            f"padding {v['padding_share']:.1%}, control text {_control(v.get('control_text', {}))}"
             for k, v in pack_stats.items() if isinstance(v, dict)))
     for i in range(min(samples, len(tokens))):
         ids, labels = tokens.sample(i)

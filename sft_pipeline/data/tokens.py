@@ -15,6 +15,7 @@ import numpy as np
 
 from ..progress import progress
 from .arrow_io import count_rows, iter_batches
+from .control import text_encoder
 
 IGNORE = -100  # the label of a position the loss skips (PyTorch's cross_entropy ignore_index)
 
@@ -100,11 +101,31 @@ def _encode(texts: list[str], tokenizer: Any) -> tuple[list[list[int]], list[lis
     return enc["input_ids"], enc["offset_mapping"]
 
 
-def tokenize(texts: list[str], spans: list[list[list[int]]], tokenizer: Any, loss_on: str, add_eos: bool) -> Tokens:
+def _encode_all(texts: list[str], tokenizer: Any, content_spans: list[list[list[int]]] | None) -> tuple[list, list]:
+    """_encode for the usual samples; the few with control text in their content (non-empty
+    content_spans, from the template stage) tokenized with that content as text."""
+    marked = [i for i, c in enumerate(content_spans or []) if c]
+    if not marked:
+        return _encode(texts, tokenizer)
+    plain = sorted(set(range(len(texts))) - set(marked))
+    ids: list = [None] * len(texts)
+    offsets: list = [None] * len(texts)
+    for rows, (got_ids, got_offsets) in (
+            (plain, _encode([texts[i] for i in plain], tokenizer) if plain else ([], [])),
+            (marked, text_encoder(tokenizer).encode([texts[i] for i in marked], [content_spans[i] for i in marked]))):
+        for i, a, b in zip(rows, got_ids, got_offsets):
+            ids[i], offsets[i] = a, b
+    return ids, offsets
+
+
+def tokenize(texts: list[str], spans: list[list[list[int]]], tokenizer: Any, loss_on: str, add_eos: bool,
+             content_spans: list[list[list[int]]] | None = None) -> Tokens:
     """One batch of rendered samples to Tokens. A token is trained when its characters overlap
     an assistant span (byte-level BPE glues the answer's first word to the space before it); an
-    appended EOS closes the last (assistant) turn and is trained when anything before it is."""
-    all_ids, all_offsets = _encode(texts, tokenizer)
+    appended EOS closes the last (assistant) turn and is trained when anything before it is.
+    `content_spans` (per sample, may be empty) are the record's content fields to tokenize as
+    text (data/control.py)."""
+    all_ids, all_offsets = _encode_all(texts, tokenizer, content_spans)
     eos = tokenizer.eos_token_id
     ids_parts, trained_parts, lengths, ends, n_ends = [], [], [0], [], [0]
     for ids, offsets, sample_spans in zip(all_ids, all_offsets, spans):
@@ -138,11 +159,12 @@ def tokenize_split(folder: Path, tokenizer: Any, loss_on: str, add_eos: bool, ba
     parts = []
     with progress() as bar:
         task = bar.add_task(f"tokenize {Path(folder).name}", total=count_rows(folder))
-        for batch in iter_batches(folder, ["text", "spans"]):
-            cols = batch.to_pydict()
+        for batch in iter_batches(folder):
+            cols = batch.select([c for c in ("text", "spans", "content_spans") if c in batch.schema.names]).to_pydict()
             for lo in range(0, batch.num_rows, batch_rows):
-                parts.append(tokenize(cols["text"][lo : lo + batch_rows], cols["spans"][lo : lo + batch_rows],
-                                      tokenizer, loss_on, add_eos))
+                chunk = slice(lo, lo + batch_rows)
+                parts.append(tokenize(cols["text"][chunk], cols["spans"][chunk], tokenizer, loss_on, add_eos,
+                                      cols.get("content_spans", [[]] * batch.num_rows)[chunk]))
             bar.advance(task, batch.num_rows)
     return Tokens.concat(parts)
 

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from ..data.arrow_io import SplitWriter, iter_batches
-from ..data.formats import FormatError, detect_format, rename_columns, to_conversation
+from ..data.formats import FormatError, detect_format, record_tools, rename_columns, to_conversation
 from ..progress import progress
 from ..run.rundir import RunDir, write_json
 from ..run.stage_spec import StageSpec
@@ -34,18 +34,40 @@ SPLITS = ("train", "eval")
 EXAMPLES_PER_REASON = 3
 
 
+TOOL_CALL = pa.struct([("id", pa.string()), ("name", pa.string()), ("arguments", pa.string())])
+# tool_calls (assistant turns) and tool_call_id/name (tool turns) are null on other turns;
+# tools is the record's tool definitions as JSON text, null when it has none
 LOAD_SCHEMA = pa.schema([
-    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string()),
+                                     ("tool_calls", pa.list_(TOOL_CALL)), ("tool_call_id", pa.string()),
+                                     ("name", pa.string())]))),
     ("source", pa.string()),
+    ("tools", pa.string()),
 ])
+
+
+def _conversation(rec: Any, fmt: str, columns: dict[str, str] | None) -> tuple[list | None, str | None, str | None]:
+    """to_conversation, plus the record's tool definitions: (messages, tools, reason)."""
+    messages, why = to_conversation(rec, fmt, columns)
+    if why:
+        return None, None, why
+    tools, why = record_tools(rec, columns)
+    return (None, None, why) if why else (messages, tools, None)
+
+
+def _digest(messages: list[dict[str, Any]], tools: str | None) -> bytes:
+    """16 bytes naming the conversation (and its tool definitions, when it has any)."""
+    blob = json.dumps(messages if tools is None else [messages, tools], sort_keys=True)
+    return hashlib.blake2b(blob.encode(), digest_size=16).digest()
 
 
 def iter_split(source: str, split: str, fmt: str, max_records: int | None,
                columns: dict[str, str] | None, stats: dict[str, Any],
                csv_delimiter: str = "auto") -> Iterator[dict[str, Any]]:
-    """Yield the kept records as {"messages", "source"}; fill `stats` (read, kept, dropped by
-    reason with the first locations) as it goes. Duplicates are found by a 16-byte digest of the
-    conversation, so memory grows by bytes per record, not by the records themselves."""
+    """Yield the kept records as {"messages", "source"} (and "tools", when the record defines
+    some); fill `stats` (read, kept, dropped by reason with the first locations) as it goes.
+    Duplicates are found by a 16-byte digest of the conversation, so memory grows by bytes per
+    record, not by the records themselves."""
     seen: set[bytes] = set()
     dropped: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
@@ -68,9 +90,9 @@ def iter_split(source: str, split: str, fmt: str, max_records: int | None,
                 except FormatError as err:
                     raise SourceError(f"{where}: {err}") from None
                 stats["format"] = chosen
-            messages, why = to_conversation(rec, chosen, columns)
+            messages, tools, why = _conversation(rec, chosen, columns)
             if messages is not None:
-                key = hashlib.blake2b(json.dumps(messages, sort_keys=True).encode(), digest_size=16).digest()
+                key = _digest(messages, tools)
                 if key in seen:
                     messages, why = None, "duplicate"
                 seen.add(key)
@@ -82,7 +104,7 @@ def iter_split(source: str, split: str, fmt: str, max_records: int | None,
                 continue
             kept += 1
             src = rec.get("source") if isinstance(rec.get("source"), str) else ""
-            yield {"messages": messages, "source": src}
+            yield {"messages": messages, "source": src, **({"tools": tools} if tools else {})}
     stats.update({"read": read, "kept": kept, "dropped": dict(sorted(dropped.items()))})
     assert kept + sum(dropped.values()) == read  # the invariant the tests rely on
 

@@ -1,5 +1,7 @@
 """Stage 3, pack: tokenize the rendered text and pack it into blocks of at most `seq_length`
-(data/tokens.py tokenizes and fits, data/packing.py packs)."""
+(data/tokens.py tokenizes and fits, data/packing.py packs). stats.json also counts, per split,
+the samples whose content held control text and how many of them were tokenized as text
+(data/control.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.arrow_io import SplitWriter, split_dirs
+from ..data.control import split_counts
 from ..data.packing import pack
 from ..data.prompts import needs_eos
 from ..data.tokens import tokenize_split
@@ -52,7 +55,7 @@ def run(run: RunDir, out: Path) -> None:
                              f"({split_stats['tokens_in']} tokens in); lower pack.seq_length")
         with SplitWriter(out / split_dir.name) as writer:
             writer.add_table(blocks.table())
-        stats[split_dir.name] = split_stats
+        stats[split_dir.name] = {**split_stats, "control_text": split_counts(split_dir)}
     stats["strategy"] = cfg.strategy
     stats["seq_length"] = cfg.seq_length
     write_json(out / "stats.json", stats)
