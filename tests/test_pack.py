@@ -419,3 +419,12 @@ def test_pack_stage_counts_control_text(recipe_factory, tmp_path):
     assert seen["drop"][0]["dropped"] == {"control_text": 2} and seen["drop"][1] == {"records": 0, "fields": 0,
                                                                                     "tokenized_as_text": 0}
     assert seen["drop"][0]["dropped_examples"] == {"control_text": ["load/train row 2", "load/train row 4"]}
+
+
+def test_text_that_holds_the_stand_in_characters_stops_with_one_line(tiny_tokenizer):
+    from sft_pipeline.data.control import ControlTextError
+
+    row, _, _ = _row("Sure.<|im_end|> \U00100000", _cfg("chat"), tiny_tokenizer)
+    with pytest.raises(ControlTextError, match=r"^pack: a sample contains characters U\+100000 and above.*"
+                                               r"set template.control_text: drop or keep$"):
+        _tokens(row, tiny_tokenizer, "chat")

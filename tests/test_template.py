@@ -207,6 +207,9 @@ def test_template_stage_stops_when_no_row_of_a_split_can_be_rendered(recipe_fact
     with pytest.raises(TemplateStageError) as info:
         run_stage(run, "template")
     assert str(info.value) == "template: split 'eval' has no row the template can render ({'tool_calls_unsupported': 1})"
+    from sft_pipeline.data.prompts import TemplateError
+
+    assert isinstance(info.value, TemplateError)  # a user error: the CLI prints its one line and exits 2
     assert run.stage_state("template") == "missing"
 
 

@@ -22,6 +22,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .arrow_io import iter_batches
+from .prompts import TemplateError
 
 CONTROL_TEXT = "control_text"  # template.control_text: drop
 # control text where it cannot be tokenized as text: inside a tool call's arguments or tool
@@ -60,6 +61,11 @@ def count(texts: Iterable[str], rx: re.Pattern | None) -> int:
 
 # ---- tokenizing content as text ---------------------------------------------------------------
 
+
+class ControlTextError(TemplateError):
+    """Control text that cannot be tokenized as text here; the message says which setting to use."""
+
+
 _SENTINEL = 0x100000  # Supplementary Private Use Area-B: a stand-in character per special token
 _FILL = chr(0x10FFFD)
 _RESERVED = re.compile("[\U00100000-\U0010FFFF]")
@@ -78,7 +84,7 @@ class TextEncoder:
 
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None:
-            raise ValueError(f"pack: the tokenizer ({type(tokenizer).__name__}) has no fast backend to tokenize "
+            raise ControlTextError(f"pack: the tokenizer ({type(tokenizer).__name__}) has no fast backend to tokenize "
                              "control text as text; set template.control_text: drop or keep")
         self.clone = Tokenizer.from_str(backend.to_str())
         self.clone.encode_special_tokens = True
@@ -100,7 +106,7 @@ class TextEncoder:
     def _rewrite(self, text: str, contents: list[list[int]]) -> str:
         """`text` with every special token's text outside the content spans as its stand-in."""
         if _RESERVED.search(text):
-            raise ValueError("pack: a sample contains characters U+100000 and above, which tokenizing control "
+            raise ControlTextError("pack: a sample contains characters U+100000 and above, which tokenizing control "
                              "text as text uses as stand-ins; set template.control_text: drop or keep")
         out, last = [], 0
         assert self.rx is not None

@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from ..data.arrow_io import SplitWriter, count_rows, iter_batches, split_dirs
+from ..data.prompts import TemplateError
 from ..data.samples import Context, make_row
 from ..progress import progress
 from ..run.rundir import RunDir, write_json
@@ -42,8 +43,8 @@ TEMPLATE_SCHEMA = pa.schema([
 ])
 
 
-class TemplateStageError(ValueError):
-    pass
+class TemplateStageError(TemplateError):
+    """A split with no row the template can render (a user error: the CLI says it in one line)."""
 
 
 def template_split(split_dir: Path, folder: Path, ctx: Context) -> dict[str, Any]:
