@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CHATML, TOOL_CHATML, lima_rows, make_llama_tokenizer, make_tokenizer, save_tiny_llama, write_jsonl  # noqa: F401 (fixtures below use them)
+from helpers import TOOL_CHATML, lima_rows, make_llama_tokenizer, save_tiny_llama, write_jsonl
 
 
 @pytest.fixture(scope="session")

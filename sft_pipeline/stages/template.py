@@ -24,7 +24,7 @@ from ..run.stage_spec import StageSpec
 
 SPEC = StageSpec(
     name="template", reads=("template", "model.ref", "model.trust_remote_code"),  # model: the chat template's tokenizer
-    upstream=("load",), writes=("train/", "summary.json"), may_write={"eval/": "load has an eval split"},
+    upstream=("load",), writes=("train/", "stats.json", "summary.json"), may_write={"eval/": "load has an eval split"},
 )
 
 EXAMPLES_PER_REASON = 3
