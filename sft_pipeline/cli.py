@@ -292,7 +292,7 @@ def generate_cmd(target: Path = TargetArg,
 @app.command("evaluate")
 def evaluate_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt,
                  force: bool = typer.Option(False, "--force")) -> None:
-    """Loss and style share before and after training, with before/after answer pairs."""
+    """Loss, perplexity and style share before and after training, with before/after answer pairs."""
 
     def go() -> None:
         from .run.pipeline import run_stage
@@ -313,6 +313,9 @@ def print_report(run: RunDir) -> None:
     table.add_column("after", justify="right")
     for split in report["before"]["loss"]:
         table.add_row(f"{split} loss", f"{report['before']['loss'][split]:.3f}", f"{report['after']['loss'][split]:.3f}")
+        if "perplexity" in report["before"]:
+            table.add_row(f"{split} perplexity", f"{report['before']['perplexity'][split]:.2f}",
+                          f"{report['after']['perplexity'][split]:.2f}")
     if "style_share" in report["before"]:
         table.add_row(f"house style share ({report['prompts']} {report['split']} prompts)",
                       f"{report['before']['style_share']:.0%}", f"{report['after']['style_share']:.0%}")
