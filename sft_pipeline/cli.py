@@ -1,4 +1,4 @@
-"""The command line: one command per stage, plus run, status, generate, evaluate and validate.
+"""The command line: one command per stage, plus run, status, generate, evaluate, report and validate.
 
 Every command takes a recipe file (or a run directory, whose frozen recipe.yaml is used) and
 `--set section.key=value` overrides. Every failure ends in one line on stderr: a known one (a bad
@@ -301,6 +301,23 @@ def evaluate_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, r
         run = RunDir(recipe.resolved_run_dir(), recipe)
         run_stage(run, "evaluate", force=force)
         print_report(run)
+
+    guarded(go)
+
+
+@app.command("report")
+def report_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt) -> None:
+    """Plots (loss, eval loss, learning rate, tokens/s) as PNG files and one self-contained HTML
+    page with them, the stage table and the before/after answers, in <run dir>/report/."""
+
+    def go() -> None:
+        from .report.write import write_report
+
+        recipe = resolve_recipe(target, set_, run_dir)
+        page, notes = write_report(RunDir(recipe.resolved_run_dir(), recipe))
+        for note in notes:
+            err.print(f"[yellow]{escape(note)}", highlight=False)
+        out.print(f"report: {page}", highlight=False, soft_wrap=True)
 
     guarded(go)
 
