@@ -107,6 +107,53 @@ def test_resumed_train_is_one_wandb_run_with_each_step_once(recipe_factory, offl
     assert not [r for r in recs[1] if r.get("type") == "artifact"]  # tracking.log_adapter is off by default
 
 
+KILL_AFTER_STEP = """
+import os, signal, sys
+from sft_pipeline.training import trackers
+real = trackers.Tracking.log
+def log(self, logs, step):
+    row = real(self, logs, step)
+    if step == 3 and "loss" in logs:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return row
+trackers.Tracking.log = log
+from sft_pipeline.cli import app
+sys.argv = ["sft-pipeline", "train", sys.argv[1]]
+app()
+"""
+
+
+@pytest.mark.slow
+def test_sigkilled_train_loses_no_wandb_row(tmp_path, recipe_factory, offline):
+    """SIGKILL takes wandb-core's unwritten buffer with it: the resumed train logs those rows again
+    from scalars.jsonl, so the run still has each step once."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    recipe = recipe_factory(tracking={"wandb": "offline", "tensorboard": True}, train=TRAIN)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(json.loads(recipe.model_dump_json())))
+    run_all(recipe, until="prepare")
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_STEP, str(path)], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    work = tmp_path / "run" / ".partial" / "train"
+    assert [json.loads(l)["train/global_step"] for l in (work / "scalars.jsonl").read_text().splitlines()] == [1, 2, 3]
+    done = subprocess.run([sys.executable, "-m", "sft_pipeline.cli", "train", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    train = tmp_path / "run" / "train"
+    folders = wf.offline_runs(train / "wandb")
+    recs = [wf.records(f) for f in folders]
+    rows = [h for r in recs for h in wf.history(r)]
+    assert sorted(h["train/global_step"] for h in rows if "train/loss" in h) == [1, 2, 3, 4, 5, 6]
+    assert sorted(h["train/global_step"] for h in rows if "eval/loss" in h) == [3, 6]
+    ids = {wf.run_id(r) for r in recs if wf.of_type(r, "run")}
+    assert ids == {read_json(train / "tracking.json")["wandb_run_id"]}
+    board = _tensorboard(train / "tensorboard")
+    assert [s for s, _ in board["train/loss"]] == [1, 2, 3, 4, 5, 6]
+
+
 def test_tensorboard_only_run_has_the_scalars_and_no_wandb(recipe_factory):
     run = run_all(recipe_factory(tracking={"wandb": "off", "tensorboard": True},
                                  train={"max_steps": 2, "logging_steps": 1}), until="train")

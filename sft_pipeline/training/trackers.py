@@ -9,10 +9,15 @@ pipeline feeds both trackers itself (report_to is "none"):
   that run (wandb.init(id=..., resume="allow")). A changed recipe is a new work folder, a new run.
   Offline, each process writes its own offline-run-*-<id> folder; `wandb sync` puts them in one run.
 - Every scalar (step_scalars.py) goes to W&B, TensorBoard and scalars.jsonl in the work folder,
-  with the global step as x axis. scalars.jsonl is appended after both trackers have the row, and
-  it is what a resumed train reads to skip the (kind, step) pairs already logged: the steps
-  between the checkpoint and the kill are logged once, not twice. Resumes are deterministic
-  (tests/test_resume.py), so the row the first attempt logged is the row the second would log.
+  with the global step as x axis. scalars.jsonl is appended (and fsynced) after both trackers
+  have the row, and it is what a resumed train reads to skip the (kind, step) pairs already
+  logged: the steps between the checkpoint and the kill are logged once, not twice. Resumes are
+  deterministic (tests/test_resume.py), so the row the first attempt logged is the row the
+  second would log.
+- A SIGKILLed process loses what wandb-core had not written yet (wandb_offline.py). Offline, a
+  resumed train reads its earlier offline folders and logs again the rows of scalars.jsonl they
+  lack. Online that cannot be seen from here: rows W&B had not sent when the process was killed
+  stay in scalars.jsonl and TensorBoard only.
 """
 
 from __future__ import annotations
@@ -113,12 +118,15 @@ class Tracking:
         self.timer, self.flops, self.rate = timer, flops, rate
         self.logged = {(r.get("kind"), r.get(step_scalars.STEP)) for r in read_scalars(out / SCALARS)}
         self.run_id = identity(out)["wandb_run_id"]
+        self.in_wandb = set(self.logged)  # (kind, step) W&B has: __enter__ adds what earlier folders hold
         self._seen = 0  # StepTimer steps already in a window
         self._tb: Any = None
 
     def __enter__(self) -> "Tracking":
         if "wandb" in self.trackers:
+            earlier = self._earlier_wandb_rows()
             open_wandb(self.run_id, self.name, self.config)
+            self._replay(earlier)
         if "tensorboard" in self.trackers:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -144,7 +152,7 @@ class Tracking:
         if (kind, step) in self.logged:
             return None
         row = step_scalars.scalars(logs, step, window)
-        if "wandb" in self.trackers:
+        if "wandb" in self.trackers and (kind, step) not in self.in_wandb:
             import wandb
 
             wandb.log(row)
@@ -159,6 +167,30 @@ class Tracking:
             os.fsync(fh.fileno())
         self.logged.add((kind, step))
         return row
+
+    def _earlier_wandb_rows(self) -> set[tuple[str, int]] | None:
+        """(kind, step) of the rows this run's earlier offline folders hold; None online (or on a
+        first start), where scalars.jsonl is taken at its word."""
+        folders = sorted((self.out / "wandb").glob(f"offline-run-*-{self.run_id}"))
+        if os.environ.get("WANDB_MODE") != "offline" or not folders:
+            return None
+        from .wandb_offline import logged_rows
+
+        return set().union(*(logged_rows(f, step_scalars.STEP) for f in folders))
+
+    def _replay(self, earlier: set[tuple[str, int]] | None) -> None:
+        """Log again the rows scalars.jsonl has and the earlier offline folders lack (a SIGKILL
+        took them from wandb-core's buffer); afterwards W&B has every row scalars.jsonl has."""
+        self.in_wandb = set(self.logged) | (earlier or set())
+        if earlier is None:
+            return
+        import wandb
+
+        lost = [r for r in read_scalars(self.out / SCALARS) if (r["kind"], r[step_scalars.STEP]) not in earlier]
+        for row in lost:
+            wandb.log({k: v for k, v in row.items() if k != "kind"})
+        if lost:
+            console.print(f"W&B: {len(lost)} rows the interrupted process had not written logged again")
 
     def summarize(self, summary: dict[str, Any], adapter: Path | None = None) -> None:
         """The run's summary (load and pack statistics, memory estimate and peak, ...) and, when
