@@ -88,7 +88,7 @@ def render(c: Contents, images: dict[str, Path], notes: list[str]) -> str:
              f"<h1>{escape(c.name)}</h1><p>run directory <code>{escape(c.path)}</code>; report made {when}</p>"]
     parts += [f"<p class='note'>{escape(n)}</p>" for n in notes]
     parts.append("<h2>Stages</h2>" + _table(["stage", "state", "seconds", "summary"], [list(r) for r in c.stages], {2}))
-    parts.append("<h2>Training</h2>" + _table(["", ""], training_numbers(c)))
+    parts.append("<h2>Training</h2>" + _table(["", "value"], training_numbers(c)))
     parts.append("<div class='plots'>" + "".join(
         f"<img alt='{escape(name)}' src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'>"
         for name, path in images.items()) + "</div>")

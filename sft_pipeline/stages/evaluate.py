@@ -122,11 +122,12 @@ def run(run: RunDir, out: Path) -> None:
         for i in range(min(cfg.pairs, n))
     ]
     ident = train_dir / IDENTITY
-    answers = answer_rows(run.path / "evaluate" / "answers.json", read_json(ident)["wandb_run_id"] if ident.is_file() else None,
-                          prompts_ds["question"][:n], report, cfg.style_regex)
+    train_run = read_json(ident)["wandb_run_id"] if ident.is_file() else None
+    history = answer_rows(run.path / "evaluate" / "answers.json", train_run, prompts_ds["question"][:n], report,
+                          cfg.style_regex)
     write_json(out / "report.json", report)
-    write_json(out / "answers.json", answers)
+    write_json(out / "answers.json", history)
     summary = {p: {k: report[p].get(k) for k in ("loss", "perplexity", "style_share")} for p in ("before", "after")}
     write_json(out / "summary.json", summary)
-    log_evaluation(recipe, out, train_dir, summary, answers["rows"])
+    log_evaluation(recipe, out, train_dir, summary, history["rows"])
 
