@@ -84,3 +84,15 @@ def test_window_rate_is_flops_over_time_against_the_rate():
     assert row["train/global_step"] == 7 and row["train/perplexity"] == pytest.approx(7.389056, rel=1e-6)
     assert scalars({"loss": 1e4}, 1)["train/perplexity"] == float("inf")  # a diverged run, not an exception
     assert scalars({"train_runtime": 3.0}, 9) == {"train/global_step": 9}  # the end totals: no history row
+
+
+def test_measuring_the_rate_leaves_torch_random_stream_alone():
+    import torch
+
+    from sft_pipeline.training.flops import matmul_rate
+
+    torch.manual_seed(1)
+    want = torch.rand(3)
+    torch.manual_seed(1)
+    matmul_rate("cpu", torch.float32, (64,), repeats=1)
+    assert torch.equal(torch.rand(3), want)

@@ -113,10 +113,12 @@ def matmul_rate(device: str, dtype: Any = None, sizes: tuple[int, ...] = (2048, 
     import torch
 
     dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
+    # a generator of its own: measuring at train start must not move training's random stream
+    gen = torch.Generator(device=device).manual_seed(0)
     best = 0.0
     for n in sizes if device == "cpu" else (8192,):
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
+        a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+        b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
         torch.matmul(a, b)
         for _ in range(repeats):
             if device == "cuda":
