@@ -22,7 +22,7 @@ SET ?=
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test test-fast test-faults run status load template pack prepare train merge evaluate inspect \
+.PHONY: help install demo report test test-fast test-faults run status load template pack prepare train merge evaluate inspect \
         generate validate docker-build clean bench-train lock upgrade-check
 
 help:
@@ -59,9 +59,13 @@ upgrade-check: ## newest releases in .venv-upgrade: the difference to the lock, 
 	$(UPGRADE_VENV)/bin/python requirements/lockfile.py diff $(LOCK)
 	SFT_PIPELINE_UNLOCKED=1 $(UPGRADE_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
-demo: install ## run the whole pipeline on recipes/demo.yaml and print before/after
+demo: install ## run the whole pipeline on recipes/demo.yaml, print before/after and where its report is
 	$(BIN)/sft-pipeline run $(RECIPE) $(SET)
 	$(BIN)/sft-pipeline evaluate $(RECIPE) $(SET)
+	$(BIN)/sft-pipeline report $(RECIPE) $(SET)
+
+report: install ## plots and one HTML page of the recipe's run directory: make report RECIPE=...
+	$(BIN)/sft-pipeline report $(RECIPE) $(SET)
 
 test: install ## the test suite (CI runs exactly this)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -71,6 +71,8 @@ sys.path.insert(0, str(REPO / "bench"))
 from synthetic import conversations  # noqa: E402  (bench/synthetic.py, shared with data_throughput)
 
 import sft_pipeline.run.logs  # noqa: E402,F401  (before bitsandbytes: drops its notice about the optional `kernels` package)
+# the train stage's own FLOP count and matmul rate, so the benchmark and train report the same MFU
+from sft_pipeline.training.flops import FLOP_FORMULA, linear_params, matmul_rate, step_flops  # noqa: E402,F401
 
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
 VARIANTS = ("plain", "tuned", "pipeline_fp32", "pipeline", "pipeline_ckpt")
@@ -123,51 +125,6 @@ def build_random_model(folder: Path, config: Any, tokenizer_ref: str, dtype: str
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return folder
-
-
-def linear_params(config: Any) -> int:
-    """Weights of a decoder's linear layers (what all-linear LoRA adapts), embeddings and LM head excluded."""
-    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    heads = config.num_attention_heads
-    kv = getattr(config, "num_key_value_heads", None) or heads
-    d = getattr(config, "head_dim", None) or h // heads
-    return layers * (h * heads * d * 2 + h * kv * d * 2 + 3 * h * inter)
-
-
-def step_flops(config: Any, lora_params: int, work: dict[str, int]) -> float:
-    heads = config.num_attention_heads
-    d = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return (work["tokens"] * (4 * linear_params(config) + 6 * lora_params)
-            + work["labelled"] * 4 * config.vocab_size * config.hidden_size
-            + 6 * config.num_hidden_layers * heads * d * work["attention_pairs"])
-
-
-FLOP_FORMULA = ("FLOPs/step = tokens*(4*N_linear + 6*N_lora) + labelled*4*V*h + 6*L*heads*head_dim*sum(n^2) "
-                "[frozen linear weights: forward + activation gradients, no weight gradients; LoRA: forward + both "
-                "gradients; LM head on labelled positions only; causal attention per sample of n tokens: QK^T and AV "
-                "n^2/2 pairs x 2 x head_dim each per head forward, backward twice the forward; embeddings, norms, "
-                "activations and checkpointing recompute not counted]")
-
-
-def matmul_rate(device: str, dtype: Any = None, sizes: tuple[int, ...] = (2048, 3072, 4096), repeats: int = 3) -> float:
-    """Best FLOP/s of a large square torch.matmul here (default: fp32 on a CPU, bf16 on a GPU)."""
-    import torch
-
-    dtype = dtype or (torch.float32 if device == "cpu" else torch.bfloat16)
-    best = 0.0
-    for n in sizes if device == "cpu" else (8192,):
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        torch.matmul(a, b)
-        for _ in range(repeats):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            torch.matmul(a, b)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            best = max(best, 2 * n**3 / (time.perf_counter() - t))
-    return best
 
 
 # ---- the work: recipe and data -------------------------------------------------------------------

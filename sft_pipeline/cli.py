@@ -1,4 +1,4 @@
-"""The command line: one command per stage, plus run, status, generate, evaluate and validate.
+"""The command line: one command per stage, plus run, status, generate, evaluate, report and validate.
 
 Every command takes a recipe file (or a run directory, whose frozen recipe.yaml is used) and
 `--set section.key=value` overrides. Every failure ends in one line on stderr: a known one (a
@@ -274,7 +274,7 @@ def generate_cmd(target: Path = TargetArg,
 @app.command("evaluate")
 def evaluate_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt,
                  force: bool = typer.Option(False, "--force")) -> None:
-    """Loss and style share before and after training, with before/after answer pairs."""
+    """Loss, perplexity and style share before and after training, with before/after answer pairs."""
 
     def go() -> None:
         from .run.pipeline import run_stage
@@ -287,6 +287,23 @@ def evaluate_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, r
     guarded(go)
 
 
+@app.command("report")
+def report_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt) -> None:
+    """Plots (loss, eval loss, learning rate, tokens/s) as PNG files and one self-contained HTML
+    page with them, the stage table and the before/after answers, in <run dir>/report/."""
+
+    def go() -> None:
+        from .report.write import write_report
+
+        recipe = resolve_recipe(target, set_, run_dir)
+        page, notes = write_report(RunDir(recipe.resolved_run_dir(), recipe))
+        for note in notes:
+            err.print(f"[yellow]{escape(note)}", highlight=False)
+        out.print(f"report: {page}", highlight=False, soft_wrap=True)
+
+    guarded(go)
+
+
 def print_report(run: RunDir) -> None:
     report = json.loads((run.path / "evaluate" / "report.json").read_text())
     table = Table(title="before vs after fine-tuning")
@@ -295,6 +312,9 @@ def print_report(run: RunDir) -> None:
     table.add_column("after", justify="right")
     for split in report["before"]["loss"]:
         table.add_row(f"{split} loss", f"{report['before']['loss'][split]:.3f}", f"{report['after']['loss'][split]:.3f}")
+        if "perplexity" in report["before"]:
+            table.add_row(f"{split} perplexity", f"{report['before']['perplexity'][split]:.2f}",
+                          f"{report['after']['perplexity'][split]:.2f}")
     if "style_share" in report["before"]:
         table.add_row(f"house style share ({report['prompts']} {report['split']} prompts)",
                       f"{report['before']['style_share']:.0%}", f"{report['after']['style_share']:.0%}")

@@ -160,6 +160,8 @@ class TrackingConfig(Section):
     wandb: Literal["off", "offline", "online", "auto"] = "off"
     project: str = "sft-pipeline"
     tensorboard: bool = True
+    # the trained adapter as a W&B model artifact (a copy of it staged in W&B's data folder)
+    log_adapter: bool = False
 
     @field_validator("wandb", mode="before")
     @classmethod
@@ -180,11 +182,19 @@ class GenerateConfig(Section):
     batch_size: int = Field(default=20, ge=1)
 
 
+# The bundled data's house style (sft_pipeline/bundled/lima_house_style), as the demo recipes set it.
+HOUSE_STYLE = r"TL;DR: [^\n]+\n\nDetails:\n(- [^\n]+\n){1,4}- [^\n]+"
+
+
 class EvaluateConfig(Section):
-    # A regex (re.fullmatch) that answers must follow; the bundled data's house style by default.
-    style_regex: str | None = r"TL;DR: [^\n]+\n\nDetails:\n(- [^\n]+\n){1,4}- [^\n]+"
+    # A regex (re.fullmatch) that answers must follow, e.g. HOUSE_STYLE; None: no style is checked
+    # (data without a house style has no style row to show)
+    style_regex: str | None = None
     max_prompts: int | None = Field(default=None, ge=1)  # None: every eval prompt
     pairs: int = Field(default=3, ge=0)  # before/after answers shown
+    # the loss pass over the training blocks too, not only the eval blocks: on the demo it is
+    # most of evaluate's time (120 training examples against 40 eval ones)
+    train_loss: bool = False
 
     @field_validator("style_regex")
     @classmethod

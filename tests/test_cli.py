@@ -37,8 +37,10 @@ def test_stage_commands_then_status_generate_evaluate(tmp_path, recipe_factory):
     result = runner.invoke(app, ["evaluate", recipe_path])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "run" / "evaluate" / "report.json").read_text())
-    assert set(report["before"]["loss"]) == {"train", "eval"}
-    assert 0.0 <= report["after"]["style_share"] <= 1.0
+    # by default the eval blocks only (evaluate.train_loss), and no style row without a style_regex
+    assert set(report["before"]["loss"]) == set(report["after"]["perplexity"]) == {"eval"}
+    assert "style_share" not in report["after"] and "style" not in result.output
+    assert "eval perplexity" in result.output
     assert len(report["pairs"]) == 3 and "before vs after" in result.output
 
 

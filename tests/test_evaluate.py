@@ -42,9 +42,38 @@ def test_mean_loss_padding_free_with_per_sample_attention_equals_padded(tiny_mod
 
 
 def test_style_share():
-    from sft_pipeline.config import EvaluateConfig
+    from sft_pipeline.config import HOUSE_STYLE
     from sft_pipeline.stages.evaluate import style_share
 
-    rx = EvaluateConfig().style_regex
+    rx = HOUSE_STYLE
     good = "TL;DR: Short.\n\nDetails:\n- one\n- two"
     assert style_share([good, "Plain prose answer.", good + "\n- three", "TL;DR: x\n\nDetails:\n- only one"], rx) == 0.5
+
+
+def test_train_split_loss_only_when_asked(tmp_path):
+    from sft_pipeline.stages.evaluate import scored_splits
+
+    for name in ("train", "eval"):
+        (tmp_path / name).mkdir()
+    assert scored_splits(tmp_path, train_loss=False) == ["eval"]
+    assert scored_splits(tmp_path, train_loss=True) == ["train", "eval"]
+    (tmp_path / "eval").rmdir()
+    assert scored_splits(tmp_path, train_loss=False) == []
+
+
+def test_answer_rows_keep_earlier_evaluations_of_the_same_adapter_only(tmp_path):
+    import json
+
+    from sft_pipeline.config import HOUSE_STYLE
+    from sft_pipeline.stages.evaluate import answer_rows
+
+    good = "TL;DR: Short.\n\nDetails:\n- one\n- two"
+    report = {"before": {"answers": ["plain", "x"]}, "after": {"answers": [good, "y"]}}
+    first = answer_rows(tmp_path / "answers.json", "run1", ["q1", "q2"], report, HOUSE_STYLE)
+    assert [(r["evaluation"], r["prompt"], r["after_follows_style"], r["before_follows_style"]) for r in first["rows"]] == [
+        (1, "q1", True, False), (1, "q2", False, False)]
+    (tmp_path / "answers.json").write_text(json.dumps(first))
+    second = answer_rows(tmp_path / "answers.json", "run1", ["q1", "q2"], report, None)
+    assert [r["evaluation"] for r in second["rows"]] == [1, 1, 2, 2] and "after_follows_style" not in second["rows"][-1]
+    retrained = answer_rows(tmp_path / "answers.json", "run2", ["q1", "q2"], report, None)
+    assert [r["evaluation"] for r in retrained["rows"]] == [1, 1]  # another trained adapter: a table of its own

@@ -116,3 +116,25 @@ def configure_threads() -> tuple[int, str]:
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads, source
+
+
+def describe(hw: Hardware, cpuinfo: str | None = None) -> dict[str, object]:
+    """The machine as a run's dashboard records it: the device, the GPU or the CPU model with
+    the flags that decide its speed (AVX, AMX, FMA: bf16 is fast only with AMX or AVX512-BF16)."""
+    import torch
+
+    out: dict[str, object] = {"device": hw.device, "bf16_fast": hw.bf16_fast, "why": hw.reason,
+                              "cpu_count": hw.cpu_count, "memory_gib": round(hw.memory_bytes / 1024**3, 1),
+                              "torch_threads": torch.get_num_threads()}
+    if hw.device == "cuda":
+        out.update(gpu=hw.gpu_name, gpu_memory_gib=round((hw.gpu_memory_bytes or 0) / 1024**3, 1),
+                   cuda=torch.version.cuda)
+        return out
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    model = next((l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name")), None)
+    out.update(cpu=model, cpu_flags=sorted(f for f in cpu_flags(cpuinfo) if f.startswith(("avx", "amx", "fma"))))
+    return out

@@ -1,7 +1,10 @@
-"""Before/after evaluation: loss on the packed train and eval blocks, and the share of greedy
-answers to the eval prompts that follow a style (a regex), for the base and the trained adapter.
+"""Before/after evaluation: loss and perplexity on the packed eval blocks (and the train blocks
+with evaluate.train_loss), greedy answers to the eval prompts and, where evaluate.style_regex is
+set, the share that follows that style, for the base and the trained adapter.
 
 "Before" is the same adapter model with the adapter disabled, i.e. the base model exactly.
+answers.json keeps every evaluation of the same trained adapter (W&B's answers table grows with
+each one instead of being replaced: training/trackers.py log_evaluation).
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..progress import progress
-from ..run.rundir import RunDir, write_json
+from ..run.rundir import RunDir, read_json, write_json
 from ..run.stage_spec import StageSpec
+from ..training.step_scalars import perplexity
+from ..training.trackers import IDENTITY, log_evaluation
 
 SPEC = StageSpec(
     # train.precision: inference computes as training did; the eval batch size for the loss passes
@@ -47,9 +52,35 @@ def mean_loss(model: Any, blocks: Any, pad_id: int, batch_size: int, label: str,
     return total / max(count, 1)
 
 
+def follows(answer: str, pattern: str) -> bool:
+    return re.fullmatch(pattern, answer.strip()) is not None
+
+
 def style_share(answers: list[str], pattern: str) -> float:
-    rx = re.compile(pattern)
-    return sum(1 for a in answers if rx.fullmatch(a.strip())) / max(len(answers), 1)
+    return sum(1 for a in answers if follows(a, pattern)) / max(len(answers), 1)
+
+
+def scored_splits(pack_dir: Path, train_loss: bool) -> list[str]:
+    """The packed splits whose loss evaluate computes: eval, and train when the recipe asks."""
+    return [name for name in ("train", "eval") if (pack_dir / name).is_dir() and (name == "eval" or train_loss)]
+
+
+def answer_rows(previous: Path, train_run: str | None, questions: list[str], report: dict[str, Any],
+                pattern: str | None) -> dict[str, Any]:
+    """This evaluation's answers as rows (prompt, before, after, whether each follows the style),
+    after those of the earlier evaluations of the same trained adapter (`previous`: the last
+    evaluate's answers.json, still in place while this one runs)."""
+    old = read_json(previous) if previous.is_file() else {}
+    rows = old.get("rows", []) if train_run is not None and old.get("train_run") == train_run else []
+    number = max((r["evaluation"] for r in rows), default=0) + 1
+    for i, question in enumerate(questions):
+        row: dict[str, Any] = {"evaluation": number, "prompt": question,
+                               "before": report["before"]["answers"][i], "after": report["after"]["answers"][i]}
+        if pattern:
+            row["before_follows_style"] = follows(row["before"], pattern)
+            row["after_follows_style"] = follows(row["after"], pattern)
+        rows.append(row)
+    return {"train_run": train_run, "rows": rows}
 
 
 def run(run: RunDir, out: Path) -> None:
@@ -61,7 +92,7 @@ def run(run: RunDir, out: Path) -> None:
 
     recipe = run.recipe
     cfg = recipe.evaluate
-    template_dir, pack_dir = run.stage_dir("template"), run.stage_dir("pack")
+    template_dir, pack_dir, train_dir = run.stage_dir("template"), run.stage_dir("pack"), run.stage_dir("train")
     model, tokenizer = load_for_inference(run, "adapter")
     compute = inference_precision(recipe)
     device = model.device.type
@@ -82,15 +113,14 @@ def run(run: RunDir, out: Path) -> None:
         with ctx:
             losses = {}
             packed = attention.use(causal, for_loss) in attention.PER_SAMPLE
-            for name in ("train", "eval"):
-                if (pack_dir / name).is_dir():
-                    blocks = datasets.load_from_disk(str(pack_dir / name))
-                    losses[name] = mean_loss(model, blocks, tokenizer.pad_token_id, bs, f"loss {name} ({phase})",
-                                             padding_free=packed, autocast=lambda: precision.autocast(compute, device))
+            for name in scored_splits(pack_dir, cfg.train_loss):
+                blocks = datasets.load_from_disk(str(pack_dir / name))
+                losses[name] = mean_loss(model, blocks, tokenizer.pad_token_id, bs, f"loss {name} ({phase})",
+                                         padding_free=packed, autocast=lambda: precision.autocast(compute, device))
             attention.use(causal, own)
             answers = generate(model, tokenizer, prompts, recipe.generate.max_new_tokens,
                                recipe.generate.batch_size, f"answers ({phase})", compute=compute)
-        report[phase] = {"loss": losses, "answers": answers}
+        report[phase] = {"loss": losses, "perplexity": {k: perplexity(v) for k, v in losses.items()}, "answers": answers}
         if cfg.style_regex:
             report[phase]["style_share"] = style_share(answers, cfg.style_regex)
     report["pairs"] = [
@@ -98,7 +128,13 @@ def run(run: RunDir, out: Path) -> None:
          "before": report["before"]["answers"][i], "after": report["after"]["answers"][i]}
         for i in range(min(cfg.pairs, n))
     ]
+    ident = train_dir / IDENTITY
+    train_run = read_json(ident)["wandb_run_id"] if ident.is_file() else None
+    history = answer_rows(run.path / "evaluate" / "answers.json", train_run, prompts_ds["question"][:n], report,
+                          cfg.style_regex)
     write_json(out / "report.json", report)
-    summary = {p: {"loss": report[p]["loss"], "style_share": report[p].get("style_share")} for p in ("before", "after")}
+    write_json(out / "answers.json", history)
+    summary = {p: {k: report[p].get(k) for k in ("loss", "perplexity", "style_share")} for p in ("before", "after")}
     write_json(out / "summary.json", summary)
+    log_evaluation(recipe, out, train_dir, summary, history["rows"])
 

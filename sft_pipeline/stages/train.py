@@ -7,6 +7,10 @@ Speed (README, "Training speed and memory"): the trainer is SFTTrainer with its 
 loss.labelled_loss (training/trainer.py); gradient checkpointing only when the memory estimate
 needs it on the machine that trains; evaluation computes the loss only. Each step's time and
 tokens go to metrics.json beside the peak memory and prepare's estimate.
+
+Dashboards (training/trackers.py): one W&B run from the first start through every resume (its id
+in the work folder), TensorBoard, and scalars.jsonl, each logging step once with perplexity,
+tokens/s and MFU (training/flops.py: the model FLOPs against the device's rated or measured rate).
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from ..run.stage_spec import StageSpec
 from ..training.callbacks import Interrupted, StepTimer, StopOnSignal
 from ..training.memory_plan import decide_checkpointing
 from ..training.metrics import train_metrics
-from ..training.sft_args import TrainConfigError, sft_config, use_trackers
+from ..training.sft_args import TrainConfigError, sft_config
 from ..training.speed import speed_setup
+from ..training.trackers import train_summary, train_tracking
 from ..training.trainer import fit, trainer_class
 
 SPEC = StageSpec(
@@ -62,32 +67,34 @@ def run(run: RunDir, out: Path) -> None:
         console.print(f"[bold yellow]warning:[/] {prec.warning}")
     ckpt = checkpointing_here(recipe, prep, hw)
 
-    trackers = use_trackers(recipe, out)
-    args = sft_config(recipe, out, ckpt["gradient_checkpointing"], prec.compute, trackers, hw.device)
+    args = sft_config(recipe, out, ckpt["gradient_checkpointing"], prec.compute, hw.device)
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
     torch.manual_seed(recipe.train.seed)
     model = build_model(recipe, hw, ckpt["gradient_checkpointing"], adapter=prep_dir / "adapter", trainable=True)
     speed = speed_setup(model, recipe, hw, prec, prep.get("training_attention"))
     stopper, timer = StopOnSignal(), StepTimer(tokenizer.pad_token_id, cuda=hw.device == "cuda")
+    tracking = train_tracking(run, out, hw, prec, model, timer)
     stopper.install()  # the pipeline puts the previous handler back after the stage
     trainer = trainer_class()(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
         data_collator=PackedCollator(tokenizer.pad_token_id, padding_free=speed["padding_free"]),
-        callbacks=[stopper.callback(), timer.callback()],
+        callbacks=[stopper.callback(), timer.callback(), tracking.callback()],
     )
     trainer.step_timer = timer
-    result, resumed = fit(trainer, out / "checkpoints", trackers)
-    if stopper.received is not None:
-        console.print(f"[yellow]stopped at step {trainer.state.global_step}; checkpoint saved; run train again to resume")
-        raise Interrupted(128 + stopper.received)
+    with tracking:  # W&B's run opened or continued, finished (failed, if something raised) on leaving
+        result, resumed = fit(trainer, out / "checkpoints")
+        if stopper.received is not None:
+            console.print(f"[yellow]stopped at step {trainer.state.global_step}; checkpoint saved; run train again to resume")
+            raise Interrupted(128 + stopper.received)
 
-    trainer.model.save_pretrained(str(out / "adapter"))
-    tokenizer.save_pretrained(str(out / "adapter"))
-    metrics = train_metrics(trainer, result, timer, hw.device, prec, ckpt, speed, prep["memory_estimate_gib"],
-                            resumed, trackers)
-    write_json(out / "metrics.json", metrics)
-    write_json(out / "summary.json", {k: metrics[k] for k in ("steps", "precision", "final_train_loss", "eval_losses",
-                                                              "train_runtime_s", "tokens_per_second")})
+        trainer.model.save_pretrained(str(out / "adapter"))
+        tokenizer.save_pretrained(str(out / "adapter"))
+        metrics = train_metrics(trainer, result, timer, hw.device, prec, ckpt, speed, prep["memory_estimate_gib"],
+                                resumed, tracking.trackers)
+        write_json(out / "metrics.json", metrics)
+        write_json(out / "summary.json", {k: metrics[k] for k in ("steps", "precision", "final_train_loss", "eval_losses",
+                                                                  "train_runtime_s", "tokens_per_second")})
+        tracking.summarize(train_summary(run, metrics), out / "adapter" if recipe.tracking.log_adapter else None)
 
 
 def checkpointing_here(recipe: Recipe, prep: dict[str, Any], hw: Hardware) -> dict[str, Any]:

@@ -1,50 +1,18 @@
-"""The train stage's recipe as SFTConfig arguments: what the recipe sets, what the pipeline
-decides itself (extra_args may add arguments, never replace those), and the trackers."""
+"""The train stage's recipe as SFTConfig arguments: what the recipe sets, and what the pipeline
+decides itself (extra_args may add arguments, never replace those)."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
-
-from rich.console import Console
 
 from ..config import Recipe
 from ..errors import PipelineError
 
-console = Console(stderr=True)
-
 
 class TrainConfigError(PipelineError, ValueError):
     pass
-
-
-def use_trackers(recipe: Recipe, out: Path) -> list[str]:
-    """The trackers' names for SFTConfig.report_to, their environment set for this process (the
-    pipeline restores the environment after the stage), their files under the stage's folder."""
-    trackers, env = report_to(recipe)
-    os.environ.update(env)
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
-    if "wandb" in trackers:
-        os.environ["WANDB_DIR"] = str(out)
-    return trackers
-
-
-def report_to(recipe: Recipe) -> tuple[list[str], dict[str, str]]:
-    """Trackers and the environment they need. W&B: online with a key, offline without one."""
-    trackers, env = [], {}
-    mode = recipe.tracking.wandb
-    if mode == "auto":
-        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
-        console.print("[yellow]tracking.wandb is online but WANDB_API_KEY is not set; W&B may prompt or fail")
-    if mode != "off":
-        trackers.append("wandb")
-        env.update({"WANDB_MODE": mode, "WANDB_PROJECT": recipe.tracking.project})
-    if recipe.tracking.tensorboard:
-        trackers.append("tensorboard")
-    return trackers, env
 
 
 # SFTConfig arguments the train stage decides itself; an extra_args value would silently replace
@@ -81,8 +49,7 @@ def check_extra_args(extra: dict[str, Any]) -> None:
             raise TrainConfigError(f"train.extra_args.{key}: a recipe key; set train.{key} instead")
 
 
-def sft_config(recipe: Recipe, out: Path, checkpointing: bool, precision: str, trackers: list[str],
-               device: str = "cpu") -> Any:
+def sft_config(recipe: Recipe, out: Path, checkpointing: bool, precision: str, device: str = "cpu") -> Any:
     import torch
     from trl import SFTConfig
 
@@ -93,7 +60,9 @@ def sft_config(recipe: Recipe, out: Path, checkpointing: bool, precision: str, t
     fields = {k: v for k, v in fields.items() if v is not None}
     kwargs: dict[str, Any] = dict(
         output_dir=str(out / "checkpoints"),
-        report_to=trackers or "none",
+        # the pipeline feeds W&B and TensorBoard itself (training/trackers.py): one W&B run across
+        # resumes, each step once, perplexity, tokens/s and MFU per logging step
+        report_to="none",
         run_name=recipe.name,
         bf16=precision == "bf16",
         fp16=precision == "fp16",

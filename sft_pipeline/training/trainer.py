@@ -60,7 +60,7 @@ def trainer_class() -> Any:
     return PipelineSFTTrainer
 
 
-def fit(trainer: Any, checkpoints: Path, trackers: list[str]) -> tuple[Any, str | None]:
+def fit(trainer: Any, checkpoints: Path) -> tuple[Any, str | None]:
     """Train, resuming from the newest complete checkpoint; (TrainOutput or None, checkpoint)."""
     resume = resumable_checkpoint(checkpoints)
     if resume and checkpoint_is_final(resume):
@@ -71,11 +71,4 @@ def fit(trainer: Any, checkpoints: Path, trackers: list[str]) -> tuple[Any, str 
         return None, resume
     if resume:
         console.print(f"[bold]Resuming[/] from {resume}")
-    try:
-        return trainer.train(resume_from_checkpoint=resume), resume
-    finally:
-        if "wandb" in trackers:
-            import wandb
-
-            wandb.finish()
-            wandb.teardown()  # wandb keeps its settings (the run folder) per process otherwise
+    return trainer.train(resume_from_checkpoint=resume), resume

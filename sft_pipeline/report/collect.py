@@ -1,0 +1,51 @@
+"""What a report shows, read from the run directory: train's logged scalars and metrics, the
+stage table, and the last evaluation. A run that has not trained has nothing to draw: that is
+the one-line StageError run.stage_dir gives, naming the command to run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..run.rundir import RunDir, StageError, read_json
+
+
+@dataclass
+class Contents:
+    name: str
+    path: str
+    scalars: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    stages: list[tuple[str, str, str, str]]
+    evaluation: dict[str, Any] | None  # evaluate's report.json
+    answers: list[dict[str, Any]]  # the last evaluation's rows of answers.json
+    notes: list[str] = field(default_factory=list)  # what is missing, one line each
+
+
+def series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one scalar, in step order."""
+    from ..training.step_scalars import STEP
+
+    points = sorted((r[STEP], r[key]) for r in rows if r.get(key) is not None)
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def collect(run: RunDir) -> Contents:
+    from ..run.pipeline import status_rows
+    from ..training.trackers import SCALARS, read_scalars
+
+    train = run.stage_dir("train")  # refused in one line when train has not run
+    if not (train / SCALARS).is_file():
+        raise StageError(f"{train / SCALARS} is missing (trained before per-step scalars were kept): "
+                         f"run `sft-pipeline train {run.path} --force`")
+    notes = []
+    evaluation, answers = None, []
+    if run.stage_state("evaluate") == "complete":
+        evaluation = read_json(run.path / "evaluate" / "report.json")
+        rows = read_json(run.path / "evaluate" / "answers.json")["rows"] if (run.path / "evaluate" / "answers.json").is_file() else []
+        last = max((r["evaluation"] for r in rows), default=None)
+        answers = [r for r in rows if r["evaluation"] == last]
+    else:
+        notes.append(f"evaluate has not run (or is stale): `sft-pipeline evaluate {run.path}` adds before/after answers")
+    return Contents(run.recipe.name, str(run.path.resolve()), read_scalars(train / SCALARS),
+                    read_json(train / "metrics.json"), status_rows(run), evaluation, answers, notes)
