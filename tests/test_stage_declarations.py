@@ -100,7 +100,7 @@ class Seen:
 class StageView:
     """The run directory as a stage sees it: the recipe through a RecipeView, and stage_dir /
     stage_state recorded. Nothing else of RunDir is offered (stages read other stages through
-    these two). The real RunDir keeps the real recipe, so fingerprints are not counted as reads."""
+    these two; fingerprint and path pass through). The real RunDir keeps the real recipe, so fingerprints are not counted as reads."""
 
     def __init__(self, run: RunDir, seen: Seen):
         self._run, self._seen = run, seen
@@ -113,6 +113,18 @@ class StageView:
     def stage_state(self, stage: str) -> str:
         self._seen.upstream.add(stage)
         return self._run.stage_state(stage)
+
+    def fingerprint(self, stage: str) -> str:
+        """Passed through unrecorded: train gives W&B every stage's fingerprint as run metadata,
+        which reads no stage's folder and changes nothing it writes."""
+        return self._run.fingerprint(stage)
+
+    @property
+    def path(self) -> Path:
+        """Passed through unrecorded: the run directory's own location (W&B's offline folders
+        are found under it); a stage folder read through it would escape the check, so stage
+        code reads other stages through stage_dir."""
+        return self._run.path
 
 
 def declaration_problems(spec: StageSpec, seen: Seen) -> list[str]:

@@ -23,7 +23,11 @@ from ..training.trackers import IDENTITY, log_evaluation
 SPEC = StageSpec(
     # train.precision: inference computes as training did; the eval batch size for the loss passes
     name="evaluate", reads=("evaluate", "generate", "model", "train.precision", "train.per_device_eval_batch_size"),
-    upstream=("template", "pack", "train"), writes=("report.json", "summary.json"),
+    upstream=("template", "pack", "train"),
+    writes=("report.json", "summary.json", "answers.json"),  # answers.json: every evaluation's answers
+    may_write={"wandb/": "tracking.wandb is not off (the before/after table joins train's run)"},
+    ignores={"tracking": "where the before/after results are reported (train's W&B run), not what is measured",
+             "name": "the W&B / TensorBoard run name"},
 )
 
 

@@ -34,8 +34,12 @@ from ..training.trackers import train_summary, train_tracking
 from ..training.trainer import fit, trainer_class
 
 SPEC = StageSpec(
-    name="train", reads=("train", "model"), upstream=("pack", "prepare"),
-    writes=("adapter/", "metrics.json", "summary.json"),
+    # load: its stats.json for the tracking summary (kept and dropped records)
+    name="train", reads=("train", "model"), upstream=("load", "pack", "prepare"),
+    writes=("adapter/", "metrics.json", "summary.json",
+            "tracking.json",  # the W&B run id, made at first start: a resumed train continues that run
+            "scalars.jsonl",  # every logged row, fsynced: a resume logs each step once
+            "matmul_rate.json"),  # MFU's denominator, measured once: a resume divides by the same
     may_write={"checkpoints/": "the trainer's output_dir (checkpoints when train.save_strategy saves one)",
                "tensorboard/": "tracking.tensorboard",
                "wandb/": "tracking.wandb is not off"},

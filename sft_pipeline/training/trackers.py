@@ -23,6 +23,8 @@ pipeline feeds both trackers itself (report_to is "none"):
 from __future__ import annotations
 
 import json
+
+import yaml
 import os
 import secrets
 from pathlib import Path
@@ -236,7 +238,9 @@ def run_config(run: Any, hw: Any, rate: Any = None) -> dict[str, Any]:
             libs[pkg] = version(pkg)
         except PackageNotFoundError:
             pass
-    return {"recipe": json.loads(run.recipe.model_dump_json()),
+    # the resolved recipe as the run directory froze it (recipe.yaml), not read key by key: W&B's
+    # copy is metadata, and the fingerprints below already say what each stage depends on
+    return {"recipe": yaml.safe_load((run.path / "recipe.yaml").read_text(encoding="utf-8")),
             "fingerprints": {stage: run.fingerprint(stage) for stage in (*STAGES, "evaluate")},
             "hardware": describe(hw), "versions": libs, "mfu_rate": rate.as_dict() if rate else None}
 
@@ -245,8 +249,8 @@ def train_summary(run: Any, metrics: dict[str, Any]) -> dict[str, Any]:
     """The summary of a finished train: load's kept and dropped records by reason, pack's blocks
     and padding share, prepare's memory estimate beside the measured peak, the speed."""
     gib = 1024**3
-    load = read_json(run.path / "load" / "stats.json")
-    pack = read_json(run.path / "pack" / "stats.json")
+    load = read_json(run.stage_dir("load") / "stats.json")
+    pack = read_json(run.stage_dir("pack") / "stats.json")
     peak = metrics.get("peak_rss_bytes") or metrics.get("peak_gpu_bytes")
     return {
         "load": {split: {"read": s.get("read"), "kept": s.get("kept"), "dropped": s.get("dropped", {})}
