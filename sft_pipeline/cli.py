@@ -304,6 +304,46 @@ def report_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run
     guarded(go)
 
 
+@app.command("sweep")
+def sweep_cmd(sweep_file: Path = typer.Argument(..., help="sweep YAML: a base recipe and the values per key"),
+              set_: Optional[list[str]] = typer.Option(None, "--set", help="override a key of the base recipe (repeatable)"),
+              sweep_dir: Optional[Path] = typer.Option(None, "--sweep-dir", help="default: the file's sweep_dir or runs/sweeps/<name>"),
+              dry_run: bool = typer.Option(False, "--dry-run", help="list the trials and what they share; run nothing")) -> None:
+    """Run a sweep: one run directory per trial, stages with equal inputs computed once and shared.
+
+    Run again, it skips finished trials and resumes the rest. Results: sweep.jsonl, the table
+    sorted by eval loss, sweep.png (eval loss against each swept key) in the sweep's folder."""
+
+    def go() -> None:
+        from .run.sweep import check_trials, run_sweep, share_plan
+        from .run.sweep_plan import load_sweep
+        from .run.sweep_results import PLOT, RECORDS, failures, plot, results_table
+
+        plan = load_sweep(sweep_file, set_, sweep_dir)
+        if dry_run:
+            check_trials(plan)
+            counts = share_plan(plan)
+            for trial in plan.trials:
+                out.print(f"{trial.name}  {json.dumps(trial.values)}  -> {trial.run_dir}", highlight=False, soft_wrap=True)
+            out.print("computed once for all trials: " + (", ".join(s for s, n in counts.items() if n == 1) or "none")
+                      + "; " + ", ".join(f"{s}: {n} times" for s, n in counts.items() if n > 1),
+                      highlight=False, soft_wrap=True)
+            return
+        records = run_sweep(plan, describe=lambda exc: exc.line if isinstance(exc, PipelineError) else one_line(exc))
+        out.print(results_table(records, plan.keys, f"sweep {plan.name}, by eval loss"))
+        for line in failures(records):
+            out.print(f"failed {line}", markup=False, highlight=False, soft_wrap=True)
+        png = plot(records, plan.keys, plan.folder / PLOT, plan.log_keys)
+        out.print(f"results: {plan.folder / RECORDS}" + (f", {png}" if png else " (no eval loss to plot)"),
+                  highlight=False, soft_wrap=True)
+        failed = [r["trial"] for r in records if r["status"] == "failed"]
+        if failed:
+            raise PipelineError(f"sweep: {len(failed)} of {len(records)} trials failed ({', '.join(failed)}); "
+                                f"their errors are in {plan.folder / RECORDS}; run the sweep again to retry them")
+
+    guarded(go)
+
+
 def print_report(run: RunDir) -> None:
     report = json.loads((run.path / "evaluate" / "report.json").read_text())
     table = Table(title="before vs after fine-tuning")

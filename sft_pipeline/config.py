@@ -159,6 +159,7 @@ class TrackingConfig(Section):
     # auto: online when WANDB_API_KEY is set, offline otherwise (sync later with `wandb sync`)
     wandb: Literal["off", "offline", "online", "auto"] = "off"
     project: str = "sft-pipeline"
+    group: str | None = None  # W&B run group (WANDB_RUN_GROUP): a sweep sets its name here
     tensorboard: bool = True
     # the trained adapter as a W&B model artifact (a copy of it staged in W&B's data folder)
     log_adapter: bool = False
@@ -237,13 +238,19 @@ class Recipe(Section):
 
 def _set_dotted(tree: dict[str, Any], dotted: str, raw: str) -> None:
     """Apply one `--set a.b=value`; the value is parsed as YAML so numbers and lists work."""
+    set_key(tree, dotted, yaml.safe_load(raw), f"--set {dotted}")
+
+
+def set_key(tree: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
+    """Set the dotted key `a.b.c` in a recipe tree (sections made as needed); `origin` leads the
+    one-line error when a part of the path holds a value, not a section."""
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise RecipeError(f"--set {dotted}: '{key}' is not a section")
-    node[keys[-1]] = yaml.safe_load(raw)
+            raise RecipeError(f"{origin}: '{key}' is not a section")
+    node[keys[-1]] = value
 
 
 def parse_overrides(overrides: list[str] | None) -> list[tuple[str, str]]:

@@ -140,6 +140,32 @@ class RunDir:
         # The folder says which inputs it is complete for, and reaches the disk before it is
         # renamed into place (a lost VM keeps only what was written back).
         os.replace(marker, work / COMPLETE)
+        self._swap_in(stage, fingerprint, started, t0)
+
+    def install(self, stage: str, source: Path, shared_from: dict[str, Any]) -> str:
+        """Make `source`, another run directory's complete folder of this stage for the same
+        fingerprint, this run directory's own: hard-linked (copied where links cannot be made)
+        into the work folder, then swapped in and recorded exactly as a stage that ran here, plus
+        `shared_from`. So every command treats it as this run's output; a kill before the record
+        leaves a folder that is not taken as complete (or one adopt() recognises). Stage folders
+        are never written in place (a re-run writes a new work folder and swaps it in), so the
+        linked files stay as the source made them. Returns how: "hard links" or "copies"."""
+        fingerprint = self.fingerprint(stage)
+        if not (source / COMPLETE).is_file() or (source / COMPLETE).read_text() != fingerprint:
+            raise StageError(f"{source} is not a complete '{stage}' for this run's inputs ({fingerprint})", stage)
+        work = self.work_dir(stage)
+        if work.exists():
+            shutil.rmtree(work)
+        work.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path / "recipe.yaml", recipe_to_yaml(self.recipe))
+        started, t0 = now(), _dt.datetime.now()
+        how = link_tree(source, work)
+        self._swap_in(stage, fingerprint, started, t0, shared_from={**shared_from, "by": how})
+        return how
+
+    def _swap_in(self, stage: str, fingerprint: str, started: str, t0: _dt.datetime, **extra: Any) -> None:
+        """Rename the finished work folder (its COMPLETE file written) into place and record it last."""
+        work = self.work_dir(stage)
         fsync_tree(work)
         final = self.path / stage
         # Forget the old record first: from here until the new record, the stage reads as missing.
@@ -155,7 +181,27 @@ class RunDir:
         os.replace(work, final)
         fsync_dir(self.path)
         seconds = round((_dt.datetime.now() - t0).total_seconds(), 1)
-        self._record(stage, self._complete_record(stage, fingerprint, started=started, finished=now(), seconds=seconds))
+        self._record(stage, self._complete_record(stage, fingerprint, started=started, finished=now(), seconds=seconds,
+                                                  **extra))
+
+
+def link_tree(source: Path, target: Path) -> str:
+    """Copy the folder `source` to `target` (not existing yet) as hard links: no data is copied,
+    and the source may be removed later without touching the target. Where the file system
+    refuses links (another device, no link support) the files are copied. Returns which."""
+    how = {"by": "hard links"}
+
+    def link(src: str, dst: str) -> None:
+        if how["by"] == "hard links":
+            try:
+                os.link(src, dst)
+                return
+            except OSError:
+                how["by"] = "copies"
+        shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, symlinks=True, copy_function=link)
+    return how["by"]
 
 
 def versions() -> dict[str, str]:

@@ -63,6 +63,8 @@ def report_to(recipe: Recipe) -> tuple[list[str], dict[str, str]]:
     if mode != "off":
         trackers.append("wandb")
         env.update({"WANDB_MODE": mode, "WANDB_PROJECT": recipe.tracking.project})
+        if recipe.tracking.group:  # wandb.init reads the group from here (a sweep's trials share one)
+            env["WANDB_RUN_GROUP"] = recipe.tracking.group
     if recipe.tracking.tensorboard:
         trackers.append("tensorboard")
     return trackers, env
