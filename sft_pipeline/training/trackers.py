@@ -97,7 +97,8 @@ def open_wandb(run_id: str, name: str, config: dict[str, Any] | None = None) -> 
     use_trackers set), with the global step as every metric's x axis."""
     import wandb
 
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT"), id=run_id, resume="allow", name=name,
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT"), group=os.environ.get("WANDB_RUN_GROUP"), id=run_id,
+                     resume="allow", name=name,
                      dir=os.environ.get("WANDB_DIR"), config=config, allow_val_change=True)
     wandb.define_metric(step_scalars.STEP)
     wandb.define_metric("*", step_metric=step_scalars.STEP, step_sync=True)
