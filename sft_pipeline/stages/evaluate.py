@@ -1,7 +1,9 @@
 """Before/after evaluation: loss on the packed train and eval blocks, and the share of greedy
 answers to the eval prompts that follow a style (a regex), for the base and the trained adapter.
 
-"Before" is the same adapter model with the adapter disabled, i.e. the base model exactly.
+"Before" is the same adapter model with the adapter disabled, i.e. the base model exactly. Under
+`method: full` there is no adapter to disable: "before" is the base model loaded as training
+loaded it (fp32 weights), "after" the model train saved, one in memory at a time.
 """
 
 from __future__ import annotations
@@ -9,15 +11,17 @@ from __future__ import annotations
 import re
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..progress import progress
 from ..run.rundir import RunDir, write_json
 from ..run.stage_spec import StageSpec
 
 SPEC = StageSpec(
-    # train.precision: inference computes as training did; the eval batch size for the loss passes
-    name="evaluate", reads=("evaluate", "generate", "model", "train.precision", "train.per_device_eval_batch_size"),
+    # method: what "before" and "after" are; train.precision: inference computes as training did;
+    # the eval batch size for the loss passes
+    name="evaluate", reads=("method", "evaluate", "generate", "model", "train.precision",
+                            "train.per_device_eval_batch_size"),
     upstream=("template", "pack", "train"), writes=("report.json", "summary.json"),
 )
 
@@ -52,44 +56,61 @@ def style_share(answers: list[str], pattern: str) -> float:
     return sum(1 for a in answers if rx.fullmatch(a.strip())) / max(len(answers), 1)
 
 
+def phases(run: RunDir) -> Iterator[tuple[str, Any, Any]]:
+    """("before", model, tokenizer), then ("after", ...). LoRA: one model, its adapter disabled,
+    then enabled. Full: the base model, then train's, each loaded when its phase starts (the
+    consumer drops the first before asking for the second)."""
+    from ..model.generate import load_for_inference
+
+    if run.recipe.method == "full":
+        for phase, which in (("before", "base"), ("after", "adapter")):
+            model, tokenizer = load_for_inference(run, which)
+            yield phase, model, tokenizer
+            del model
+        return
+    model, tokenizer = load_for_inference(run, "adapter")
+    with model.disable_adapter():
+        yield "before", model, tokenizer
+    yield "after", model, tokenizer
+
+
 def run(run: RunDir, out: Path) -> None:
     import datasets
 
     from ..training import attention
+    from ..training.loss import causal_lm
     from ..model import precision
-    from ..model.generate import generate, inference_precision, load_for_inference
+    from ..model.generate import generate, inference_precision
 
     recipe = run.recipe
     cfg = recipe.evaluate
     template_dir, pack_dir = run.stage_dir("template"), run.stage_dir("pack")
-    model, tokenizer = load_for_inference(run, "adapter")
     compute = inference_precision(recipe)
-    device = model.device.type
     split = "eval" if (template_dir / "eval").is_dir() else "train"
     prompts_ds = datasets.load_from_disk(str(template_dir / split))
     n = len(prompts_ds) if cfg.max_prompts is None else min(cfg.max_prompts, len(prompts_ds))
     prompts, references = prompts_ds["prompt"][:n], prompts_ds["reference"][:n]
     bs = recipe.train.per_device_eval_batch_size
-    report: dict[str, Any] = {"prompts": n, "split": split, "precision": compute.record()}
-    # the loss passes use train's attention (per-sample on packed rows, padding-free); generation
-    # keeps the model's own, which handles left padding and the KV cache
-    causal = model.get_base_model()
-    own = causal.config._attn_implementation
-    for_loss = attention.choose(causal.config, recipe.model.attn_implementation, device)
+    report: dict[str, Any] = {"prompts": n, "split": split, "precision": compute.record(), "method": recipe.method}
 
-    for phase in ("before", "after"):
-        ctx = model.disable_adapter() if phase == "before" else nullcontext()
-        with ctx:
-            losses = {}
-            packed = attention.use(causal, for_loss) in attention.PER_SAMPLE
-            for name in ("train", "eval"):
-                if (pack_dir / name).is_dir():
-                    blocks = datasets.load_from_disk(str(pack_dir / name))
-                    losses[name] = mean_loss(model, blocks, tokenizer.pad_token_id, bs, f"loss {name} ({phase})",
-                                             padding_free=packed, autocast=lambda: precision.autocast(compute, device))
-            attention.use(causal, own)
-            answers = generate(model, tokenizer, prompts, recipe.generate.max_new_tokens,
-                               recipe.generate.batch_size, f"answers ({phase})", compute=compute)
+    for phase, model, tokenizer in phases(run):
+        device = model.device.type
+        # the loss passes use train's attention (per-sample on packed rows, padding-free); generation
+        # keeps the model's own, which handles left padding and the KV cache
+        causal = causal_lm(model)
+        own = causal.config._attn_implementation
+        for_loss = attention.choose(causal.config, recipe.model.attn_implementation, device)
+        losses = {}
+        packed = attention.use(causal, for_loss) in attention.PER_SAMPLE
+        for name in ("train", "eval"):
+            if (pack_dir / name).is_dir():
+                blocks = datasets.load_from_disk(str(pack_dir / name))
+                losses[name] = mean_loss(model, blocks, tokenizer.pad_token_id, bs, f"loss {name} ({phase})",
+                                         padding_free=packed, autocast=lambda: precision.autocast(compute, device))
+        attention.use(causal, own)
+        answers = generate(model, tokenizer, prompts, recipe.generate.max_new_tokens,
+                           recipe.generate.batch_size, f"answers ({phase})", compute=compute)
+        del model, causal
         report[phase] = {"loss": losses, "answers": answers}
         if cfg.style_regex:
             report[phase]["style_share"] = style_share(answers, cfg.style_regex)

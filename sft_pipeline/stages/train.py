@@ -7,6 +7,11 @@ Speed (README, "Training speed and memory"): the trainer is SFTTrainer with its 
 loss.labelled_loss (training/trainer.py); gradient checkpointing only when the memory estimate
 needs it on the machine that trains; evaluation computes the loss only. Each step's time and
 tokens go to metrics.json beside the peak memory and prepare's estimate.
+
+Under `method: full` train starts from model.ref itself (prepare saved no adapter), every weight
+trainable in fp32 master weights, and saves the whole trained model (safetensors) with its
+tokenizer in model/: that is the run's export (merge has nothing to merge). Its checkpoints hold
+the whole model, and a killed run resumes from them the same way.
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ from ..training.speed import speed_setup
 from ..training.trainer import fit, trainer_class
 
 SPEC = StageSpec(
-    name="train", reads=("train", "model"), upstream=("pack", "prepare"),
-    writes=("adapter/", "metrics.json", "summary.json"),
-    may_write={"checkpoints/": "the trainer's output_dir (checkpoints when train.save_strategy saves one)",
+    name="train", reads=("method", "train", "model"), upstream=("pack", "prepare"),
+    writes=("metrics.json", "summary.json"),
+    may_write={"adapter/": "method lora or qlora: the trained adapter",
+               "model/": "method full: the trained model (safetensors) and tokenizer",
+               "checkpoints/": "the trainer's output_dir (checkpoints when train.save_strategy saves one)",
                "tensorboard/": "tracking.tensorboard",
                "wandb/": "tracking.wandb is not off"},
     resumes=True,  # a killed run resumes from its last checkpoint in the work folder
@@ -66,7 +73,9 @@ def run(run: RunDir, out: Path) -> None:
     args = sft_config(recipe, out, ckpt["gradient_checkpointing"], prec.compute, trackers, hw.device)
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
     torch.manual_seed(recipe.train.seed)
-    model = build_model(recipe, hw, ckpt["gradient_checkpointing"], adapter=prep_dir / "adapter", trainable=True)
+    full = recipe.method == "full"
+    model = build_model(recipe, hw, ckpt["gradient_checkpointing"], adapter=None if full else prep_dir / "adapter",
+                        trainable=True)
     speed = speed_setup(model, recipe, hw, prec, prep.get("training_attention"))
     stopper, timer = StopOnSignal(), StepTimer(tokenizer.pad_token_id, cuda=hw.device == "cuda")
     stopper.install()  # the pipeline puts the previous handler back after the stage
@@ -76,18 +85,34 @@ def run(run: RunDir, out: Path) -> None:
         callbacks=[stopper.callback(), timer.callback()],
     )
     trainer.step_timer = timer
-    result, resumed = fit(trainer, out / "checkpoints", trackers)
+    speed["labelled_loss"] = labelled_loss_state(trainer)
+    result, resumed = fit(trainer, out / "checkpoints", trackers, full=full)
     if stopper.received is not None:
         console.print(f"[yellow]stopped at step {trainer.state.global_step}; checkpoint saved; run train again to resume")
         raise Interrupted(128 + stopper.received)
 
-    trainer.model.save_pretrained(str(out / "adapter"))
-    tokenizer.save_pretrained(str(out / "adapter"))
-    metrics = train_metrics(trainer, result, timer, hw.device, prec, ckpt, speed, prep["memory_estimate_gib"],
-                            resumed, trackers)
+    save_trained(trainer.model, tokenizer, out / ("model" if full else "adapter"), full)
+    metrics = {"method": recipe.method, "learning_rate": recipe.train.learning_rate,
+               **train_metrics(trainer, result, timer, hw.device, prec, ckpt, speed, prep["memory_estimate_gib"],
+                               resumed, trackers)}
     write_json(out / "metrics.json", metrics)
     write_json(out / "summary.json", {k: metrics[k] for k in ("steps", "precision", "final_train_loss", "eval_losses",
                                                               "train_runtime_s", "tokens_per_second")})
+
+
+def labelled_loss_state(trainer: Any) -> str:
+    """"on", or "off: <why>" (SFTTrainer's own loss then runs), for metrics.json."""
+    why = trainer.labelled_loss_off(trainer.model)
+    return "on" if why is None else f"off: {why}"
+
+
+def save_trained(model: Any, tokenizer: Any, folder: Path, full: bool) -> None:
+    """The adapter, or under full the whole model as a standalone checkpoint. Its config gets the
+    KV cache back (training turns it off), so generation from the exported model is not slowed."""
+    if full:
+        model.config.use_cache = True
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
 
 
 def checkpointing_here(recipe: Recipe, prep: dict[str, Any], hw: Hardware) -> dict[str, Any]:
