@@ -344,3 +344,16 @@ def test_an_incomplete_full_checkpoint_is_removed(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-1"]
     assert resumable_checkpoint(folder, full=False) is None  # a LoRA run finds no adapter in it
 
+
+def test_compare_reads_a_real_full_run(full_run):
+    from test_compare import table
+
+    result = runner.invoke(app, ["compare", str(full_run.path)])
+    assert result.exit_code == 0, result.output
+    got = table(result.output)
+    prep = read_json(full_run.path / "prepare" / "prepare.json")
+    report = read_json(full_run.path / "evaluate" / "report.json")
+    assert got["method"] == ["full"] and got["learning rate"] == ["0.001"]
+    assert got["trainable params"] == [f"{prep['total_params']:,} (100.00%)"]
+    assert got["eval loss"] == [f"{report['after']['loss']['eval']:.4f}"] and got["style share"][0].endswith("%")
+    assert all(cells[0] != "-" for cells in got.values()), got
