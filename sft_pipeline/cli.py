@@ -1,4 +1,5 @@
-"""The command line: one command per stage, plus run, status, generate, evaluate, report and validate.
+"""The command line: one command per stage, plus run, status, generate, evaluate, report, sweep, compare
+and validate.
 
 Every command takes a recipe file (or a run directory, whose frozen recipe.yaml is used) and
 `--set section.key=value` overrides. Every failure ends in one line on stderr: a known one (a
@@ -156,9 +157,9 @@ STAGE_HELP = {
     "load": "1. Read the data source; normalize records to conversations; count drops by reason.",
     "template": "2. Render conversations to text, recording where each assistant turn lies.",
     "pack": "3. Tokenize and pack into blocks of seq_length (wrapped, bfd or none).",
-    "prepare": "4. Prepare the model: freeze, fp32 norms, checkpointing, NF4, LoRA; estimate memory.",
-    "train": "5. Train the adapter with TRL's SFTTrainer (resumes from the last checkpoint).",
-    "merge": "6. Merge the adapter into the base, save safetensors, verify logits.",
+    "prepare": "4. Prepare the model: freeze, fp32 norms, checkpointing, NF4, LoRA (or method full); estimate memory.",
+    "train": "5. Train the adapter (or every weight) with TRL's SFTTrainer (resumes from the last checkpoint).",
+    "merge": "6. Merge the adapter into the base, save safetensors, verify logits (full: export the trained model).",
 }
 for _stage in STAGES:
     app.command(_stage, help=STAGE_HELP[_stage])(_stage_command(_stage))
@@ -242,7 +243,8 @@ def validate_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt) -
 def generate_cmd(target: Path = TargetArg,
                  prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="one prompt"),
                  prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", help="a file, one prompt per line"),
-                 model: str = typer.Option("adapter", help="base | adapter | merged"),
+                 model: str = typer.Option("adapter", help="base | adapter (the trained model: LoRA adapter on "
+                                           "the base, or method full's whole model) | merged"),
                  set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt) -> None:
     """Answer prompts with the base, adapter or merged model, using the recipe's template.
 
@@ -340,6 +342,30 @@ def sweep_cmd(sweep_file: Path = typer.Argument(..., help="sweep YAML: a base re
         if failed:
             raise PipelineError(f"sweep: {len(failed)} of {len(records)} trials failed ({', '.join(failed)}); "
                                 f"their errors are in {plan.folder / RECORDS}; run the sweep again to retry them")
+
+    guarded(go)
+
+
+@app.command("compare")
+def compare_cmd(run_dirs: list[Path] = typer.Argument(..., help="run directories to put side by side")) -> None:
+    """Runs side by side: method, parameters, speed, peak memory, eval loss, perplexity, style share.
+
+    Reads what the stages wrote; a value a run lacks prints as '-'. Warns where LoRA and full
+    fine-tuning runs share one learning rate."""
+
+    def go() -> None:
+        from .run.compare import column_names, read_run, rows, warnings
+
+        runs = [read_run(path) for path in run_dirs]
+        table = Table(title="runs side by side")
+        table.add_column("")
+        for name in column_names(runs):
+            table.add_column(name, justify="right")
+        for label, cells in rows(runs):
+            table.add_row(label, *cells)
+        out.print(table)
+        for line in warnings(runs):
+            err.print(f"[bold yellow]warning:[/] {escape(line)}", soft_wrap=True, highlight=False)
 
     guarded(go)
 

@@ -210,9 +210,16 @@ class EvaluateConfig(Section):
         return v
 
 
+METHODS = ("lora", "qlora", "full")
+
+
 class Recipe(Section):
     name: str = "run"
     run_dir: str | None = None  # default: runs/<name>
+    # lora: LoRA on the base as loaded; qlora: LoRA on the base in NF4 (model.quantization: nf4, set
+    # by this); full: every weight trained, fp32 master weights (no LoRA, the lora section unused).
+    # Unset: qlora when model.quantization is nf4, else lora (recipes written before this key).
+    method: Literal["lora", "qlora", "full"] = "lora"
     data: DataConfig = Field(default_factory=DataConfig)
     template: TemplateConfig = Field(default_factory=TemplateConfig)
     pack: PackConfig = Field(default_factory=PackConfig)
@@ -224,6 +231,39 @@ class Recipe(Section):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_way_to_say_qlora(cls, data: Any) -> Any:
+        """method and model.quantization say one thing: qlora is LoRA on an NF4 base, so either key
+        alone gives both, and a contradiction is refused naming both keys."""
+        if not isinstance(data, dict) or data.get("method", "lora") not in (*METHODS, None):
+            return data  # not a mapping, or a bad method: the field validators say so
+        model = data.get("model")
+        if model is not None and not isinstance(model, dict):
+            return data
+        method, quant = data.get("method"), (model or {}).get("quantization")
+        implied = method_for(quant)
+        if method is None:
+            return {**data, "method": implied} if implied else data
+        problem = method_conflict(method, quant)
+        if problem:
+            raise ValueError(problem)
+        if method == "qlora" and quant is None:
+            return {**data, "model": {**(model or {}), "quantization": "nf4"}}
+        return data
+
+    @model_validator(mode="after")
+    def _full_trains_fp32_weights(self) -> "Recipe":
+        if self.method != "full":
+            return self
+        if self.model.dtype not in ("auto", "float32"):
+            raise ValueError(f"model.dtype: {self.model.dtype} with method: full: full fine-tuning keeps fp32 master "
+                             "weights (bf16 only under autocast, where train.precision picks it); use auto or float32")
+        if self.merge.dtype != "float32":
+            raise ValueError(f"merge.dtype: {self.merge.dtype} with method: full: there is no merge, the export is "
+                             "the trained fp32 model as train saved it; use float32")
+        return self
+
     @model_validator(mode="after")
     def _eval_needs_split(self) -> "Recipe":
         if self.train.eval_strategy != "no" and self.data.eval_split is None and self.data.eval_size is None \
@@ -234,6 +274,25 @@ class Recipe(Section):
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+
+def method_for(quantization: Any) -> str | None:
+    """The method a model.quantization value implies when method is not given (None: not a known value)."""
+    return {"nf4": "qlora", "none": "lora", None: "lora"}.get(quantization) if isinstance(quantization, (str, type(None))) else None
+
+
+def method_conflict(method: str, quantization: Any) -> str | None:
+    """Why method and model.quantization contradict each other, in one line naming both; None if they agree."""
+    if quantization == "nf4" and method == "full":
+        return ("method: full with model.quantization: nf4: full fine-tuning trains every weight in fp32, "
+                "an NF4 base is frozen in 4 bits; use method: qlora, or model.quantization: none")
+    if quantization == "nf4" and method == "lora":
+        return ("method: lora with model.quantization: nf4: LoRA on an NF4 base is method: qlora; "
+                "for LoRA on the full-precision base set model.quantization: none")
+    if quantization == "none" and method == "qlora":
+        return ("method: qlora with model.quantization: none: QLoRA is LoRA on an NF4 base; "
+                "drop model.quantization (qlora sets nf4) or use method: lora")
+    return None
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, raw: str) -> None:
@@ -268,6 +327,8 @@ def _format_error(err: ValidationError, origin: str) -> str:
     # pydantic adds the union branch tried ("str", "list[str]") to the location: not a key
     key = ".".join(str(p) for p in first["loc"] if not _is_type_name(str(p)))
     msg = first["msg"]
+    if first["type"] == "value_error":  # our own validators' messages, without pydantic's prefix
+        msg = msg.removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif "input" in first and not isinstance(first["input"], dict):

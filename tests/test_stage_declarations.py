@@ -161,6 +161,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "nf4-carved": {"data": {"eval_split": "validation", "eval_size": 2}, "template": {"kind": "seed"},
                    "pack": {"strategy": "none", "overlong": "drop"}, "model": {"quantization": "nf4"},
                    "train": {"eval_strategy": "steps", "eval_steps": 1, "save_strategy": "steps", "save_steps": 1}},
+    # full fine-tuning: no adapter (prepare saves none, train saves the model, merge exports it),
+    # evaluated each epoch with checkpoints of the whole model
+    "full": {"method": "full", "train": {"eval_strategy": "epoch", "save_strategy": "steps", "save_steps": 1}},
 }
 
 

@@ -13,6 +13,8 @@ from ..progress import progress
 from ..run.rundir import RunDir
 from ..data.prompts import render_prompt
 
+# base: model.ref as it is; adapter: the trained model as train saved it (LoRA: the adapter on the
+# base; method full: train's whole model, there being no adapter); merged: merge's standalone export
 MODELS = ("base", "adapter", "merged")
 
 
@@ -24,6 +26,7 @@ def inference_precision(recipe: Recipe) -> precision.Precision:
 
 
 def load_for_inference(run: RunDir, which: str) -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) for `which` of MODELS, in the weights' dtype training used."""
     from peft import PeftModel
 
     from .loader import load_model, load_tokenizer
@@ -31,8 +34,9 @@ def load_for_inference(run: RunDir, which: str) -> tuple[Any, Any]:
     recipe = run.recipe
     dtype = inference_precision(recipe).weights_dtype
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
-    if which == "merged":
-        path = run.stage_dir("merge") / "model"
+    trained_whole = which == "adapter" and recipe.method == "full"
+    if which == "merged" or trained_whole:
+        path = run.stage_dir("train") / "model" if trained_whole else run.stage_dir("merge") / "model"
         model = load_model(str(path), dtype=dtype, trust_remote_code=recipe.model.trust_remote_code)
     else:
         model = load_model(recipe.model.ref, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code,

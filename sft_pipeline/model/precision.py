@@ -9,6 +9,11 @@ first is the default (`model.dtype: auto`); `model.dtype: float32` gives the sec
 the LoRA weights, their gradients and the optimizer state stay fp32 (PEFT keeps adapter weights
 in fp32 over a bf16 base), and norms and the LM head's output are fp32 (prepare's seed
 preparation).
+
+Under `method: full` there are no frozen weights: every weight is a trained parameter, so the
+bf16-weights choice does not apply. The weights are fp32 master weights (with their gradients and
+Adam moments), and bf16 compute, where it is fast, is autocast over them: the mixed precision of
+full fine-tuning, where a bf16 weight would lose most small updates to rounding.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ class Precision:
     autocast: bool  # matmuls under torch.autocast (bf16/fp16 compute)
     why: str
     warning: str | None = None
-    adapter: str = "float32"  # LoRA weights, gradients, Adam moments
+    adapter: str = "float32"  # the trained parameters (LoRA weights, or every weight under full), gradients, Adam
 
     @property
     def weights_dtype(self) -> Any:
@@ -50,7 +55,11 @@ class Precision:
 
 def plan(recipe: Recipe, hw: Hardware) -> Precision:
     compute, warning = choose_precision(recipe.train.precision, hw)
-    if recipe.model.dtype != "auto":
+    if recipe.method == "full":  # config.py refuses a model.dtype other than auto or float32 here
+        weights = "float32"
+        why = (f"method full: every weight is trained, fp32 master weights; precision {recipe.train.precision} -> "
+               f"{compute} ({hw.reason})" + (", under autocast" if compute != "fp32" else ""))
+    elif recipe.model.dtype != "auto":
         weights, why = recipe.model.dtype, f"model.dtype: {recipe.model.dtype}"
     else:
         weights = COMPUTE_DTYPES[compute]

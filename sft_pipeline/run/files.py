@@ -101,3 +101,29 @@ def fsync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
         fsync_dir(Path(folder))
+
+
+def link_tree(src: Path, dst: Path) -> str:
+    """`dst` as a copy of `src` made of hard links where the filesystem allows (no second copy of a
+    model's weights on disk; every writer here replaces files, never edits them in place, so the
+    two names cannot drift apart), and of copies where it does not (another filesystem). Returns
+    how: "hardlinked", "copied", or both with counts."""
+    import errno
+    import shutil
+
+    linked = copied = 0
+    for folder, _, files in os.walk(src):
+        target = dst / Path(folder).relative_to(src)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            try:
+                os.link(os.path.join(folder, name), target / name)
+                linked += 1
+            except OSError as err:
+                if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+                    raise
+                shutil.copy2(os.path.join(folder, name), target / name)
+                copied += 1
+    if linked and copied:
+        return f"hardlinked {linked} files, copied {copied}"
+    return "copied" if copied else "hardlinked"

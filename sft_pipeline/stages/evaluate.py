@@ -2,7 +2,9 @@
 with evaluate.train_loss), greedy answers to the eval prompts and, where evaluate.style_regex is
 set, the share that follows that style, for the base and the trained adapter.
 
-"Before" is the same adapter model with the adapter disabled, i.e. the base model exactly.
+"Before" is the same adapter model with the adapter disabled, i.e. the base model exactly. Under
+`method: full` there is no adapter to disable: "before" is the base model loaded as training
+loaded it (fp32 weights), "after" the model train saved, one in memory at a time.
 answers.json keeps every evaluation of the same trained adapter (W&B's answers table grows with
 each one instead of being replaced: training/trackers.py log_evaluation).
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import re
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..progress import progress
 from ..run.rundir import RunDir, read_json, write_json
@@ -21,8 +23,10 @@ from ..training.step_scalars import perplexity
 from ..training.trackers import IDENTITY, log_evaluation
 
 SPEC = StageSpec(
-    # train.precision: inference computes as training did; the eval batch size for the loss passes
-    name="evaluate", reads=("evaluate", "generate", "model", "train.precision", "train.per_device_eval_batch_size"),
+    # method: what "before" and "after" are; train.precision: inference computes as training did;
+    # the eval batch size for the loss passes
+    name="evaluate", reads=("method", "evaluate", "generate", "model", "train.precision",
+                            "train.per_device_eval_batch_size"),
     upstream=("template", "pack", "train"),
     writes=("report.json", "summary.json", "answers.json"),  # answers.json: every evaluation's answers
     may_write={"wandb/": "tracking.wandb is not off (the before/after table joins train's run)"},
@@ -87,43 +91,60 @@ def answer_rows(previous: Path, train_run: str | None, questions: list[str], rep
     return {"train_run": train_run, "rows": rows}
 
 
+def phases(run: RunDir) -> Iterator[tuple[str, Any, Any]]:
+    """("before", model, tokenizer), then ("after", ...). LoRA: one model, its adapter disabled,
+    then enabled. Full: the base model, then train's, each loaded when its phase starts (the
+    consumer drops the first before asking for the second)."""
+    from ..model.generate import load_for_inference
+
+    if run.recipe.method == "full":
+        for phase, which in (("before", "base"), ("after", "adapter")):
+            model, tokenizer = load_for_inference(run, which)
+            yield phase, model, tokenizer
+            del model
+        return
+    model, tokenizer = load_for_inference(run, "adapter")
+    with model.disable_adapter():
+        yield "before", model, tokenizer
+    yield "after", model, tokenizer
+
+
 def run(run: RunDir, out: Path) -> None:
     import datasets
 
     from ..training import attention
+    from ..training.loss import causal_lm
     from ..model import precision
-    from ..model.generate import generate, inference_precision, load_for_inference
+    from ..model.generate import generate, inference_precision
 
     recipe = run.recipe
     cfg = recipe.evaluate
     template_dir, pack_dir, train_dir = run.stage_dir("template"), run.stage_dir("pack"), run.stage_dir("train")
-    model, tokenizer = load_for_inference(run, "adapter")
     compute = inference_precision(recipe)
-    device = model.device.type
     split = "eval" if (template_dir / "eval").is_dir() else "train"
     prompts_ds = datasets.load_from_disk(str(template_dir / split))
     n = len(prompts_ds) if cfg.max_prompts is None else min(cfg.max_prompts, len(prompts_ds))
     prompts, references = prompts_ds["prompt"][:n], prompts_ds["reference"][:n]
     bs = recipe.train.per_device_eval_batch_size
-    report: dict[str, Any] = {"prompts": n, "split": split, "precision": compute.record()}
-    # the loss passes use train's attention (per-sample on packed rows, padding-free); generation
-    # keeps the model's own, which handles left padding and the KV cache
-    causal = model.get_base_model()
-    own = causal.config._attn_implementation
-    for_loss = attention.choose(causal.config, recipe.model.attn_implementation, device)
+    report: dict[str, Any] = {"prompts": n, "split": split, "precision": compute.record(), "method": recipe.method}
 
-    for phase in ("before", "after"):
-        ctx = model.disable_adapter() if phase == "before" else nullcontext()
-        with ctx:
-            losses = {}
-            packed = attention.use(causal, for_loss) in attention.PER_SAMPLE
-            for name in scored_splits(pack_dir, cfg.train_loss):
-                blocks = datasets.load_from_disk(str(pack_dir / name))
-                losses[name] = mean_loss(model, blocks, tokenizer.pad_token_id, bs, f"loss {name} ({phase})",
-                                         padding_free=packed, autocast=lambda: precision.autocast(compute, device))
-            attention.use(causal, own)
-            answers = generate(model, tokenizer, prompts, recipe.generate.max_new_tokens,
-                               recipe.generate.batch_size, f"answers ({phase})", compute=compute)
+    for phase, model, tokenizer in phases(run):
+        device = model.device.type
+        # the loss passes use train's attention (per-sample on packed rows, padding-free); generation
+        # keeps the model's own, which handles left padding and the KV cache
+        causal = causal_lm(model)
+        own = causal.config._attn_implementation
+        for_loss = attention.choose(causal.config, recipe.model.attn_implementation, device)
+        losses = {}
+        packed = attention.use(causal, for_loss) in attention.PER_SAMPLE
+        for name in scored_splits(pack_dir, cfg.train_loss):
+            blocks = datasets.load_from_disk(str(pack_dir / name))
+            losses[name] = mean_loss(model, blocks, tokenizer.pad_token_id, bs, f"loss {name} ({phase})",
+                                     padding_free=packed, autocast=lambda: precision.autocast(compute, device))
+        attention.use(causal, own)
+        answers = generate(model, tokenizer, prompts, recipe.generate.max_new_tokens,
+                           recipe.generate.batch_size, f"answers ({phase})", compute=compute)
+        del model, causal
         report[phase] = {"loss": losses, "perplexity": {k: perplexity(v) for k, v in losses.items()}, "answers": answers}
         if cfg.style_regex:
             report[phase]["style_share"] = style_share(answers, cfg.style_regex)

@@ -9,10 +9,17 @@ scales dequantized in fp32; embeddings, norms and biases as they were, bf16-roun
 run). The reference is that NF4 model with the adapter, computed in fp32: with bf16 compute the
 same model's logits move by more than merge.tolerance from rounding alone (up to ~3 on
 SmolLM2-135M), so what bf16 training computed is recorded beside the check, not used for it.
+
+Under `method: full` there is nothing to merge: train trained every weight and saved the model.
+The stage still runs, so `run`, `status`, `generate --model merged` and evaluate treat every
+method alike: merge/model is train/model, made of hard links (no second copy of the weights;
+copies where the filesystem cannot link), each file checked identical to train's, and
+verify.json says so.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +28,13 @@ from rich.console import Console
 from ..model.merging import (WEIGHT_RTOL, MergeError, compute_dtype_of, dequantized_base, expected_merged_weights,
                              logits_of, max_gap, probe_batch, upcast_to_fp32, weight_check)
 from ..config import Recipe
+from ..run.files import link_tree
 from ..run.rundir import RunDir, write_json
 from ..run.stage_spec import StageSpec
 
 SPEC = StageSpec(
-    # train.precision: the NF4 reference model's compute dtype (QLoRA)
-    name="merge", reads=("merge", "model", "train.precision"),
+    # method: full has nothing to merge; train.precision: the NF4 reference model's compute dtype (QLoRA)
+    name="merge", reads=("method", "merge", "model", "train.precision"),
     upstream=("template", "train"),  # template: the probe texts (prepare comes in through train)
     writes=("model/", "verify.json", "summary.json"),
 )
@@ -41,6 +49,9 @@ def run(run: RunDir, out: Path) -> None:
     from ..model.loader import load_model, load_tokenizer
 
     recipe, cfg = run.recipe, run.recipe.merge
+    if recipe.method == "full":
+        export_trained_model(run.stage_dir("train") / "model", out)
+        return
     adapter = run.stage_dir("train") / "adapter"
     dtype = getattr(torch, cfg.dtype)
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
@@ -85,6 +96,27 @@ def run(run: RunDir, out: Path) -> None:
     console.print(f"merged model saved to {out / 'model'}; max |logit gap| vs adapter = {gap:.3g}")
     write_json(out / "verify.json", record)
     write_json(out / "summary.json", {k: record[k] for k in ("base", "max_abs_logit_gap", "passed")})
+
+
+def export_trained_model(trained: Path, out: Path) -> None:
+    """method full: the trained model is the export. Linked (or copied) into model/, every file
+    checked identical to train's; verify.json records that nothing was merged, and why."""
+    import filecmp
+
+    how = link_tree(trained, out / "model")
+    files = [p.relative_to(trained) for p in trained.rglob("*") if p.is_file()]
+    differ = [str(f) for f in files if not (os.path.samefile(trained / f, out / "model" / f)
+                                             or filecmp.cmp(trained / f, out / "model" / f, shallow=False))]
+    if differ:
+        raise MergeError(f"merge: the exported {differ[0]} differs from train's")
+    record = {
+        "method": "full", "merged": False, "passed": True,
+        "why": "method full trained every weight; the trained model is the export, there is no adapter to merge",
+        "export": f"train/model, {how}", "files": len(files), "identical_to_train": True,
+    }
+    console.print(f"method full: nothing to merge; merge/model is the trained model ({how})")
+    write_json(out / "verify.json", record)
+    write_json(out / "summary.json", {"export": f"the trained model ({how})", "passed": True})
 
 
 def probe_texts(run: RunDir) -> list[str]:

@@ -3,6 +3,11 @@
 model/build.py builds it (the seed's preparation, optionally NF4, then LoRA); the memory plan
 (training/memory_plan.py) decides gradient checkpointing before anything is loaded. The initial adapter is
 saved so train starts from exactly what was recorded.
+
+Under `method: full` nothing is initialised: train starts from model.ref itself, every weight
+trainable in fp32. So prepare saves no adapter and loads no weights (a 7B model in fp32 is 28 GB
+to count what the config already says); it records the method, the counts (trainable = total),
+the precision, and the full fine-tuning memory estimate with its checkpointing decision.
 """
 
 from __future__ import annotations
@@ -20,11 +25,14 @@ from ..training.memory import GIB
 from ..training.memory_plan import memory_report, plan_memory
 
 SPEC = StageSpec(
-    # train.seed initialises LoRA, train.precision sets the dtype; the memory estimate takes the
-    # batch sizes, seq_length, the attention (pack.strategy) and whether evaluation runs
-    name="prepare", reads=("model", "lora", "pack.seq_length", "pack.strategy", "train.per_device_train_batch_size",
-                           "train.per_device_eval_batch_size", "train.eval_strategy", "train.seed", "train.precision"),
-    writes=("adapter/", "prepare.json", "summary.json"),
+    # method: LoRA, QLoRA or full; train.seed initialises LoRA, train.precision sets the dtype; the
+    # memory estimate takes the batch sizes, seq_length, the attention (pack.strategy) and whether
+    # evaluation runs
+    name="prepare", reads=("method", "model", "lora", "pack.seq_length", "pack.strategy",
+                           "train.per_device_train_batch_size", "train.per_device_eval_batch_size",
+                           "train.eval_strategy", "train.seed", "train.precision"),
+    writes=("prepare.json", "summary.json"),
+    may_write={"adapter/": "method lora or qlora (full fine-tuning starts from model.ref itself)"},
 )
 
 console = Console(stderr=True)
@@ -46,15 +54,22 @@ def run(run: RunDir, out: Path) -> None:
     config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=recipe.model.trust_remote_code)
     est, checkpointing, plan = plan_memory(recipe, config, hw)
     console.print(memory_report(recipe, est, checkpointing, plan))
-    model = build_model(recipe, hw, checkpointing)
-    trainable, total = count_params(model)
+    if recipe.method == "full":
+        trainable = total = plan["total"]
+        dtypes = adapter_dtypes = [prec.weights]  # precision.plan: fp32 under full
+        targets: list[str] = []
+    else:
+        model = build_model(recipe, hw, checkpointing)
+        trainable, total = count_params(model)
+        model.save_pretrained(str(out / "adapter"))
+        dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
+        adapter_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.requires_grad})
+        targets = sorted({t.rsplit(".", 1)[-1] for t in model.peft_config["default"].target_modules})
     console.print(f"trainable params: {trainable} || all params: {total} || trainable%: {100 * trainable / total:.4f}")
-    model.save_pretrained(str(out / "adapter"))
-    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
-    adapter_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.requires_grad})
     if adapter_dtypes != ["float32"]:
-        raise RuntimeError(f"prepare: the trainable (LoRA) parameters are {adapter_dtypes}, expected float32")
+        raise RuntimeError(f"prepare: the trainable parameters are {adapter_dtypes}, expected float32")
     record = {
+        "method": recipe.method,
         "model_ref": recipe.model.ref,
         "resolved": resolved.path,
         "trainable_params": trainable,
@@ -65,7 +80,7 @@ def run(run: RunDir, out: Path) -> None:
         "parameter_dtypes": dtypes,
         "trainable_dtypes": adapter_dtypes,
         "quantization": recipe.model.quantization,
-        "lora_targets": sorted({t.rsplit(".", 1)[-1] for t in model.peft_config["default"].target_modules}),
+        "lora_targets": targets,
         "gradient_checkpointing": checkpointing,
         "gradient_checkpointing_why": plan["why"],
         "training_attention": plan["attention"],
@@ -74,4 +89,5 @@ def run(run: RunDir, out: Path) -> None:
         "hardware": {"device": hw.device, "bf16_fast": hw.bf16_fast, "reason": hw.reason, "cpus": hw.cpu_count},
     }
     write_json(out / "prepare.json", record)
-    write_json(out / "summary.json", {k: record[k] for k in ("trainable_params", "total_params", "dtype", "gradient_checkpointing", "memory_estimate_gib")})
+    write_json(out / "summary.json", {k: record[k] for k in ("method", "trainable_params", "total_params", "dtype",
+                                                             "gradient_checkpointing", "memory_estimate_gib")})

@@ -11,6 +11,11 @@ tokens go to metrics.json beside the peak memory and prepare's estimate.
 Dashboards (training/trackers.py): one W&B run from the first start through every resume (its id
 in the work folder), TensorBoard, and scalars.jsonl, each logging step once with perplexity,
 tokens/s and MFU (training/flops.py: the model FLOPs against the device's rated or measured rate).
+
+Under `method: full` train starts from model.ref itself (prepare saved no adapter), every weight
+trainable in fp32 master weights, and saves the whole trained model (safetensors) with its
+tokenizer in model/: that is the run's export (merge has nothing to merge). Its checkpoints hold
+the whole model, and a killed run resumes from them the same way.
 """
 
 from __future__ import annotations
@@ -35,12 +40,14 @@ from ..training.trainer import fit, trainer_class
 
 SPEC = StageSpec(
     # load: its stats.json for the tracking summary (kept and dropped records)
-    name="train", reads=("train", "model"), upstream=("load", "pack", "prepare"),
-    writes=("adapter/", "metrics.json", "summary.json",
+    name="train", reads=("method", "train", "model"), upstream=("load", "pack", "prepare"),
+    writes=("metrics.json", "summary.json",
             "tracking.json",  # the W&B run id, made at first start: a resumed train continues that run
             "scalars.jsonl",  # every logged row, fsynced: a resume logs each step once
             "matmul_rate.json"),  # MFU's denominator, measured once: a resume divides by the same
-    may_write={"checkpoints/": "the trainer's output_dir (checkpoints when train.save_strategy saves one)",
+    may_write={"adapter/": "method lora or qlora: the trained adapter",
+               "model/": "method full: the trained model (safetensors) and tokenizer",
+               "checkpoints/": "the trainer's output_dir (checkpoints when train.save_strategy saves one)",
                "tensorboard/": "tracking.tensorboard",
                "wandb/": "tracking.wandb is not off"},
     resumes=True,  # a killed run resumes from its last checkpoint in the work folder
@@ -74,7 +81,9 @@ def run(run: RunDir, out: Path) -> None:
     args = sft_config(recipe, out, ckpt["gradient_checkpointing"], prec.compute, hw.device)
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
     torch.manual_seed(recipe.train.seed)
-    model = build_model(recipe, hw, ckpt["gradient_checkpointing"], adapter=prep_dir / "adapter", trainable=True)
+    full = recipe.method == "full"
+    model = build_model(recipe, hw, ckpt["gradient_checkpointing"], adapter=None if full else prep_dir / "adapter",
+                        trainable=True)
     speed = speed_setup(model, recipe, hw, prec, prep.get("training_attention"))
     stopper, timer = StopOnSignal(), StepTimer(tokenizer.pad_token_id, cuda=hw.device == "cuda")
     tracking = train_tracking(run, out, hw, prec, model, timer)
@@ -85,20 +94,37 @@ def run(run: RunDir, out: Path) -> None:
         callbacks=[stopper.callback(), timer.callback(), tracking.callback()],
     )
     trainer.step_timer = timer
+    speed["labelled_loss"] = labelled_loss_state(trainer)
     with tracking:  # W&B's run opened or continued, finished (failed, if something raised) on leaving
-        result, resumed = fit(trainer, out / "checkpoints")
+        result, resumed = fit(trainer, out / "checkpoints", full=full)
         if stopper.received is not None:
             console.print(f"[yellow]stopped at step {trainer.state.global_step}; checkpoint saved; run train again to resume")
             raise Interrupted(128 + stopper.received)
 
-        trainer.model.save_pretrained(str(out / "adapter"))
-        tokenizer.save_pretrained(str(out / "adapter"))
-        metrics = train_metrics(trainer, result, timer, hw.device, prec, ckpt, speed, prep["memory_estimate_gib"],
-                                resumed, tracking.trackers)
+        export = out / ("model" if full else "adapter")
+        save_trained(trainer.model, tokenizer, export, full)
+        metrics = {"method": recipe.method, "learning_rate": recipe.train.learning_rate,
+                   **train_metrics(trainer, result, timer, hw.device, prec, ckpt, speed, prep["memory_estimate_gib"],
+                                   resumed, tracking.trackers)}
         write_json(out / "metrics.json", metrics)
         write_json(out / "summary.json", {k: metrics[k] for k in ("steps", "precision", "final_train_loss", "eval_losses",
                                                                   "train_runtime_s", "tokens_per_second")})
-        tracking.summarize(train_summary(run, metrics), out / "adapter" if recipe.tracking.log_adapter else None)
+        tracking.summarize(train_summary(run, metrics), export if recipe.tracking.log_adapter else None)
+
+
+def labelled_loss_state(trainer: Any) -> str:
+    """"on", or "off: <why>" (SFTTrainer's own loss then runs), for metrics.json."""
+    why = trainer.labelled_loss_off(trainer.model)
+    return "on" if why is None else f"off: {why}"
+
+
+def save_trained(model: Any, tokenizer: Any, folder: Path, full: bool) -> None:
+    """The adapter, or under full the whole model as a standalone checkpoint. Its config gets the
+    KV cache back (training turns it off), so generation from the exported model is not slowed."""
+    if full:
+        model.config.use_cache = True
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
 
 
 def checkpointing_here(recipe: Recipe, prep: dict[str, Any], hw: Hardware) -> dict[str, Any]:

@@ -1,5 +1,10 @@
 """What train changes on the prepared model for speed (recorded in metrics.json): the attention,
-LoRA's input cast under autocast, fast dropout, padding-free rows, Liger kernels on a GPU."""
+LoRA's input cast under autocast, fast dropout, padding-free rows, Liger kernels on a GPU.
+
+Per-sample attention, padding-free rows and Liger are about the model, so they apply to full
+fine-tuning too (as does the labelled-positions loss, trainer.py); LoRA's input cast and fast
+dropout are about LoRA layers, which full fine-tuning has none of: each is recorded as off, with
+that reason."""
 
 from __future__ import annotations
 
@@ -19,15 +24,20 @@ def speed_setup(model: Any, recipe: Recipe, hw: Any, prec: Precision, planned_at
     attention is chosen again for this one, and a difference is said."""
     from . import attention
     from .dropout import use_fast_dropout
+    from .loss import causal_lm
 
-    causal = model.get_base_model()
+    causal = causal_lm(model)
     wanted = attention.choose(causal.config, recipe.model.attn_implementation, hw.device)
     if planned_attention is not None and (wanted or "default") != planned_attention:
         console.print(f"[yellow]attention: {wanted or 'default'} on this machine, where prepare planned "
                       f"{planned_attention} (its memory estimate assumed that one)")
     done: dict[str, Any] = {"attention": attention.use(causal, wanted)}
-    done["lora_input_cast"] = keep_lora_inputs(model) if prec.autocast else "kept: no autocast"
-    done["fast_lora_dropout"] = (use_fast_dropout(model) if hw.device == "cpu" and recipe.train.fast_dropout else 0)
+    if recipe.method == "full":
+        done["lora_input_cast"] = "not applicable: method full has no LoRA layers"
+        done["fast_lora_dropout"] = "off: method full has no LoRA dropout (the model's own dropout is as it was)"
+    else:
+        done["lora_input_cast"] = keep_lora_inputs(model) if prec.autocast else "kept: no autocast"
+        done["fast_lora_dropout"] = (use_fast_dropout(model) if hw.device == "cpu" and recipe.train.fast_dropout else 0)
     # the batch's rows as one row: nothing computed for padding (attention keeps samples apart)
     done["padding_free"] = done["attention"] in attention.PER_SAMPLE
     done["liger"] = use_liger(causal) if hw.device == "cuda" else "cpu: not used"

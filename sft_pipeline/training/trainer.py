@@ -23,18 +23,24 @@ def trainer_class() -> Any:
     class PipelineSFTTrainer(SFTTrainer):
         step_timer: StepTimer | None = None
 
-        def _labelled_loss_applies(self, model: Any, inputs: dict[str, Any]) -> bool:
-            return (
+        def labelled_loss_off(self, model: Any) -> str | None:
+            """Why the labelled-positions loss is not the same loss here (None: it is used); for
+            metrics.json and for every batch."""
+            if self.accelerator.unwrap_model(model, keep_torch_compile=False) is not model:
                 # DDP/FSDP/torch.compile wrappers: their forward (labelled_loss would call around them)
-                self.accelerator.unwrap_model(model, keep_torch_compile=False) is model
-                and self.compute_loss_func is None
-                and self.label_smoother is None
-                and self.args.loss_type == "nll"
-                and not self.aux_loss_enabled
-                and "labels" in inputs
-                and "shift_labels" not in inputs
-                and unsupported_reason(model) is None
-            )
+                return "the model is wrapped (DDP, FSDP or torch.compile)"
+            if self.compute_loss_func is not None:
+                return "a custom compute_loss_func is set"
+            if self.label_smoother is not None:
+                return "label smoothing is on"
+            if self.args.loss_type != "nll":
+                return f"loss_type is {self.args.loss_type}"
+            if self.aux_loss_enabled:
+                return "the model adds an auxiliary loss"
+            return unsupported_reason(model)
+
+        def _labelled_loss_applies(self, model: Any, inputs: dict[str, Any]) -> bool:
+            return "labels" in inputs and "shift_labels" not in inputs and self.labelled_loss_off(model) is None
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
@@ -60,9 +66,10 @@ def trainer_class() -> Any:
     return PipelineSFTTrainer
 
 
-def fit(trainer: Any, checkpoints: Path) -> tuple[Any, str | None]:
-    """Train, resuming from the newest complete checkpoint; (TrainOutput or None, checkpoint)."""
-    resume = resumable_checkpoint(checkpoints)
+def fit(trainer: Any, checkpoints: Path, full: bool = False) -> tuple[Any, str | None]:
+    """Train, resuming from the newest complete checkpoint; (TrainOutput or None, checkpoint).
+    full: method full, whose checkpoints hold the whole model rather than an adapter."""
+    resume = resumable_checkpoint(checkpoints, full)
     if resume and checkpoint_is_final(resume):
         # killed after its last save, before the adapter was written: Trainer would run one more
         # step from here (at the schedule's last learning rate), so the checkpoint is the result
