@@ -183,7 +183,8 @@ def full_run(tmp_path_factory, tiny_model_dir):
                   "lr_scheduler_type": "constant", "eval_strategy": "epoch", "save_strategy": "steps",
                   "save_steps": 1, "save_total_limit": None},
         "tracking": {"wandb": "off", "tensorboard": False}, "generate": {"max_new_tokens": 8, "batch_size": 4},
-        "evaluate": {"max_prompts": 2, "pairs": 1},
+        # the train-split loss pass and a style pattern: what the checks below compare
+        "evaluate": {"max_prompts": 2, "pairs": 1, "train_loss": True, "style_regex": ".*"},
     })
     run = run_all(recipe)
     run_stage(run, "evaluate")
