@@ -171,6 +171,52 @@ class TrackingConfig(Section):
         return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
 
 
+STRATEGIES = ("ddp", "fsdp2", "zero2", "zero3", "zero3_offload")
+
+
+class DistributedConfig(Section):
+    """Training in several processes, launched by an engine (torchrun or accelerate), never by
+    this package. One process per node and one node (the defaults) is the single-process train.
+    Where a node's rank and the rendezvous endpoint are left unset they come from the launch
+    environment: torchrun's NODE_RANK/MASTER_ADDR/MASTER_PORT, or SLURM's (run/launch.py)."""
+
+    nproc_per_node: int = Field(default=1, ge=1)  # one per GPU, or per CPU socket
+    nnodes: int = Field(default=1, ge=1)
+    node_rank: int | None = Field(default=None, ge=0)
+    rdzv_endpoint: str | None = None  # host:port of node 0's c10d rendezvous (several nodes)
+    rdzv_id: str | None = None  # the job's name at the rendezvous: SLURM_JOB_ID, else the run's name
+    launcher: Literal["torchrun", "accelerate"] = "torchrun"
+    # ddp | fsdp2 | zero2 | zero3 | zero3_offload, or the path of an accelerate config (.yaml) or
+    # a DeepSpeed config (.json) of the user's own
+    strategy: str = "ddp"
+    threads_per_process: int | None = Field(default=None, ge=1)  # None: physical cores / nproc_per_node
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on GPUs, gloo on CPUs
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, v: str) -> str:
+        if v in STRATEGIES or v.endswith((".yaml", ".yml", ".json")):
+            return v
+        raise ValueError(f"{v!r}: expected one of {', '.join(STRATEGIES)}, or the path of an accelerate config "
+                         "(.yaml) or DeepSpeed config (.json)")
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{v!r}: expected host:port (node 0's address and a free port, e.g. 10.0.0.2:29500)")
+        return v
+
+    @model_validator(mode="after")
+    def _rank_in_range(self) -> "DistributedConfig":
+        if self.node_rank is not None and self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} with nnodes {self.nnodes}: ranks are 0..{self.nnodes - 1}")
+        return self
+
+
 class MergeConfig(Section):
     # For QLoRA: merge into the NF4-dequantized weights training saw, or into the original ones.
     base: Literal["dequantized", "original"] = "dequantized"
@@ -227,6 +273,7 @@ class Recipe(Section):
     lora: LoraSection = Field(default_factory=LoraSection)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     merge: MergeConfig = Field(default_factory=MergeConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)

@@ -164,6 +164,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     # full fine-tuning: no adapter (prepare saves none, train saves the model, merge exports it),
     # evaluated each epoch with checkpoints of the whole model
     "full": {"method": "full", "train": {"eval_strategy": "epoch", "save_strategy": "steps", "save_steps": 1}},
+    # train in 2 processes (torchrun, gloo): the launcher reads the distributed section, rank 0 writes
+    "two-processes": {"distributed": {"nproc_per_node": 2}, "train": {"save_strategy": "steps", "save_steps": 1}},
 }
 
 

@@ -281,9 +281,10 @@ def test_pipeline_trainer_loss_equals_sfttrainers(recipe_factory, tmp_path):
     assert set(trainer._metrics["train"]) == {"num_tokens"}
 
 
-def test_a_compiled_or_wrapped_model_keeps_its_own_forward_and_sfttrainers_loss(recipe_factory, tmp_path):
+def test_a_compiled_or_wrapped_model_takes_the_labelled_loss_through_its_own_forward(recipe_factory, tmp_path):
     """labelled_loss calls the backbone directly; under torch.compile or a DDP wrapper that would
-    step around the wrapper, so those take SFTTrainer's loss through the wrapper's forward."""
+    step around the wrapper, so those take the labelled loss through the wrapper's forward
+    (logits_to_keep; tests/test_distributed.py checks its value and gradients, and DDP's result)."""
     import datasets
     from trl import SFTConfig
 
@@ -299,8 +300,9 @@ def test_a_compiled_or_wrapped_model_keeps_its_own_forward_and_sfttrainers_loss(
     trainer = trainer_class()(model=model, args=args, train_dataset=datasets.Dataset.from_list(_blocks()),
                               processing_class=tok, data_collator=PackedCollator(tok.pad_token_id))
     batch = _packed_batch(model.config.vocab_size)
-    assert trainer._labelled_loss_applies(model, batch)
-    assert not trainer._labelled_loss_applies(torch.compile(model), batch)
+    compiled = torch.compile(model)  # wrapped, not compiled until called
+    assert trainer._labelled_loss_applies(model, batch) and not trainer._through_forward(model)
+    assert trainer._labelled_loss_applies(compiled, batch) and trainer._through_forward(compiled)
 
 
 def test_step_rate_leaves_out_the_warm_up_step():

@@ -33,6 +33,21 @@ def check(recipe: Recipe, stages: Iterable[str]) -> None:
         _check_model_ref(recipe.model.ref)
     if read("train.extra_args") and recipe.train.extra_args:
         _check_extra_args(recipe.train.extra_args)
+    if read("distributed.strategy"):
+        _check_distributed(recipe)
+
+
+def _check_distributed(recipe: Recipe) -> None:
+    """Several processes with a strategy known to fail here (QLoRA sharded, ZeRO without
+    DeepSpeed, FSDP2 over gloo, ...): refused before the data stages run, not at launch."""
+    from ..model.hardware import detect
+    from ..training.strategy import refusal
+
+    if recipe.distributed.nproc_per_node * recipe.distributed.nnodes == 1:
+        return
+    problem = refusal(recipe, detect().device, Path(recipe.distributed.strategy).is_file())
+    if problem:
+        raise RecipeError(problem)
 
 
 def check_all(recipe: Recipe) -> None:

@@ -28,19 +28,25 @@ from rich.console import Console
 from ..config import Recipe
 from ..model import precision
 from ..model.hardware import Hardware, detect
+from ..run import launch
 from ..run.rundir import RunDir, read_json, write_json
 from ..run.stage_spec import StageSpec
+from ..training import ranks
 from ..training.callbacks import Interrupted, StepTimer, StopOnSignal
 from ..training.memory_plan import decide_checkpointing
+from ..training.export import save_trained
 from ..training.metrics import train_metrics
 from ..training.sft_args import TrainConfigError, sft_config
 from ..training.speed import speed_setup
-from ..training.trackers import train_summary, train_tracking
+from ..training.strategy import SHARDED
+from ..training.trackers import quiet_tracking, train_summary, train_tracking
 from ..training.trainer import fit, trainer_class
 
 SPEC = StageSpec(
     # load: its stats.json for the tracking summary (kept and dropped records)
-    name="train", reads=("method", "train", "model"), upstream=("load", "pack", "prepare"),
+    name="train", reads=("method", "train", "model", "distributed.nproc_per_node", "distributed.nnodes",
+                         "distributed.strategy"),
+    upstream=("load", "pack", "prepare"),
     writes=("metrics.json", "summary.json",
             "tracking.json",  # the W&B run id, made at first start: a resumed train continues that run
             "scalars.jsonl",  # every logged row, fsynced: a resume logs each step once
@@ -52,6 +58,8 @@ SPEC = StageSpec(
                "wandb/": "tracking.wandb is not off"},
     resumes=True,  # a killed run resumes from its last checkpoint in the work folder
     ignores={"tracking": "where metrics are reported, not what is trained",
+             **{f"distributed.{key}": "where and how the processes start, not what they train"
+                for key in ("node_rank", "rdzv_endpoint", "rdzv_id", "launcher", "threads_per_process", "backend")},
              "name": "the W&B / TensorBoard run name"},
 )
 
@@ -67,6 +75,9 @@ def run(run: RunDir, out: Path) -> None:
     from ..training.collate import PackedCollator
 
     recipe, hw = run.recipe, detect()
+    if launch.needs_launch(recipe.distributed):  # several processes: torchrun starts them, each runs this
+        return launch.train_in_processes(run, out, hw.device)
+    main = ranks.is_main()  # rank 0 writes for every process
     pack_dir, prep_dir = run.stage_dir("pack"), run.stage_dir("prepare")
     prep = read_json(prep_dir / "prepare.json")
     train_ds = datasets.load_from_disk(str(pack_dir / "train"))
@@ -74,9 +85,9 @@ def run(run: RunDir, out: Path) -> None:
     if eval_ds is None and recipe.train.eval_strategy != "no":
         raise TrainConfigError("train.eval_strategy needs an eval split; set data.eval_split or eval_strategy: no")
     prec = precision.plan(recipe, hw)
-    if prec.warning:
+    if prec.warning and main:
         console.print(f"[bold yellow]warning:[/] {prec.warning}")
-    ckpt = checkpointing_here(recipe, prep, hw)
+    ckpt = checkpointing_here(recipe, prep, hw, say=main)
 
     args = sft_config(recipe, out, ckpt["gradient_checkpointing"], prec.compute, hw.device)
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
@@ -86,7 +97,7 @@ def run(run: RunDir, out: Path) -> None:
                         trainable=True)
     speed = speed_setup(model, recipe, hw, prec, prep.get("training_attention"))
     stopper, timer = StopOnSignal(), StepTimer(tokenizer.pad_token_id, cuda=hw.device == "cuda")
-    tracking = train_tracking(run, out, hw, prec, model, timer)
+    tracking = train_tracking(run, out, hw, prec, model, timer) if main else quiet_tracking()
     stopper.install()  # the pipeline puts the previous handler back after the stage
     trainer = trainer_class()(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
@@ -97,15 +108,21 @@ def run(run: RunDir, out: Path) -> None:
     speed["labelled_loss"] = labelled_loss_state(trainer)
     with tracking:  # W&B's run opened or continued, finished (failed, if something raised) on leaving
         result, resumed = fit(trainer, out / "checkpoints", full=full)
+        processes = ranks.seen()  # a collective: every process reports what it saw of the launch
         if stopper.received is not None:
-            console.print(f"[yellow]stopped at step {trainer.state.global_step}; checkpoint saved; run train again to resume")
+            if main:
+                console.print(f"[yellow]stopped at step {trainer.state.global_step}; checkpoint saved; run train again to resume")
             raise Interrupted(128 + stopper.received)
 
         export = out / ("model" if full else "adapter")
-        save_trained(trainer.model, tokenizer, export, full)
+        save_trained(trainer, tokenizer, export, full, sharded=recipe.distributed.strategy in SHARDED, main=main)
+        if not main:
+            return
         metrics = {"method": recipe.method, "learning_rate": recipe.train.learning_rate,
                    **train_metrics(trainer, result, timer, hw.device, prec, ckpt, speed, prep["memory_estimate_gib"],
-                                   resumed, tracking.trackers)}
+                                   resumed, tracking.trackers),
+                   "distributed": {"strategy": recipe.distributed.strategy if processes["world_size"] > 1 else None,
+                                   **processes}}
         write_json(out / "metrics.json", metrics)
         write_json(out / "summary.json", {k: metrics[k] for k in ("steps", "precision", "final_train_loss", "eval_losses",
                                                                   "train_runtime_s", "tokens_per_second")})
@@ -115,24 +132,19 @@ def run(run: RunDir, out: Path) -> None:
 def labelled_loss_state(trainer: Any) -> str:
     """"on", or "off: <why>" (SFTTrainer's own loss then runs), for metrics.json."""
     why = trainer.labelled_loss_off(trainer.model)
-    return "on" if why is None else f"off: {why}"
+    if why is not None:
+        return f"off: {why}"
+    if trainer.args.world_size > 1 or trainer.is_fsdp_enabled:  # wrapped when training starts
+        return "on: through the wrapped model's forward (logits_to_keep on the labelled positions)"
+    return "on"
 
 
-def save_trained(model: Any, tokenizer: Any, folder: Path, full: bool) -> None:
-    """The adapter, or under full the whole model as a standalone checkpoint. Its config gets the
-    KV cache back (training turns it off), so generation from the exported model is not slowed."""
-    if full:
-        model.config.use_cache = True
-    model.save_pretrained(str(folder), safe_serialization=True)
-    tokenizer.save_pretrained(str(folder))
-
-
-def checkpointing_here(recipe: Recipe, prep: dict[str, Any], hw: Hardware) -> dict[str, Any]:
+def checkpointing_here(recipe: Recipe, prep: dict[str, Any], hw: Hardware, say: bool = True) -> dict[str, Any]:
     """Gradient checkpointing decided again for this machine's memory: prepare decided it where it
     ran, which may be another machine (stages share only the run directory)."""
     without = prep["memory_estimate_bytes"]["total_without_checkpointing"]
     on, why, _ = decide_checkpointing(recipe.model.gradient_checkpointing, without, hw)
-    if on != prep["gradient_checkpointing"]:
+    if on != prep["gradient_checkpointing"] and say:
         console.print(f"[yellow]gradient checkpointing {'on' if on else 'off'} here ({why}); prepare had decided "
                       f"{'on' if prep['gradient_checkpointing'] else 'off'} ({prep['gradient_checkpointing_why']})")
     return {"gradient_checkpointing": on, "gradient_checkpointing_why": why,

@@ -35,7 +35,11 @@ class StopOnSignal:
 
         class _Callback(TrainerCallback):
             def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-                if outer.received is not None:
+                from .ranks import any_rank
+
+                # several processes stop after the same step, whichever of them got the signal
+                if any_rank(outer.received is not None):
+                    outer.received = outer.received or signal.SIGTERM
                     control.should_save = True
                     control.should_training_stop = True
                 return control
@@ -82,8 +86,10 @@ class StepTimer:
                 outer._start = outer._now()
 
             def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+                from .ranks import summed
+
                 outer.seconds.append(outer._now() - outer._start)
-                outer.work.append(outer._pending)
+                outer.work.append(summed(outer._pending))  # every process's batches: the step's work
                 outer._pending = {}
 
         return _Callback()

@@ -41,16 +41,25 @@ def weights_complete(ckpt: Path, full: bool) -> bool:
     return bool(shards) and all((ckpt / shard).is_file() for shard in shards)
 
 
-def resumable_checkpoint(folder: Path, full: bool = False) -> str | None:
+def rng_files(processes: int) -> list[str]:
+    """The RNG states a checkpoint holds: Trainer saves one per process (rng_state_<rank>.pth)
+    when there are several, else rng_state.pth."""
+    return [f"rng_state_{r}.pth" for r in range(processes)] if processes > 1 else ["rng_state.pth"]
+
+
+def resumable_checkpoint(folder: Path, full: bool = False, processes: int = 1) -> str | None:
     """The newest complete checkpoint, removing the incomplete ones newer than it. Trainer writes
     a checkpoint file by file, so a kill during the save leaves a partial folder: it is deleted,
-    and the one before it is used. full: the checkpoints hold the whole model (method full)."""
+    and the one before it is used. full: the checkpoints hold the whole model (method full).
+    processes: how many wrote it (each its own RNG state; a resume under another count takes
+    whichever it finds, as Trainer does). Under several processes rank 0 alone calls this."""
     if not folder.is_dir():
         return None
     found = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
                    key=lambda p: int(p.name.split("-")[-1]), reverse=True)
     for ckpt in found:
-        has_rng = any(ckpt.glob("rng_state*.pth"))
+        has_rng = all((ckpt / f).is_file() for f in rng_files(processes)) or (
+            processes == 1 and any(ckpt.glob("rng_state*.pth")))
         if has_rng and all((ckpt / f).is_file() for f in STATE_FILES) and weights_complete(ckpt, full):
             return str(ckpt)
         console.print(f"[yellow]{ckpt.name} is incomplete (killed while saving); removing it")

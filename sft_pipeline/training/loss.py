@@ -90,6 +90,34 @@ def labelled_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = 
     return total / denom, count
 
 
+def forward_takes_positions(model: Any) -> bool:
+    """Does the model's forward take `logits_to_keep` (transformers' causal LMs do), so the LM
+    head can be asked for chosen positions only through the model's own forward?"""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(causal_lm(model).forward).parameters
+
+
+def labelled_loss_by_forward(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> tuple[Any, Any]:
+    """labelled_loss through the model's own forward, for a model inside a wrapper (DDP, FSDP2)
+    whose forward must run (it synchronises gradients or gathers the sharded weights): the
+    forward is asked, through `logits_to_keep`, for the logits of the positions any row has a
+    label after, and the loss is taken over the labelled ones, summed and divided as labelled_loss does."""
+    import torch
+    import torch.nn.functional as F
+
+    labels = inputs["labels"][:, 1:]
+    keep = (labels != IGNORE).any(dim=0).nonzero().squeeze(1)  # positions n whose token n+1 is labelled
+    kwargs = {k: v for k, v in inputs.items() if k != "labels"}
+    kwargs["use_cache"] = False
+    logits = model(**kwargs, logits_to_keep=keep.to(inputs["input_ids"].device)).logits
+    targets = labels[:, keep].to(logits.device)
+    total = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    count = (targets != IGNORE).sum()
+    denom = count if num_items_in_batch is None else num_items_in_batch
+    return total / torch.as_tensor(denom, device=total.device).clamp(min=1), count
+
+
 def _plain_linear(head: Any) -> bool:
     """An nn.Linear whose only forward hook, if any, is prepare.py's fp32 cast of its output
     (the chunked kernel's log-probs are fp32 anyway); a LoRA-wrapped head is not."""

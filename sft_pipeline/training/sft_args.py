@@ -9,6 +9,7 @@ from typing import Any
 
 from ..config import Recipe
 from ..errors import PipelineError
+from .strategy import strategy_args
 
 
 class TrainConfigError(PipelineError, ValueError):
@@ -29,6 +30,10 @@ PIPELINE_ARGS = {
     "activation_checkpointing_kwargs": "set model.gradient_checkpointing",
     "report_to": "set tracking.wandb and tracking.tensorboard",
     "prediction_loss_only": "evaluation computes the loss only",
+    "ddp_backend": "set distributed.backend", "fsdp": "set distributed.strategy",
+    "fsdp_config": "set distributed.strategy (or give it the path of your accelerate config)",
+    "deepspeed": "set distributed.strategy (or give it the path of your DeepSpeed config)",
+    "save_on_each_node": "several nodes save their checkpoints on each node, each resuming from its own disk",
 }
 
 
@@ -79,6 +84,11 @@ def sft_config(recipe: Recipe, out: Path, checkpointing: bool, precision: str, d
         prediction_loss_only=True,
         dataloader_pin_memory=torch.cuda.is_available(),  # pinning has nothing to do without a GPU (and warns)
     )
+    # several processes: DDP, FSDP2 or ZeRO, as the Trainer drives them (training/strategy.py);
+    # several nodes each keep their checkpoints on their own disk, to resume from
+    kwargs.update(strategy_args(recipe.distributed, device))
+    if recipe.distributed.nnodes > 1:
+        kwargs["save_on_each_node"] = True
     if "save_safetensors" in known:  # gone in newer transformers, where safetensors is the only way
         kwargs["save_safetensors"] = True
     # transformers 5.2x renamed gradient_checkpointing* to activation_checkpointing* (old names warn)

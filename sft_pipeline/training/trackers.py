@@ -224,6 +224,31 @@ class Tracking:
         return _Callback()
 
 
+class QuietTracking:
+    """The trackers of a training process other than rank 0: it logs and writes nothing (rank 0
+    logs every process's steps, with the step's work summed over them)."""
+
+    trackers: list[str] = []
+
+    def __enter__(self) -> "QuietTracking":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        return None
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        return TrainerCallback()  # every hook of the base class leaves the training as it is
+
+    def summarize(self, summary: dict[str, Any], adapter: Path | None = None) -> None:
+        return None
+
+
+def quiet_tracking() -> QuietTracking:
+    return QuietTracking()
+
+
 TRACKED_VERSIONS = ("accelerate", "wandb", "tensorboard")  # besides rundir.versions()'s
 
 

@@ -18,7 +18,7 @@ def trainer_class() -> Any:
     """SFTTrainer with its loss replaced by loss.labelled_loss where that is the same loss."""
     from trl import SFTTrainer
 
-    from .loss import labelled_loss, unsupported_reason
+    from .loss import forward_takes_positions, labelled_loss, labelled_loss_by_forward, unsupported_reason
 
     class PipelineSFTTrainer(SFTTrainer):
         step_timer: StepTimer | None = None
@@ -26,9 +26,10 @@ def trainer_class() -> Any:
         def labelled_loss_off(self, model: Any) -> str | None:
             """Why the labelled-positions loss is not the same loss here (None: it is used); for
             metrics.json and for every batch."""
-            if self.accelerator.unwrap_model(model, keep_torch_compile=False) is not model:
-                # DDP/FSDP/torch.compile wrappers: their forward (labelled_loss would call around them)
-                return "the model is wrapped (DDP, FSDP or torch.compile)"
+            inner = self.accelerator.unwrap_model(model, keep_torch_compile=False)
+            if self._through_forward(model) and not forward_takes_positions(inner):
+                # DDP/FSDP wrappers must run their forward, which cannot be asked for chosen positions
+                return "the model is wrapped (DDP, FSDP or torch.compile) and its forward has no logits_to_keep"
             if self.compute_loss_func is not None:
                 return "a custom compute_loss_func is set"
             if self.label_smoother is not None:
@@ -37,7 +38,11 @@ def trainer_class() -> Any:
                 return f"loss_type is {self.args.loss_type}"
             if self.aux_loss_enabled:
                 return "the model adds an auxiliary loss"
-            return unsupported_reason(model)
+            return unsupported_reason(inner)
+
+        def _through_forward(self, model: Any) -> bool:
+            """A wrapper (DDP) or sharding (FSDP2 hooks the top module's forward) whose forward must run."""
+            return self.accelerator.unwrap_model(model, keep_torch_compile=False) is not model or self.is_fsdp_enabled
 
         def _labelled_loss_applies(self, model: Any, inputs: dict[str, Any]) -> bool:
             return "labels" in inputs and "shift_labels" not in inputs and self.labelled_loss_off(model) is None
@@ -49,7 +54,10 @@ def trainer_class() -> Any:
             # the model's forward runs under accelerate's autocast (bf16 training); labelled_loss
             # calls the backbone and LM head around that forward, so it takes the same autocast
             with self.accelerator.autocast():
-                loss, _ = labelled_loss(model, inputs, num_items_in_batch)
+                if self._through_forward(model):
+                    loss, _ = labelled_loss_by_forward(model, inputs, num_items_in_batch)
+                else:
+                    loss, _ = labelled_loss(model, inputs, num_items_in_batch)
             # as SFTTrainer: num_items_in_batch counts every rank's tokens and DDP averages gradients
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size())
@@ -69,7 +77,10 @@ def trainer_class() -> Any:
 def fit(trainer: Any, checkpoints: Path, full: bool = False) -> tuple[Any, str | None]:
     """Train, resuming from the newest complete checkpoint; (TrainOutput or None, checkpoint).
     full: method full, whose checkpoints hold the whole model rather than an adapter."""
-    resume = resumable_checkpoint(checkpoints, full)
+    # several processes: each node's first process removes incomplete checkpoints from its disk,
+    # the others look once it has
+    with trainer.args.main_process_first(local=True, desc="checkpoint triage"):
+        resume = resumable_checkpoint(checkpoints, full, trainer.args.world_size)
     if resume and checkpoint_is_final(resume):
         # killed after its last save, before the adapter was written: Trainer would run one more
         # step from here (at the schedule's last learning rate), so the checkpoint is the result
