@@ -42,7 +42,7 @@ def test_multi_node_command_takes_rank_and_endpoint_from_torchrun_variables(tmp_
     assert cmd[:3] == ["py", "-m", "torch.distributed.run"]
     flags = dict(zip(cmd[3:-4:2], cmd[4:-4:2]))
     assert flags == {"--nproc-per-node": "4", "--nnodes": "2", "--node-rank": "1", "--rdzv-backend": "c10d",
-                     "--rdzv-endpoint": "10.0.0.2:29400", "--rdzv-id": "my_run"}
+                     "--rdzv-endpoint": "10.0.0.2:29400", "--rdzv-id": "my_run", "--rdzv-conf": "is_host=0"}
 
 
 def test_multi_node_command_under_slurm():
@@ -81,8 +81,9 @@ def test_accelerate_command_uses_its_torch_distributed_launcher(tmp_path):
 
 
 def test_workers_share_the_cores():
-    env = launch.worker_env(_dist(nproc_per_node=2), env={}, cores=16)
+    env = launch.worker_env(_dist(nproc_per_node=2), 1, env={}, cores=16)
     assert env["OMP_NUM_THREADS"] == env["SFT_PIPELINE_THREADS"] == "8" and env[launch.WORKER_ENV] == "1"
+    assert env["SFT_PIPELINE_NODE_RANK"] == "1"
     assert launch.worker_env(_dist(nproc_per_node=2, threads_per_process=3), env={})["OMP_NUM_THREADS"] == "3"
     assert "SFT_PIPELINE_THREADS" not in launch.worker_env(_dist(nproc_per_node=2), env={"OMP_NUM_THREADS": "4"})
 
@@ -127,6 +128,8 @@ def test_strategy_arguments():
 @pytest.mark.parametrize("tree, device, words", [
     ({"method": "qlora", "distributed": {"nproc_per_node": 2, "strategy": "fsdp2"}}, "cuda", "bitsandbytes #970"),
     ({"distributed": {"nproc_per_node": 2, "strategy": "mine.yaml"}}, "cuda", "set distributed.launcher: accelerate"),
+    # FSDP2 is tested on GPUs only: accelerate keeps CPU processes in DDP (its MULTI_CPU state)
+    ({"distributed": {"nproc_per_node": 2, "strategy": "fsdp2"}}, "cpu", "accelerate applies FSDP to GPU processes only"),
     ({"distributed": {"nproc_per_node": 2, "backend": "nccl"}}, "cpu", "nccl needs GPUs"),
 ])
 def test_known_failures_are_refused_before_work(tree, device, words):
@@ -196,15 +199,16 @@ def _lima(folder: Path) -> Path:
     return folder
 
 
-def _recipe_file(root: Path, name: str, model_dir: Path, data: Path, processes: int, accumulation: int) -> Path:
+def _recipe_file(root: Path, name: str, model_dir: Path, data: Path, processes: int, accumulation: int,
+                 run_name: str | None = None, **distributed: object) -> Path:
     tree = {
-        "name": name, "run_dir": str(root / name), "data": {"source": str(data)}, "model": {"ref": str(model_dir)},
+        "name": run_name or name, "run_dir": str(root / name), "data": {"source": str(data)}, "model": {"ref": str(model_dir)},
         "pack": {"seq_length": 48, "strategy": "bfd"}, "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
         "train": {"max_steps": STEPS, "per_device_train_batch_size": 1, "gradient_accumulation_steps": accumulation,
                   "logging_steps": 1, "eval_strategy": "no", "save_strategy": "steps", "save_steps": 4,
                   "save_total_limit": None, "learning_rate": 0.01, "precision": "fp32"},
         "tracking": {"wandb": "off", "tensorboard": False},
-        "distributed": {"nproc_per_node": processes},
+        "distributed": {"nproc_per_node": processes, **distributed},
     }
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(tree))
@@ -313,8 +317,47 @@ def test_a_stopped_two_process_run_resumes_to_the_uninterrupted_result(runs, tin
         assert stopped.returncode == 2 and last.startswith("error: train: a training process failed"), last
     else:
         assert stopped.returncode == 143, stopped.stderr[-3000:]
-        assert "SIGTERM: passed to 2 worker processes" in stopped.stderr
+        assert "SIGTERM: passed to 2 worker processes" in stopped.stderr, stopped.stderr[-3000:]
     done = subprocess.run(_cli("train", path), capture_output=True, text=True, env=_env())
     assert done.returncode == 0, done.stderr[-4000:]
     assert "Resuming" in done.stderr
     _close(_adapter(runs["two"][0]), _adapter(path.parent / path.stem), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_starts_both_processes_and_gives_the_torchrun_result(runs, tiny_model_dir):
+    """`accelerate launch` as the launcher: both processes start (its --cpu path would start one:
+    accelerate #2741), and they train what torchrun's two do."""
+    path = _recipe_file(runs["root"], "accelerate", tiny_model_dir, runs["data"], 2, 1, launcher="accelerate")
+    done = subprocess.run(_cli("run", path, "--until", "train"), capture_output=True, text=True, env=_env())
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "accelerate.commands.launch --multi_gpu --num_processes 2" in " ".join(done.stderr.split())
+    dist = json.loads((runs["root"] / "accelerate" / "train" / "metrics.json").read_text())["distributed"]
+    assert dist["engine"] == "MULTI_CPU" and dist["world_size"] == 2
+    assert all(p["world_size"] == 2 for p in dist["processes"])
+    _close(_adapter(runs["two"][0]), _adapter(runs["root"] / "accelerate"), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_machine_give_the_two_process_result(runs, tiny_model_dir):
+    """Two launching commands, as two VMs would run them (one process each, a c10d endpoint on
+    node 0): node 0 records train with the 2-process result; node 1 ends without recording."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = {}
+    for rank in (0, 1):
+        path = _recipe_file(runs["root"], f"node{rank}", tiny_model_dir, runs["data"], 1, 1, run_name="two-nodes",
+                            nnodes=2, node_rank=rank, rdzv_endpoint=f"127.0.0.1:{port}")
+        procs[rank] = subprocess.Popen(_cli("run", path, "--until", "train"), stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, text=True, env=_env())
+    out = {rank: proc.communicate(timeout=300)[1] for rank, proc in procs.items()}
+    assert procs[0].returncode == 0 and procs[1].returncode == 0, out[0][-3000:] + out[1][-3000:]
+    assert "node 1 of 2: its processes finished" in out[1]
+    manifests = {r: json.loads((runs["root"] / f"node{r}" / "manifest.json").read_text())["stages"] for r in (0, 1)}
+    assert "train" in manifests[0] and "train" not in manifests[1]
+    dist = json.loads((runs["root"] / "node0" / "train" / "metrics.json").read_text())["distributed"]
+    assert sorted(p["node_rank"] for p in dist["processes"]) == [0, 1]
+    _close(_adapter(runs["two"][0]), _adapter(runs["root"] / "node0"), rtol=1e-5)

@@ -123,18 +123,25 @@ def command(dist: Any, rdzv: Rendezvous, run_dir: Path, out: Path, accelerate_co
     if dist.nnodes == 1 and rdzv.endpoint is None:
         cmd += ["--standalone"]  # a free local port, nothing shared with another job
     else:
+        # node 0 hosts the c10d store at the endpoint (said, not guessed from host names)
         cmd += ["--nnodes", str(dist.nnodes), "--node-rank", str(rdzv.node_rank), "--rdzv-backend", "c10d",
-                "--rdzv-endpoint", str(rdzv.endpoint), "--rdzv-id", rdzv.job_id]
+                "--rdzv-endpoint", str(rdzv.endpoint), "--rdzv-id", rdzv.job_id,
+                "--rdzv-conf", f"is_host={int(rdzv.node_rank == 0)}"]
     return cmd + worker
 
 
-def worker_env(dist: Any, env: Mapping[str, str] = os.environ, cores: int | None = None) -> dict[str, str]:
-    """The workers' environment: marked as workers, and each with its share of this node's cores
+def worker_env(dist: Any, node_rank: int = 0, env: Mapping[str, str] = os.environ,
+               cores: int | None = None) -> dict[str, str]:
+    """The workers' environment: marked as workers, told this node's rank (node 0's first
+    process writes: training/ranks.py), and each with its share of this node's cores
     (processes sharing cores with more threads than cores slow each other down)."""
     import psutil
 
+    from ..training.ranks import NODE_ENV
+
     out = dict(env)
     out[WORKER_ENV] = "1"
+    out[NODE_ENV] = str(node_rank)
     if dist.threads_per_process is not None:
         threads = dist.threads_per_process
     elif env.get("SFT_PIPELINE_THREADS") or env.get("OMP_NUM_THREADS"):
@@ -171,11 +178,11 @@ def workers_of(pid: int) -> list[int]:
     return [kid for kid in _children(pid) if rank_of(kid) is not None]
 
 
-def run_workers(cmd: list[str], env: dict[str, str], world: int) -> None:
+def run_workers(cmd: list[str], env: dict[str, str], here: int, world: int) -> None:
     """Run the launch command to its end, its output passed through (into the stage's log).
     SIGTERM here goes to the workers themselves, which save a checkpoint at the end of the step
     they are in and stop (torchrun, told instead, would give them 30 s before SIGKILL)."""
-    console.print(f"[bold]launching[/] {world} processes: {' '.join(cmd)}")
+    console.print(f"[bold]launching[/] {here} of {world} processes here: {' '.join(cmd)}")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     received: list[int] = []
 
@@ -224,7 +231,7 @@ def train_in_processes(run: Any, out: Path, device: str) -> None:
     rdzv = rendezvous(dist, recipe.name)
     config = Path(dist.strategy) if dist.strategy.endswith((".yaml", ".yml")) else None
     cmd = command(dist, rdzv, run.path, out, accelerate_config=config)
-    run_workers(cmd, worker_env(dist), world_size(dist))
+    run_workers(cmd, worker_env(dist, rdzv.node_rank), dist.nproc_per_node, world_size(dist))
     if rdzv.node_rank != 0:
         console.print(f"[green]node {rdzv.node_rank} of {dist.nnodes}[/]: its processes finished; the trained "
                       "result is in node 0's run directory (only node 0 records train)")

@@ -122,7 +122,7 @@ def run(run: RunDir, out: Path) -> None:
                    **train_metrics(trainer, result, timer, hw.device, prec, ckpt, speed, prep["memory_estimate_gib"],
                                    resumed, tracking.trackers),
                    "distributed": {"strategy": recipe.distributed.strategy if processes["world_size"] > 1 else None,
-                                   **processes}}
+                                   "engine": trainer.accelerator.distributed_type.value, **processes}}
         write_json(out / "metrics.json", metrics)
         write_json(out / "summary.json", {k: metrics[k] for k in ("steps", "precision", "final_train_loss", "eval_losses",
                                                                   "train_runtime_s", "tokens_per_second")})

@@ -51,8 +51,9 @@ def resumable_checkpoint(folder: Path, full: bool = False, processes: int = 1) -
     """The newest complete checkpoint, removing the incomplete ones newer than it. Trainer writes
     a checkpoint file by file, so a kill during the save leaves a partial folder: it is deleted,
     and the one before it is used. full: the checkpoints hold the whole model (method full).
-    processes: how many wrote it (each its own RNG state; a resume under another count takes
-    whichever it finds, as Trainer does). Under several processes rank 0 alone calls this."""
+    processes: how many processes' RNG states it must hold (Trainer saves one per process); 1
+    takes any (one process, or several nodes each saving on its own disk). Under several
+    processes each node's first process alone calls this."""
     if not folder.is_dir():
         return None
     found = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),

@@ -24,8 +24,17 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+NODE_ENV = "SFT_PIPELINE_NODE_RANK"  # the node's rank as the launching command knows it
+
+
 def is_main() -> bool:
-    """Rank 0 writes the stage's output, the trackers' files and the metrics for every process."""
+    """The process that writes the stage's output, the trackers' files and the metrics for all:
+    the first process of node 0, the node whose launching command records train. On one node it
+    is rank 0; across nodes torchrun's c10d rendezvous numbers the nodes in its own order (by
+    host name), so global rank 0 may be on another node."""
+    node = os.environ.get(NODE_ENV)
+    if node is not None:
+        return node == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
     return rank() == 0
 
 
@@ -68,7 +77,8 @@ def seen() -> dict[str, Any]:
     """What every process saw of the launch, gathered on each: world size, ranks, hosts. Each
     worker reports its own world size, so a launcher that started fewer processes than asked shows."""
     me = {"rank": rank(), "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-          "local_rank": int(os.environ.get("LOCAL_RANK", "0")), "host": socket.gethostname(), "pid": os.getpid()}
+          "local_rank": int(os.environ.get("LOCAL_RANK", "0")), "node_rank": int(os.environ.get(NODE_ENV, "0")),
+          "host": socket.gethostname(), "pid": os.getpid()}
     if not _group():
         return {"world_size": 1, "processes": [me]}
     import torch.distributed as dist

@@ -88,6 +88,11 @@ def refusal(recipe: Any, device: str, strategy_path_exists: bool = True) -> str 
         # layer, else it fails or trains at loss 0 (bitsandbytes #970, accelerate #3983)
         return (f"{key}: {strategy} with method qlora: sharding NF4 weights is not supported by this pipeline "
                 "(bitsandbytes #970, accelerate #3983); use ddp (each process keeps the whole NF4 base)")
+    if strategy == "fsdp2" and device != "cuda":
+        # torch's fully_shard runs over gloo, but accelerate turns FSDP on for GPU processes only:
+        # on CPUs the Trainer would silently train plain DDP
+        return (f"{key}: fsdp2 on CPUs: accelerate applies FSDP to GPU processes only (on CPUs the Trainer "
+                "would run DDP); use ddp on CPUs")
     if backend(dist, device) == "nccl" and device != "cuda":
         return "distributed.backend: nccl needs GPUs; use gloo (or auto) on CPUs"
     return None

@@ -218,7 +218,7 @@ class Tracking:
 
         class _Callback(TrainerCallback):
             def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> Any:
-                if state.is_world_process_zero and logs:
+                if logs:  # only the writing process has a Tracking (others: QuietTracking)
                     outer.log(logs, state.global_step)
 
         return _Callback()

@@ -80,7 +80,9 @@ def fit(trainer: Any, checkpoints: Path, full: bool = False) -> tuple[Any, str |
     # several processes: each node's first process removes incomplete checkpoints from its disk,
     # the others look once it has
     with trainer.args.main_process_first(local=True, desc="checkpoint triage"):
-        resume = resumable_checkpoint(checkpoints, full, trainer.args.world_size)
+        # each node's disk holds the RNG states of its own processes only when several nodes save
+        writers = 1 if trainer.args.save_on_each_node else trainer.args.world_size
+        resume = resumable_checkpoint(checkpoints, full, writers)
     if resume and checkpoint_is_final(resume):
         # killed after its last save, before the adapter was written: Trainer would run one more
         # step from here (at the schedule's last learning rate), so the checkpoint is the result
