@@ -267,6 +267,8 @@ def test_two_processes_equal_one_process_with_twice_the_accumulation(runs):
     assert all(p["world_size"] == 2 for p in dist["processes"])
     assert json.loads((one / "train" / "metrics.json").read_text())["distributed"]["world_size"] == 1
     assert metrics["labelled_loss"].startswith("on: through"), metrics["labelled_loss"]
+    # MFU: the work of both processes against the rate of both (each measured with its share)
+    assert "x 2 processes" in " ".join(runs["two"][1].split())
     want, got = _losses(one), _losses(two)
     assert len(got) == len(want) == STEPS
     assert max(abs(a - b) / abs(a) for a, b in zip(want, got)) < 1e-5, (want, got)

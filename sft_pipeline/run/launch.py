@@ -10,6 +10,7 @@ SLURM's variables), so one recipe serves every node of a job.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import signal
@@ -197,10 +198,11 @@ def run_workers(cmd: list[str], env: dict[str, str], here: int, world: int) -> N
                 pass
 
     previous = signal.signal(signal.SIGTERM, forward)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span two reads
     try:
         assert proc.stdout is not None
         while chunk := os.read(proc.stdout.fileno(), 65536):
-            sys.stderr.write(chunk.decode("utf-8", errors="replace"))
+            sys.stderr.write(decoder.decode(chunk))
             sys.stderr.flush()
         code = proc.wait()
     finally:
@@ -218,8 +220,8 @@ def run_workers(cmd: list[str], env: dict[str, str], here: int, world: int) -> N
 
 def train_in_processes(run: Any, out: Path, device: str) -> None:
     """The train stage in distributed.nproc_per_node x nnodes processes. Refused in one line,
-    before anything starts, where the strategy is known to fail; afterwards rank 0's results are
-    in `out`, and on nodes other than 0 this command ends without recording train complete (node
+    before anything starts, where the strategy is known to fail; afterwards node 0's first
+    process has written the results into `out`, and on nodes other than 0 this command ends without recording train complete (node
     0's run directory holds the result)."""
     from ..training.strategy import refusal
 
@@ -237,4 +239,4 @@ def train_in_processes(run: Any, out: Path, device: str) -> None:
                       "result is in node 0's run directory (only node 0 records train)")
         raise Interrupted(0)
     if not (out / "metrics.json").is_file():
-        raise LaunchError(f"the training processes ended without rank 0 writing {out / 'metrics.json'}")
+        raise LaunchError(f"the training processes ended without node 0's first process writing {out / 'metrics.json'}")

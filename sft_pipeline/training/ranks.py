@@ -27,6 +27,15 @@ def rank() -> int:
 NODE_ENV = "SFT_PIPELINE_NODE_RANK"  # the node's rank as the launching command knows it
 
 
+def world_size() -> int:
+    """How many training processes: torch.distributed's count once set up, the launcher's WORLD_SIZE before."""
+    if _group():
+        import torch.distributed as dist
+
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def is_main() -> bool:
     """The process that writes the stage's output, the trackers' files and the metrics for all:
     the first process of node 0, the node whose launching command records train. On one node it

@@ -297,11 +297,15 @@ def train_summary(run: Any, metrics: dict[str, Any]) -> dict[str, Any]:
 def train_tracking(run: Any, out: Path, hw: Any, prec: Any, model: Any, timer: Any) -> Tracking:
     """The train stage's Tracking: the recipe's trackers with their environment, the FLOP shape
     of the model it trains, and the rate MFU divides by (said on the console)."""
-    from .flops import device_rate, shape_from_model
+    from .flops import Rate, device_rate, shape_from_model
+    from .ranks import world_size
 
     trackers = use_trackers(run.recipe, out)
     rate = device_rate(hw, prec.compute, out / "matmul_rate.json",
                        bf16_emulated=prec.compute == "bf16" and not hw.bf16_fast)
+    processes = world_size()
+    if processes > 1:  # the step's work is summed over the processes, each with its share of the machine
+        rate = Rate(rate.flops_per_second * processes, rate.dtype, f"{rate.how}, x {processes} processes")
     console.print(f"MFU against {rate.how}")
     return Tracking(out, trackers, run.recipe.name, run_config(run, hw, rate), timer, shape_from_model(model), rate)
 
