@@ -191,6 +191,8 @@ class DistributedConfig(Section):
     strategy: str = "ddp"
     threads_per_process: int | None = Field(default=None, ge=1)  # None: physical cores / nproc_per_node
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on GPUs, gloo on CPUs
+    # torchrun's --numa-binding (GPU hosts): each process on the CPUs of its GPU's NUMA node or socket
+    numa_binding: Literal["node", "socket", "exclusive", "core-complex"] | None = None
 
     @field_validator("strategy")
     @classmethod

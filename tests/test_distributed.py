@@ -31,8 +31,14 @@ def test_one_node_runs_torchrun_standalone(tmp_path):
     dist = _dist(nproc_per_node=2)
     rdzv = launch.rendezvous(dist, "demo", env={})
     cmd = launch.command(dist, rdzv, tmp_path / "run", tmp_path / "out", python="py")
-    assert cmd == ["py", "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-                   "-m", "sft_pipeline.run.worker", str(tmp_path / "run"), str(tmp_path / "out")]
+    assert cmd == ["py", "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "--local-addr",
+                   "127.0.0.1", "-m", "sft_pipeline.run.worker", str(tmp_path / "run"), str(tmp_path / "out")]
+
+
+def test_numa_binding_goes_to_torchrun(tmp_path):
+    dist = _dist(nproc_per_node=2, numa_binding="socket")
+    cmd = launch.command(dist, launch.rendezvous(dist, "x", env={}), Path("r"), Path("o"), python="py")
+    assert cmd[cmd.index("--numa-binding") + 1] == "socket"
 
 
 def test_multi_node_command_takes_rank_and_endpoint_from_torchrun_variables(tmp_path):
@@ -131,6 +137,7 @@ def test_strategy_arguments():
     # FSDP2 is tested on GPUs only: accelerate keeps CPU processes in DDP (its MULTI_CPU state)
     ({"distributed": {"nproc_per_node": 2, "strategy": "fsdp2"}}, "cpu", "accelerate applies FSDP to GPU processes only"),
     ({"distributed": {"nproc_per_node": 2, "backend": "nccl"}}, "cpu", "nccl needs GPUs"),
+    ({"distributed": {"nproc_per_node": 2, "numa_binding": "node"}}, "cpu", "NUMA node of its GPU"),
 ])
 def test_known_failures_are_refused_before_work(tree, device, words):
     assert words in strategy.refusal(_recipe(**tree), device)

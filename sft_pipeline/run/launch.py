@@ -121,8 +121,13 @@ def command(dist: Any, rdzv: Rendezvous, run_dir: Path, out: Path, accelerate_co
             cmd += ["--main_process_ip", host, "--main_process_port", port]
         return cmd + worker
     cmd = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(dist.nproc_per_node)]
+    if dist.numa_binding is not None:
+        cmd += ["--numa-binding", dist.numa_binding]
     if dist.nnodes == 1 and rdzv.endpoint is None:
-        cmd += ["--standalone"]  # a free local port, nothing shared with another job
+        # a free local port, nothing shared with another job; the workers reach it at 127.0.0.1,
+        # not at the host name (in a container that name often resolves to nothing, and the
+        # workers would wait out the rendezvous timeout)
+        cmd += ["--standalone", "--local-addr", "127.0.0.1"]
     else:
         # node 0 hosts the c10d store at the endpoint (said, not guessed from host names)
         cmd += ["--nnodes", str(dist.nnodes), "--node-rank", str(rdzv.node_rank), "--rdzv-backend", "c10d",

@@ -59,7 +59,8 @@ SPEC = StageSpec(
     resumes=True,  # a killed run resumes from its last checkpoint in the work folder
     ignores={"tracking": "where metrics are reported, not what is trained",
              **{f"distributed.{key}": "where and how the processes start, not what they train"
-                for key in ("node_rank", "rdzv_endpoint", "rdzv_id", "launcher", "threads_per_process", "backend")},
+                for key in ("node_rank", "rdzv_endpoint", "rdzv_id", "launcher", "threads_per_process", "backend",
+                            "numa_binding")},
              "name": "the W&B / TensorBoard run name"},
 )
 

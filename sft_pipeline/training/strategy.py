@@ -10,6 +10,7 @@ given to `accelerate launch`, a user's own DeepSpeed config (.json) to SFTConfig
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from typing import Any
 
 from ..errors import PipelineError
@@ -93,6 +94,11 @@ def refusal(recipe: Any, device: str, strategy_path_exists: bool = True) -> str 
         # on CPUs the Trainer would silently train plain DDP
         return (f"{key}: fsdp2 on CPUs: accelerate applies FSDP to GPU processes only (on CPUs the Trainer "
                 "would run DDP); use ddp on CPUs")
+    if dist.numa_binding is not None and device != "cuda":
+        return ("distributed.numa_binding: torchrun binds each process to the NUMA node of its GPU; "
+                "on a CPU host leave it unset")
+    if dist.numa_binding is not None and shutil.which("numactl") is None:
+        return "distributed.numa_binding: torchrun's NUMA binding needs the numactl command (apt install numactl)"
     if backend(dist, device) == "nccl" and device != "cuda":
         return "distributed.backend: nccl needs GPUs; use gloo (or auto) on CPUs"
     return None
