@@ -370,3 +370,26 @@ def test_two_nodes_on_one_machine_give_the_two_process_result(runs, tiny_model_d
     dist = json.loads((runs["root"] / "node0" / "train" / "metrics.json").read_text())["distributed"]
     assert sorted(p["node_rank"] for p in dist["processes"]) == [0, 1]
     _close(_adapter(runs["two"][0]), _adapter(runs["root"] / "node0"), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_launching_command_leaves_no_worker_running(runs, tiny_model_dir):
+    """SIGINT to the command alone (not its process group, as `kill -INT` sends it): it ends
+    with status 130, and torchrun stops the workers rather than leaving them training."""
+    root = runs["root"]
+    path = _recipe_file(root, "interrupted", tiny_model_dir, runs["data"], 2, 1)
+    subprocess.run(_cli("run", path, "--until", "prepare"), check=True, capture_output=True, env=_env())
+    proc = subprocess.Popen(_cli("train", path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=_env())
+    checkpoints = root / "interrupted" / ".partial" / "train" / "checkpoints"
+    deadline = time.time() + 240
+    while not (checkpoints / "checkpoint-4").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be interrupted"
+    workers = launch.workers_of(_torchrun(proc.pid))
+    assert len(workers) == 2
+    os.kill(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(), pid

@@ -212,8 +212,12 @@ def run_workers(cmd: list[str], env: dict[str, str], here: int, world: int) -> N
         code = proc.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # this command is leaving (Ctrl-C, an error): torchrun stops its workers
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     if received:
         console.print("[yellow]stopped by SIGTERM; the workers saved a checkpoint; run train again to resume")
         raise Interrupted(128 + received[0])
