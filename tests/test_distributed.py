@@ -196,7 +196,7 @@ def test_the_labelled_loss_through_the_forward_is_the_models_loss(tiny_model_dir
 
 # ---- the runs: 2 processes on this CPU, gloo --------------------------------------------------
 
-STEPS = 24
+STEPS = 96  # enough that a stop sent after checkpoint-8 lands mid-run on a fast CPU (~50 steps/s here)
 
 
 def _lima(folder: Path) -> Path:
@@ -207,11 +207,11 @@ def _lima(folder: Path) -> Path:
 
 
 def _recipe_file(root: Path, name: str, model_dir: Path, data: Path, processes: int, accumulation: int,
-                 run_name: str | None = None, **distributed: object) -> Path:
+                 run_name: str | None = None, steps: int = STEPS, **distributed: object) -> Path:
     tree = {
         "name": run_name or name, "run_dir": str(root / name), "data": {"source": str(data)}, "model": {"ref": str(model_dir)},
         "pack": {"seq_length": 48, "strategy": "bfd"}, "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
-        "train": {"max_steps": STEPS, "per_device_train_batch_size": 1, "gradient_accumulation_steps": accumulation,
+        "train": {"max_steps": steps, "per_device_train_batch_size": 1, "gradient_accumulation_steps": accumulation,
                   "logging_steps": 1, "eval_strategy": "no", "save_strategy": "steps", "save_steps": 4,
                   "save_total_limit": None, "learning_rate": 0.01, "precision": "fp32"},
         "tracking": {"wandb": "off", "tensorboard": False},
@@ -377,7 +377,7 @@ def test_ctrl_c_to_the_launching_command_leaves_no_worker_running(runs, tiny_mod
     """SIGINT to the command alone (not its process group, as `kill -INT` sends it): it ends
     with status 130, and torchrun stops the workers rather than leaving them training."""
     root = runs["root"]
-    path = _recipe_file(root, "interrupted", tiny_model_dir, runs["data"], 2, 1)
+    path = _recipe_file(root, "interrupted", tiny_model_dir, runs["data"], 2, 1, steps=5000)
     subprocess.run(_cli("run", path, "--until", "prepare"), check=True, capture_output=True, env=_env())
     proc = subprocess.Popen(_cli("train", path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=_env())
