@@ -13,9 +13,11 @@ from __future__ import annotations
 import codecs
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -184,6 +186,21 @@ def workers_of(pid: int) -> list[int]:
     return [kid for kid in _children(pid) if rank_of(kid) is not None]
 
 
+def _pass_through(fd: int, decoder: Any, deadline: float | None = None) -> None:
+    """Copy the workers' output to this command's stderr (the stage log's tee) until every writer
+    has closed it, or until `deadline` (time.monotonic()) passes."""
+    while True:
+        if deadline is not None:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return
+        sys.stderr.write(decoder.decode(chunk))
+        sys.stderr.flush()
+
+
 def run_workers(cmd: list[str], env: dict[str, str], here: int, world: int) -> None:
     """Run the launch command to its end, its output passed through (into the stage's log).
     SIGTERM here goes to the workers themselves, which save a checkpoint at the end of the step
@@ -204,20 +221,22 @@ def run_workers(cmd: list[str], env: dict[str, str], here: int, world: int) -> N
 
     previous = signal.signal(signal.SIGTERM, forward)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span two reads
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
     try:
-        assert proc.stdout is not None
-        while chunk := os.read(proc.stdout.fileno(), 65536):
-            sys.stderr.write(decoder.decode(chunk))
-            sys.stderr.flush()
+        _pass_through(fd, decoder)
         code = proc.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
         if proc.poll() is None:  # this command is leaving (Ctrl-C, an error): torchrun stops its workers
             proc.terminate()
+            # their output is still read, or a full pipe would block them before they stop
+            _pass_through(fd, decoder, deadline=time.monotonic() + 90)
             try:
-                proc.wait(timeout=60)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
     if received:
         console.print("[yellow]stopped by SIGTERM; the workers saved a checkpoint; run train again to resume")
         raise Interrupted(128 + received[0])
