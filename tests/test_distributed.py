@@ -379,8 +379,10 @@ def test_ctrl_c_to_the_launching_command_leaves_no_worker_running(runs, tiny_mod
     root = runs["root"]
     path = _recipe_file(root, "interrupted", tiny_model_dir, runs["data"], 2, 1, steps=5000)
     subprocess.run(_cli("run", path, "--until", "prepare"), check=True, capture_output=True, env=_env())
+    # SIGINT as a terminal delivers it: a suite started in the background (`make test &`) ignores it,
+    # and a child inherits that, so Python would install no KeyboardInterrupt handler in the command
     proc = subprocess.Popen(_cli("train", path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=_env())
+                            env=_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     checkpoints = root / "interrupted" / ".partial" / "train" / "checkpoints"
     deadline = time.time() + 240
     while not (checkpoints / "checkpoint-4").is_dir() and time.time() < deadline and proc.poll() is None:
