@@ -26,6 +26,7 @@ from rich.console import Console
 
 from ..errors import PipelineError
 from ..training.callbacks import Interrupted
+from ..training.strategy import world_size
 
 console = Console(stderr=True)
 
@@ -46,10 +47,6 @@ class Rendezvous:
     job_id: str
 
 
-def world_size(dist: Any) -> int:
-    return dist.nproc_per_node * dist.nnodes
-
-
 def in_worker(env: Mapping[str, str] = os.environ) -> bool:
     return env.get(WORKER_ENV) == "1"
 
@@ -60,7 +57,7 @@ def needs_launch(dist: Any, env: Mapping[str, str] = os.environ) -> bool:
     would take the run directory's lock and run the data stages."""
     if in_worker(env):
         return False
-    if env.get("WORLD_SIZE", "1") not in ("", "1") and env.get(WORKER_ENV) is None:
+    if env.get("WORLD_SIZE", "1") not in ("", "1"):
         raise LaunchError("sft-pipeline is running under a distributed launcher (WORLD_SIZE="
                           f"{env['WORLD_SIZE']}); run it as one command and set distributed.nproc_per_node / "
                           "nnodes in the recipe: it launches the workers itself")

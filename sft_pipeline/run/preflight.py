@@ -41,9 +41,9 @@ def _check_distributed(recipe: Recipe) -> None:
     """Several processes with a strategy known to fail here (QLoRA sharded, ZeRO without
     DeepSpeed, FSDP2 over gloo, ...): refused before the data stages run, not at launch."""
     from ..model.hardware import detect
-    from ..training.strategy import refusal
+    from ..training.strategy import refusal, world_size
 
-    if recipe.distributed.nproc_per_node * recipe.distributed.nnodes == 1:
+    if world_size(recipe.distributed) == 1:
         return
     problem = refusal(recipe, detect().device, Path(recipe.distributed.strategy).is_file())
     if problem:

@@ -39,7 +39,7 @@ from ..training.metrics import train_metrics
 from ..training.sft_args import TrainConfigError, sft_config
 from ..training.speed import speed_setup
 from ..training.strategy import SHARDED
-from ..training.trackers import quiet_tracking, train_summary, train_tracking
+from ..training.trackers import QuietTracking, train_summary, train_tracking
 from ..training.trainer import fit, trainer_class
 
 SPEC = StageSpec(
@@ -78,7 +78,7 @@ def run(run: RunDir, out: Path) -> None:
     recipe, hw = run.recipe, detect()
     if launch.needs_launch(recipe.distributed):  # several processes: torchrun starts them, each runs this
         return launch.train_in_processes(run, out, hw.device)
-    main = ranks.is_main()  # rank 0 writes for every process
+    main = ranks.is_main()  # node 0's first process writes for every process
     pack_dir, prep_dir = run.stage_dir("pack"), run.stage_dir("prepare")
     prep = read_json(prep_dir / "prepare.json")
     train_ds = datasets.load_from_disk(str(pack_dir / "train"))
@@ -98,7 +98,7 @@ def run(run: RunDir, out: Path) -> None:
                         trainable=True)
     speed = speed_setup(model, recipe, hw, prec, prep.get("training_attention"))
     stopper, timer = StopOnSignal(), StepTimer(tokenizer.pad_token_id, cuda=hw.device == "cuda")
-    tracking = train_tracking(run, out, hw, prec, model, timer) if main else quiet_tracking()
+    tracking = train_tracking(run, out, hw, prec, model, timer) if main else QuietTracking()
     stopper.install()  # the pipeline puts the previous handler back after the stage
     trainer = trainer_class()(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,

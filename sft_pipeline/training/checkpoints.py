@@ -59,8 +59,8 @@ def resumable_checkpoint(folder: Path, full: bool = False, processes: int = 1) -
     found = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
                    key=lambda p: int(p.name.split("-")[-1]), reverse=True)
     for ckpt in found:
-        has_rng = all((ckpt / f).is_file() for f in rng_files(processes)) or (
-            processes == 1 and any(ckpt.glob("rng_state*.pth")))
+        has_rng = (any(ckpt.glob("rng_state*.pth")) if processes == 1
+                   else all((ckpt / f).is_file() for f in rng_files(processes)))
         if has_rng and all((ckpt / f).is_file() for f in STATE_FILES) and weights_complete(ckpt, full):
             return str(ckpt)
         console.print(f"[yellow]{ckpt.name} is incomplete (killed while saving); removing it")

@@ -33,8 +33,8 @@ def save_trained(trainer: Any, tokenizer: Any, folder: Path, full: bool, sharded
 
 
 def check_saved(folder: Path, full: bool, model: Any) -> None:
-    """Every tensor the trained model has to export is in the saved files, none empty, and the
-    adapter's config loads (ExportError otherwise, naming the folder)."""
+    """No saved tensor is empty; an adapter holds one tensor per trained one and its config loads,
+    a full model has its config.json (ExportError otherwise, naming the folder)."""
     from safetensors import safe_open
 
     files = sorted(folder.glob("*.safetensors"))

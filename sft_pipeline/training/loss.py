@@ -18,6 +18,7 @@ and reduced `NO_GRAD_SLICE_BYTES` at a time: the same sum, and a peak that does 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ..data.tokens import IGNORE
@@ -92,10 +93,16 @@ def labelled_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = 
 
 def forward_takes_positions(model: Any) -> bool:
     """Does the model's forward take `logits_to_keep` (transformers' causal LMs do), so the LM
-    head can be asked for chosen positions only through the model's own forward?"""
+    head can be asked for chosen positions only through the model's own forward? Asked every
+    batch: answered once per model class."""
+    return _takes_positions(type(causal_lm(model)))
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_positions(cls: type) -> bool:
     import inspect
 
-    return "logits_to_keep" in inspect.signature(causal_lm(model).forward).parameters
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def labelled_loss_by_forward(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> tuple[Any, Any]:

@@ -23,7 +23,8 @@ class StrategyError(PipelineError, ValueError):
     pass
 
 
-def world(dist: Any) -> int:
+def world_size(dist: Any) -> int:
+    """How many processes the distributed section asks for, over all nodes."""
     return dist.nproc_per_node * dist.nnodes
 
 
@@ -47,7 +48,7 @@ def deepspeed_config(strategy: str) -> dict[str, Any]:
 
 def strategy_args(dist: Any, device: str) -> dict[str, Any]:
     """SFTConfig arguments for the recipe's distributed section ({} in one process)."""
-    if world(dist) == 1:
+    if world_size(dist) == 1:
         return {}
     args: dict[str, Any] = {"ddp_backend": backend(dist, device)}
     strategy = dist.strategy
@@ -71,7 +72,7 @@ def refusal(recipe: Any, device: str, strategy_path_exists: bool = True) -> str 
     dist, method = recipe.distributed, recipe.method
     strategy = dist.strategy
     key = "distributed.strategy"
-    if world(dist) == 1:
+    if world_size(dist) == 1:
         return None
     if strategy.endswith((".yaml", ".yml")) and dist.launcher != "accelerate":
         return f"{key}: {strategy} is an accelerate config; set distributed.launcher: accelerate"

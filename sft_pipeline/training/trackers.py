@@ -245,10 +245,6 @@ class QuietTracking:
         return None
 
 
-def quiet_tracking() -> QuietTracking:
-    return QuietTracking()
-
-
 TRACKED_VERSIONS = ("accelerate", "wandb", "tensorboard")  # besides rundir.versions()'s
 
 
