@@ -63,6 +63,10 @@ class TemplateConfig(Section):
     # text tokenizes it as those characters (the template's own markup keeps its control tokens);
     # drop drops the record (reason control_text); keep makes it the real control tokens, on purpose.
     control_text: Literal["text", "drop", "keep"] = "text"
+    # An assistant turn's reasoning (reasoning_content / thinking): keep renders it where the chat
+    # template has a place for it and drops the record (reasoning_unsupported) where it has none;
+    # drop removes it (counted); inline writes "<think>\n...\n</think>\n\n" before the answer, trained.
+    reasoning: Literal["keep", "drop", "inline"] = "keep"
 
     @field_validator("user", "assistant")
     @classmethod

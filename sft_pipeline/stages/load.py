@@ -17,8 +17,9 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from ..data.arrow_io import SplitWriter, iter_batches
+from ..data.arrow_io import SplitWriter, folder_schema, iter_batches
 from ..data.formats import FormatError, detect_format, record_tools, rename_columns, to_conversation
+from ..data.turn_weights import TurnWeightError
 from ..progress import progress
 from ..run.rundir import RunDir, write_json
 from ..run.stage_spec import StageSpec
@@ -35,20 +36,41 @@ EXAMPLES_PER_REASON = 3
 
 
 TOOL_CALL = pa.struct([("id", pa.string()), ("name", pa.string()), ("arguments", pa.string())])
+TURN_FIELDS = [("role", pa.string()), ("content", pa.string()), ("tool_calls", pa.list_(TOOL_CALL)),
+               ("tool_call_id", pa.string()), ("name", pa.string())]
 # tool_calls (assistant turns) and tool_call_id/name (tool turns) are null on other turns;
 # tools is the record's tool definitions as JSON text, null when it has none
 LOAD_SCHEMA = pa.schema([
-    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string()),
-                                     ("tool_calls", pa.list_(TOOL_CALL)), ("tool_call_id", pa.string()),
-                                     ("name", pa.string())]))),
+    ("messages", pa.list_(pa.struct(TURN_FIELDS))),
+    ("source", pa.string()),
+    ("tools", pa.string()),
+])
+# a split where some assistant turn carries reasoning or an untrained weight (`train: false`)
+# is written with these two turn fields more (null elsewhere); every other split keeps LOAD_SCHEMA
+TURN_EXTRAS = ("reasoning", "train")
+WIDE_SCHEMA = pa.schema([
+    ("messages", pa.list_(pa.struct([*TURN_FIELDS, ("reasoning", pa.string()), ("train", pa.bool_())]))),
     ("source", pa.string()),
     ("tools", pa.string()),
 ])
 
 
-def _conversation(rec: Any, fmt: str, columns: dict[str, str] | None) -> tuple[list | None, str | None, str | None]:
+def needs_wide(row: dict[str, Any]) -> bool:
+    return any(k in m for m in row["messages"] for k in TURN_EXTRAS)
+
+
+def write_rows(writer: SplitWriter, rows: Iterator[dict[str, Any]]) -> None:
+    """Rows into a load split, the schema widened at the first row that needs it."""
+    for row in rows:
+        if needs_wide(row):
+            writer.widen(WIDE_SCHEMA)
+        writer.add(row)
+
+
+def _conversation(rec: Any, fmt: str, columns: dict[str, str] | None,
+                  notes: Counter[str]) -> tuple[list | None, str | None, str | None]:
     """to_conversation, plus the record's tool definitions: (messages, tools, reason)."""
-    messages, why = to_conversation(rec, fmt, columns)
+    messages, why = to_conversation(rec, fmt, columns, notes)
     if why:
         return None, None, why
     tools, why = record_tools(rec, columns)
@@ -70,6 +92,7 @@ def iter_split(source: str, split: str, fmt: str, max_records: int | None,
     record, not by the records themselves."""
     seen: set[bytes] = set()
     dropped: Counter[str] = Counter()
+    notes: Counter[str] = Counter()  # of the kept records: parts dropped, untrained and reasoning turns
     examples: dict[str, list[str]] = {}
     read = kept = 0
     chosen = None if fmt == "auto" else fmt
@@ -90,7 +113,11 @@ def iter_split(source: str, split: str, fmt: str, max_records: int | None,
                 except FormatError as err:
                     raise SourceError(f"{where}: {err}") from None
                 stats["format"] = chosen
-            messages, tools, why = _conversation(rec, chosen, columns)
+            own: Counter[str] = Counter()
+            try:
+                messages, tools, why = _conversation(rec, chosen, columns, own)
+            except TurnWeightError as err:
+                raise SourceError(f"{where}: {err}") from None
             if messages is not None:
                 key = _digest(messages, tools)
                 if key in seen:
@@ -103,10 +130,24 @@ def iter_split(source: str, split: str, fmt: str, max_records: int | None,
                     examples[why].append(where)
                 continue
             kept += 1
+            notes.update(own)
             src = rec.get("source") if isinstance(rec.get("source"), str) else ""
             yield {"messages": messages, "source": src, **({"tools": tools} if tools else {})}
-    stats.update({"read": read, "kept": kept, "dropped": dict(sorted(dropped.items()))})
+    stats.update({"read": read, "kept": kept, "dropped": dict(sorted(dropped.items())), **note_stats(notes)})
     assert kept + sum(dropped.values()) == read  # the invariant the tests rely on
+
+
+def note_stats(notes: Counter[str]) -> dict[str, Any]:
+    """The kept records' notes as stats keys, each only where there is something to say (a
+    split of plain records has the stats it always had)."""
+    out: dict[str, Any] = {}
+    parts = {k.split(":", 1)[1]: n for k, n in sorted(notes.items()) if k.startswith("parts_dropped:")}
+    if parts:
+        out["parts_dropped"] = parts
+    for key in ("untrained_turns", "reasoning_turns"):
+        if notes[key]:
+            out[key] = notes[key]
+    return out
 
 
 def load_split(source: str, split: str, fmt: str, max_records: int | None,
@@ -142,9 +183,8 @@ def run(run: RunDir, out: Path) -> None:
         split_stats: dict[str, Any] = {}
         folder = out / (f".{name}-all" if carve and name == "train" else name)
         with SplitWriter(folder, LOAD_SCHEMA) as writer:
-            for row in iter_split(source, split, cfg.format, cfg.max_records, cfg.columns, split_stats,
-                                  cfg.csv_delimiter):
-                writer.add(row)
+            write_rows(writer, iter_split(source, split, cfg.format, cfg.max_records, cfg.columns, split_stats,
+                                          cfg.csv_delimiter))
             if not split_stats["kept"]:
                 raise SourceError(f"data.source: {source} (split {split}): no usable records ({split_stats['dropped'] or 'empty'})")
         stats[name] = split_stats
@@ -177,7 +217,8 @@ def _carve(out: Path, n_rows: int, size: float, seed: int) -> dict[str, Any]:
     held = eval_indices(n_rows, size, seed)
     source = out / ".train-all"
     i = 0
-    with SplitWriter(out / "train", LOAD_SCHEMA) as train, SplitWriter(out / "eval", LOAD_SCHEMA) as evals:
+    schema = folder_schema(source)
+    with SplitWriter(out / "train", schema) as train, SplitWriter(out / "eval", schema) as evals:
         for batch in iter_batches(source):
             for row in batch.to_pylist():
                 (evals if i in held else train).add(row)
