@@ -282,10 +282,20 @@ def from_messages(rec: dict[str, Any], notes: Notes) -> Result:
     return messages, None
 
 
-def record_tools(rec: Any, columns: dict[str, str] | None = None) -> tuple[str | None, str | None]:
+def _wrapped(tool: dict[str, Any]) -> dict[str, Any]:
+    """LLaMA-Factory writes a definition as the bare function schema ({"name", "description",
+    "parameters"}); chat templates read OpenAI's {"type": "function", "function": {...}}."""
+    if "name" in tool and "function" not in tool and "type" not in tool:
+        return {"type": "function", "function": tool}
+    return tool
+
+
+def record_tools(rec: Any, columns: dict[str, str] | None = None,
+                 wrap_bare: bool = False) -> tuple[str | None, str | None]:
     """A record's tool definitions ("tools": a list of OpenAI function schemas, or that list
     as JSON text, as many agent datasets store it) -> the list as JSON text, or None when
-    there are none; a value that is not such a list is the reason `bad_tools`."""
+    there are none; a value that is not such a list is the reason `bad_tools`. `wrap_bare`
+    (ShareGPT and alpaca records, LLaMA-Factory's shapes) wraps bare function schemas."""
     if not isinstance(rec, dict):
         return None, None
     value = rename_columns(rec, columns or {}).get("tools")
@@ -298,7 +308,8 @@ def record_tools(rec: Any, columns: dict[str, str] | None = None) -> tuple[str |
         return None, None
     if not isinstance(value, (list, tuple)) or not all(isinstance(t, dict) for t in value):
         return None, "bad_tools"
-    return json.dumps(list(value), ensure_ascii=False), None
+    tools = [_wrapped(t) for t in value] if wrap_bare else list(value)
+    return json.dumps(tools, ensure_ascii=False), None
 
 
 def _sharegpt_turn(turn: Any, where: str, notes: Notes) -> Result:

@@ -73,7 +73,7 @@ def _conversation(rec: Any, fmt: str, columns: dict[str, str] | None,
     messages, why = to_conversation(rec, fmt, columns, notes)
     if why:
         return None, None, why
-    tools, why = record_tools(rec, columns)
+    tools, why = record_tools(rec, columns, wrap_bare=fmt in ("sharegpt", "alpaca"))
     return (None, None, why) if why else (messages, tools, None)
 
 
