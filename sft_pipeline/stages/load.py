@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from ..data.arrow_io import SplitWriter, folder_schema, iter_batches
+from ..data import mixture
 from ..data.formats import FormatError, detect_format, record_tools, rename_columns, to_conversation
 from ..data.turn_weights import TurnWeightError
 from ..progress import progress
@@ -176,6 +177,8 @@ def carve_eval(rows: list[dict[str, Any]], size: float, seed: int) -> tuple[list
 
 def run(run: RunDir, out: Path) -> None:
     cfg = run.recipe.data
+    if cfg.sources is not None:
+        return _run_sources(cfg, out)
     plan = [("train", cfg.source, cfg.train_split)]
     carve = _eval_plan(cfg, plan)
     stats: dict[str, Any] = {}
@@ -191,8 +194,99 @@ def run(run: RunDir, out: Path) -> None:
     if carve:
         stats["eval"] = _carve(out, stats["train"]["kept"], cfg.eval_size, cfg.split_seed)
         stats["train"]["kept_after_eval_carve"] = stats["train"]["kept"] - stats["eval"]["kept"]
+    _write_stats(out, stats)
+
+
+def _write_stats(out: Path, stats: dict[str, Any]) -> None:
     write_json(out / "stats.json", stats)
     write_json(out / "summary.json", {s: {"kept": v["kept"], "dropped": sum(v["dropped"].values())} for s, v in stats.items()})
+
+
+# ---- several sources (data.sources) -------------------------------------------------------------
+
+def _run_sources(cfg: Any, out: Path) -> None:
+    """Each source loaded and counted on its own, then mixed (data/mixture.py). Eval: eval_source
+    when set; else every source's eval_split, concatenated whole, when each has one; else a carve
+    of eval_size from the mixed train set."""
+    specs = list(cfg.sources)
+    stats: dict[str, Any] = {}
+    evals = _sources_eval_plan(cfg, specs)
+    carve = evals is None and cfg.eval_source is None and cfg.eval_size is not None
+    train_parts = [mixture.Part(f"data.sources[{i}]", out / ".sources" / f"train-{i}", s.weight, s.fraction)
+                   for i, s in enumerate(specs)]
+    stats["train"] = _load_mixture(cfg, out / (".train-all" if carve else "train"), specs,
+                                   [s.split or cfg.train_split for s in specs], train_parts, weighted=True)
+    if cfg.eval_source is not None:
+        eval_stats: dict[str, Any] = {}
+        with SplitWriter(out / "eval", LOAD_SCHEMA) as writer:
+            write_rows(writer, iter_split(cfg.eval_source, cfg.eval_split or cfg.train_split, cfg.format,
+                                          cfg.max_records, cfg.columns, eval_stats, cfg.csv_delimiter))
+        if not eval_stats["kept"]:
+            raise SourceError(f"data.eval_source: {cfg.eval_source}: no usable records ({eval_stats['dropped'] or 'empty'})")
+        stats["eval"] = eval_stats
+    elif evals is not None:
+        eval_parts = [mixture.Part(f"data.sources[{i}]", out / ".sources" / f"eval-{i}") for i in range(len(specs))]
+        stats["eval"] = _load_mixture(cfg, out / "eval", specs, evals, eval_parts, weighted=False)
+    shutil.rmtree(out / ".sources", ignore_errors=True)
+    if carve:
+        stats["eval"] = _carve(out, stats["train"]["kept"], cfg.eval_size, cfg.split_seed)
+        stats["train"]["kept_after_eval_carve"] = stats["train"]["kept"] - stats["eval"]["kept"]
+    _write_stats(out, stats)
+
+
+def _sources_eval_plan(cfg: Any, specs: list[Any]) -> list[str] | None:
+    """Each source's eval split name, or None where eval comes from eval_source or a carve."""
+    if cfg.eval_source is not None or cfg.eval_split is None:
+        return None
+    lacking = [(i, s) for i, s in enumerate(specs) if has_split(s.source, cfg.eval_split) is False]
+    if not lacking:
+        return [cfg.eval_split] * len(specs)
+    if cfg.eval_size is None:
+        i, spec = lacking[0]
+        raise SourceError(
+            f"data.eval_split: data.sources[{i}] ({spec.source}) has no '{cfg.eval_split}' split; set data.eval_size "
+            "(a count, or a fraction < 1) to carve a seeded one from the mixed train set, or data.eval_split: null")
+    return None
+
+
+def _load_mixture(cfg: Any, folder: Path, specs: list[Any], splits: list[str], parts: list[Any],
+                  weighted: bool) -> dict[str, Any]:
+    """Load every source's split into its part folder, mix them into `folder`; the split's
+    stats: totals, and each source's own read/kept/dropped and what the mixing did with it."""
+    per: dict[str, Any] = {}
+    wide = False
+    for i, (spec, split, part) in enumerate(zip(specs, splits, parts)):
+        st: dict[str, Any] = {}
+        with SplitWriter(part.folder, LOAD_SCHEMA) as writer:
+            write_rows(writer, iter_split(spec.source, split, spec.format, cfg.max_records, spec.columns, st,
+                                          cfg.csv_delimiter))
+            wide |= writer.schema == WIDE_SCHEMA
+        if not st["kept"]:
+            raise SourceError(f"data.sources[{i}]: {spec.source} (split {split}): no usable records "
+                              f"({st['dropped'] or 'empty'})")
+        per[cfg.source_names()[i]] = st
+    if wide:
+        mixture.widen_all(parts, WIDE_SCHEMA)
+    if not weighted:  # an eval split is every source's whole split
+        parts = [mixture.Part(p.key, p.folder) for p in parts]
+    mixed, counts, how = mixture.mix(parts, cfg.split_seed, cfg.stopping_strategy)
+    with SplitWriter(folder, WIDE_SCHEMA if wide else LOAD_SCHEMA) as writer:
+        for table in mixture.batches(mixed):
+            writer.add_table(table)
+    dropped: Counter[str] = Counter()
+    examples: dict[str, list[str]] = {}
+    for st, c in zip(per.values(), counts):
+        st.update(c)
+        dropped.update(st["dropped"])
+        dropped.update({k: c[k] for k in ("not_drawn", "not_taken") if c.get(k)})
+        for why, wheres in st["dropped_examples"].items():
+            examples[why] = (examples.get(why, []) + wheres)[:EXAMPLES_PER_REASON]
+    out = {"source": f"data.sources ({len(specs)})", "format": "mixed", "mixing": how,
+           "read": sum(st["read"] for st in per.values()), "kept": len(mixed), "dropped": dict(sorted(dropped.items())),
+           "dropped_examples": examples, "repeated": sum(c.get("repeated", 0) for c in counts), "sources": per}
+    # every record read is in the mixture or counted once under a reason; all_exhausted adds repeats
+    assert out["kept"] + sum(dropped.values()) == out["read"] + out["repeated"]
+    return out
 
 
 def _eval_plan(cfg: Any, plan: list[tuple[str, str, str]]) -> bool:
