@@ -140,6 +140,16 @@ class TemplateConfig(Section):
             raise ValueError("must contain '{content}' exactly once")
         return v
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """reasoning at its default is left out of the dump: the template fingerprint of a run
+        made before the key existed stays what it was (keep is what those runs did: they had no
+        reasoning to place), so its template, pack and train are not redone for nothing."""
+        out = handler(self)
+        if self.reasoning == "keep":
+            out.pop("reasoning", None)
+        return out
+
 
 class PackConfig(Section):
     seq_length: int = Field(default=512, ge=8)

@@ -144,8 +144,12 @@ def test_recipe_rules_and_the_frozen_recipe(tmp_path):
     frozen = yaml.safe_load(recipe_to_yaml(recipe))
     assert "source" not in frozen["data"]  # the unread default is not written, so the frozen recipe reads back
     assert recipe_from_dict(frozen) == recipe
-    plain = yaml.safe_load(recipe_to_yaml(recipe_from_dict({})))["data"]
-    assert "sources" not in plain and "stopping_strategy" not in plain  # a recipe without sources dumps as before
+    plain = yaml.safe_load(recipe_to_yaml(recipe_from_dict({})))
+    # a recipe without sources or reasoning dumps as before: runs made before the keys stay up to date
+    assert "sources" not in plain["data"] and "stopping_strategy" not in plain["data"]
+    assert "reasoning" not in plain["template"]
+    inline = recipe_from_dict({"template": {"reasoning": "inline"}})
+    assert recipe_from_dict(yaml.safe_load(recipe_to_yaml(inline))).template.reasoning == "inline"
 
 
 def test_preflight_checks_every_source(tmp_path, files):

@@ -184,11 +184,11 @@ def _(tmp):
                           {"role": "tool", "tool_call_id": "c1", "content": [text("result")]}, A([text("a")])],
              "tools": [{"type": "function", "function": WEATHER}]},
             {"messages": [U("q2"), {"role": "assistant", "content": None, "tool_calls": [call]},
-                          {"role": "tool", "tool_call_id": "c1", "content": [1, 2]}, A("a2")]}]  # a JSON list result
+                          {"role": "tool", "tool_call_id": "c1", "content": [1, {"value": 2}]}, A("a2")]}]  # a JSON list result
     kept = [[U("q"), {"role": "assistant", "content": "Checking.", "tool_calls": [{"id": "c1", "name": "f", "arguments": '{"x": 1}'}]},
              {"role": "tool", "content": "result", "tool_call_id": "c1"}, A("a")],
             [U("q2"), {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "name": "f", "arguments": '{"x": 1}'}]},
-             {"role": "tool", "content": "[1, 2]", "tool_call_id": "c1"}, A("a2")]]
+             {"role": "tool", "content": '[1, {"value": 2}]', "tool_call_id": "c1"}, A("a2")]]
     return write_jsonl(tmp / "d.jsonl", rows), Loads(kept)
 
 
@@ -201,11 +201,12 @@ def _(tmp):
             {"instruction": "Weather?", "function_call": json.dumps(fc)},                  # the call is the answer
             {"instruction": "Weather?", "function_call": "not json", "output": "x"},
             {"instruction": "Weather in Bergen?", "function_call": fc, "observation": "rain"},  # no answer after it
-            {"instruction": "plain", "output": "as before", "function_call": None}]
+            {"instruction": "plain", "output": "as before", "function_call": None},
+            {"instruction": "plain too", "output": "no call", "function_call": ""}]
     return write_jsonl(tmp / "d.jsonl", rows), Loads(
         [[U("Weather?\n\nOslo"), calls(("get_weather", '{"city": "Oslo"}')), result("rain"), A("Rain.")],
          [U("Weather?"), calls(("get_weather", '{"city": "Oslo"}'))],
-         [U("plain"), A("as before")]],
+         [U("plain"), A("as before")], [U("plain too"), A("no call")]],
         {"bad_tool_call": 1, "missing_field:output": 1})
 
 

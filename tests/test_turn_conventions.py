@@ -67,6 +67,15 @@ def test_untrained_turns_in_plain_formats(tmp_path, tiny_tokenizer, kind):
     assert [row["text"][s:e] for s, e in row["spans"]] == ["good"]
 
 
+def test_plain_formats_train_the_eos_only_after_a_trained_last_turn(tmp_path, tiny_tokenizer):
+    rows = [{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "good"},
+                               {"from": "human", "value": "again"}, {"from": "gpt", "value": "bad", "weight": 0}]}]
+    row, why, _ = make_row(_rows(tmp_path, rows, "sharegpt")[0], Context.build(TemplateConfig(kind="seed"), tiny_tokenizer))
+    ids, labels = tokenize([row["text"]], [row["spans"]], tiny_tokenizer, "assistant", add_eos=True).sample(0)
+    assert labels[-1] == IGNORE  # the EOS closes "bad", which is not trained
+    assert tiny_tokenizer.decode([int(t) for t in labels if t != IGNORE]).strip() == "good"
+
+
 def test_llamafactory_tool_turns_train_on_the_call_and_never_on_the_observation(tmp_path, tool_tokenizer):
     rows = [{"conversations": [{"from": "human", "value": "Weather in Oslo?"},
                                {"from": "function_call", "value": json.dumps({"name": "get_weather", "arguments": {"city": "Oslo"}})},
@@ -157,3 +166,16 @@ def test_a_load_split_widens_its_schema_only_when_a_turn_needs_it(tmp_path, tiny
     assert stats["reasoning"] == {"mode": "inline", "template_key": None, "turns": {"inlined": 1}}
     plain_stats = template_split(tmp_path / "plain", tmp_path / "tpl2", ctx)
     assert "turn_weights" not in plain_stats and "reasoning" not in plain_stats
+
+
+def test_a_load_output_with_reasoning_and_weights_reads_back_as_itself(tmp_path):
+    """This project's load folder is a source too (a saved dataset): the wider turns round-trip."""
+    rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0},
+                          {"role": "user", "content": "q2"}, {"role": "assistant", "content": "b", "thinking": "t"}]},
+            {"messages": [{"role": "user", "content": "plain"}, {"role": "assistant", "content": "x"}]}]
+    kept = _rows(tmp_path, rows, "messages")
+    with SplitWriter(tmp_path / "load" / "train", LOAD_SCHEMA) as w:
+        write_rows(w, iter(kept))
+    again, stats = load_split(str(tmp_path / "load" / "train"), "train", "auto", None)
+    assert [r["messages"] for r in again] == [r["messages"] for r in kept]
+    assert (stats["untrained_turns"], stats["reasoning_turns"]) == (1, 1)

@@ -161,7 +161,7 @@ def from_alpaca(rec: dict[str, Any], notes: Notes) -> Result:
     """instruction (+ input) and output; with a `function_call` column (glaive-style tool data)
     the assistant's turn is that call, then `observation` (its result) and `output` (the answer
     after it); without an observation the call ends the record and `output` is its text."""
-    if rec.get("function_call") is not None:
+    if rec.get("function_call") not in (None, "", []):  # glaive-style exports write "" for no call
         return _alpaca_call(rec)
     texts, why = _texts(rec, "instruction", "output")
     if why:
@@ -214,7 +214,7 @@ def _content(turn: dict[str, Any], role: str, calls: bool, key: str, notes: Note
     if role == "tool" and isinstance(value, dict):
         return json.dumps(value, ensure_ascii=False), None, None
     if is_parts(value):
-        if role == "tool" and not all(isinstance(p, dict) and ("type" in p or "text" in p or "value" in p) for p in value):
+        if role == "tool" and not all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in value):
             return json.dumps(value, ensure_ascii=False), None, None  # a result that is a JSON list, as before
         parts, why = read_parts(value)
         if why:
