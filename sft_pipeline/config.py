@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from .errors import PipelineError
 
@@ -25,11 +25,28 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+FORMAT = Literal["auto", "lima", "deeplake_lima", "alpaca", "messages", "sharegpt", "prompt_completion"]
+
+
+class SourceSpec(Section):
+    """One source of a mixture (data.sources): read, normalized and counted on its own."""
+
+    source: str  # as data.source: bundled:<name>, an HF hub id, a local file/glob/folder, Deep Lake
+    format: FORMAT = "auto"
+    columns: dict[str, str] = Field(default_factory=dict)
+    split: str | None = None  # its training split; None: data.train_split
+    # weight: interleaved, drawn in proportion to the weights (every source then has one);
+    # fraction: that share of its records, a seeded choice, concatenated (none given: all of them)
+    weight: float | None = Field(default=None, gt=0)
+    fraction: float | None = Field(default=None, gt=0, le=1)
+    name: str | None = None  # its key in load/stats.json; default: the source
+
+
 class DataConfig(Section):
     # "bundled:<name>", an HF hub id, a local file/glob/folder, or a Deep Lake path (hub://, al://)
     source: str = "bundled:lima_house_style"
     # Record shape; "auto" detects it from the columns of the first record.
-    format: Literal["auto", "lima", "deeplake_lima", "alpaca", "messages", "sharegpt", "prompt_completion"] = "auto"
+    format: FORMAT = "auto"
     # Map the names a shape expects to this source's column names, e.g. {question: prompt, answer: response}
     columns: dict[str, str] = Field(default_factory=dict)
     train_split: str = "train"
@@ -44,11 +61,59 @@ class DataConfig(Section):
     # CSV/TSV field separator; auto: Excel's `sep=` line, tab for .tsv, else the one of , ; tab |
     # that splits the header into the most fields. "tab" or "\t" (quoted in YAML) for a tab.
     csv_delimiter: Literal["auto", ",", ";", "\t", "|"] = "auto"
+    # Several sources mixed into one training set (data/mixture.py), instead of data.source; each
+    # counted on its own in load/stats.json. The mixture is seeded with split_seed.
+    sources: list[SourceSpec] | None = None
+    # weighted sources (interleave): stop at the first source that runs out (the others' rest is
+    # counted not_drawn), or go on until every source is drawn whole (ones that ran out repeat)
+    stopping_strategy: Literal["first_exhausted", "all_exhausted"] = "first_exhausted"
 
     @field_validator("csv_delimiter", mode="before")
     @classmethod
     def _tab(cls, v: Any) -> Any:
         return "\t" if v in ("tab", "\\t") else v  # '\t' in single quotes is backslash + t
+
+    @field_validator("sources")
+    @classmethod
+    def _one_way_to_mix(cls, v: list[SourceSpec] | None) -> list[SourceSpec] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("empty; list at least one source, or use data.source")
+        weighted = [s.weight is not None for s in v]
+        if any(weighted) and not all(weighted):
+            raise ValueError(f"source {weighted.index(False)} has no weight where another has one: weight every "
+                             "source (interleaved) or none")
+        if any(weighted) and any(s.fraction is not None for s in v):
+            raise ValueError("weight (interleave) and fraction (concatenate) cannot be mixed; use one")
+        names = [s.name or s.source for s in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"{twice[0]!r} named twice; give each source a distinct name")
+        return v
+
+    @model_validator(mode="after")
+    def _one_way_to_name_the_data(self) -> "DataConfig":
+        if self.sources is not None and "source" in self.model_fields_set:
+            raise ValueError("data.source and data.sources: give one (data.sources lists every source of a mixture)")
+        return self
+
+    def source_names(self) -> list[str]:
+        """Each source's key in load's stats: its name, else the source itself."""
+        return [s.name or s.source for s in self.sources or []]
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """A recipe without sources dumps as it always did (so its load fingerprint is what it
+        was); one with sources leaves out the default data.source, which it does not read and
+        which would read back as given alongside data.sources."""
+        out = handler(self)
+        if self.sources is None:
+            out.pop("sources", None)
+            out.pop("stopping_strategy", None)
+        elif "source" not in self.model_fields_set:
+            out.pop("source", None)
+        return out
 
 
 class TemplateConfig(Section):
@@ -63,6 +128,10 @@ class TemplateConfig(Section):
     # text tokenizes it as those characters (the template's own markup keeps its control tokens);
     # drop drops the record (reason control_text); keep makes it the real control tokens, on purpose.
     control_text: Literal["text", "drop", "keep"] = "text"
+    # An assistant turn's reasoning (reasoning_content / thinking): keep renders it where the chat
+    # template has a place for it and drops the record (reasoning_unsupported) where it has none;
+    # drop removes it (counted); inline writes "<think>\n...\n</think>\n\n" before the answer, trained.
+    reasoning: Literal["keep", "drop", "inline"] = "keep"
 
     @field_validator("user", "assistant")
     @classmethod
@@ -70,6 +139,16 @@ class TemplateConfig(Section):
         if v.count("{content}") != 1:
             raise ValueError("must contain '{content}' exactly once")
         return v
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """reasoning at its default is left out of the dump: the template fingerprint of a run
+        made before the key existed stays what it was (keep is what those runs did: they had no
+        reasoning to place), so its template, pack and train are not redone for nothing."""
+        out = handler(self)
+        if self.reasoning == "keep":
+            out.pop("reasoning", None)
+        return out
 
 
 class PackConfig(Section):

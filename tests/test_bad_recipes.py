@@ -61,6 +61,8 @@ def _wrong_type(ann):
         return "type", {"not": "a string"}  # also not a list, for str | list[str]
     if any(a is dict or typing.get_origin(a) is dict for a in kinds):
         return "type", "not-a-mapping"
+    if any(typing.get_origin(a) is list for a in kinds):
+        return "type", "not-a-list"
     return None
 
 
@@ -103,6 +105,10 @@ def semantic_cases(tmp: Path) -> list[tuple[str, str, object]]:
         ("data.source", "missing file", str(tmp / "nothing-*.jsonl")),
         ("data.source", "unknown ref", "bundled:no_such_dataset"),
         ("data.eval_source", "missing file", str(tmp / "no-such-eval.jsonl")),
+        ("data.sources", "missing file", [{"source": "bundled:lima_house_style"}, {"source": str(tmp / "no-such.jsonl")}]),
+        ("data.sources", "unknown ref", [{"source": "bundled:no_such_dataset", "weight": 1}]),
+        ("data.sources", "value", [{"source": "bundled:lima_house_style", "weight": 1}, {"source": str(a_file)}]),
+        ("data.sources", "value", []),
         ("model.ref", "missing file", str(tmp / "no-such-model")),
         ("model.ref", "missing file", str(tmp / "no-such.gguf")),
         ("model.ref", "unknown ref", "bundled:no-such-model"),

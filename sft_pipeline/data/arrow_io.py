@@ -43,6 +43,26 @@ class SplitWriter:
         for batch in table.to_batches(max_chunksize=self.batch_rows):
             self._write(batch)
 
+    def widen(self, schema: pa.Schema) -> None:
+        """Go on with a wider schema (the same columns and more nullable fields): the rows
+        already written are rewritten once, cast, so the folder holds one schema. A split that
+        never needs the wider one keeps the narrow schema, byte for byte as before."""
+        if self.schema == schema:
+            return
+        self.schema = schema
+        if self._writer is None:
+            return
+        assert self._sink is not None
+        self._writer.close()
+        self._sink.close()
+        narrow = self.folder / (SHARD + ".narrow")
+        (self.folder / SHARD).rename(narrow)
+        self._writer, self._sink, self.count = None, None, 0
+        with pa.OSFile(str(narrow), "rb") as fh:
+            for batch in pa.ipc.open_stream(fh):
+                self._write(batch)
+        narrow.unlink()
+
     def _flush(self) -> None:
         if self.rows:
             batch = pa.RecordBatch.from_pylist(self.rows, schema=self.schema)
@@ -100,6 +120,12 @@ def iter_batches(folder: Path, columns: list[str] | None = None) -> Iterator[pa.
         with pa.OSFile(str(path), "rb") as fh:
             for batch in pa.ipc.open_stream(fh):
                 yield batch.select(columns) if columns else batch
+
+
+def folder_schema(folder: Path) -> pa.Schema:
+    """The schema a split folder was written with (its first file's)."""
+    with pa.OSFile(str(data_files(folder)[0]), "rb") as fh:
+        return pa.ipc.open_stream(fh).schema
 
 
 def count_rows(folder: Path) -> int:

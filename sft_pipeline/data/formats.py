@@ -10,21 +10,36 @@ carry "tool_calls" ([{"id", "name", "arguments"}], arguments a JSON object as te
 then followed by one or more "tool" turns (the results, with "tool_call_id"/"name" when the
 source gives them) before the next assistant turn. Whether the model's template can render
 them is the template stage's question (data/tools.py); here they are only kept intact.
+
+Other tools' conventions are read into the same form, each in its own module: content as a
+list of parts (data/content_parts.py), LLaMA-Factory's `function_call`/`observation` ShareGPT
+turns and alpaca `function_call` (data/tool_values.py), per-turn weights (data/turn_weights.py:
+an untrained assistant turn carries `train: false`) and reasoning (data/reasoning.py: an
+assistant turn carries `reasoning`). What a record loses on the way (a dropped image part) is
+counted in `notes`, which the load stage adds to its stats for the records it keeps.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any, Callable, Iterable
 
 from ..errors import PipelineError
+from .content_parts import is_parts, read_parts
+from .reasoning import turn_reasoning
+from .tool_values import function_call, tool_calls
+from .turn_weights import check_trained, turn_trains
 
 Message = dict[str, Any]
 Result = tuple[list[Message] | None, str | None]
+Notes = Counter  # what kept records lost or carry: "parts_dropped:<type>", "untrained_turns", "reasoning_turns"
 
 FORMATS = ("lima", "deeplake_lima", "alpaca", "messages", "sharegpt", "prompt_completion")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "chatgpt": "assistant", "model": "assistant", "system": "system"}
+                  "chatgpt": "assistant", "model": "assistant", "system": "system",
+                  # LLaMA-Factory's tool convention: a call is the assistant's turn, its result the tool's
+                  "function_call": "assistant", "observation": "tool"}
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -122,7 +137,7 @@ def check_turns(messages: list[Message]) -> str | None:
     return None
 
 
-def from_lima(rec: dict[str, Any]) -> Result:
+def from_lima(rec: dict[str, Any], notes: Notes) -> Result:
     turns = rec.get("conversations")
     if turns is None:
         return None, "missing_field:conversations"
@@ -137,99 +152,108 @@ def from_lima(rec: dict[str, Any]) -> Result:
     return messages, None
 
 
-def from_deeplake_lima(rec: dict[str, Any]) -> Result:
+def from_deeplake_lima(rec: dict[str, Any], notes: Notes) -> Result:
     texts, why = _texts(rec, "question", "answer")
     return (None, why) if why else (_exchange(*texts), None)
 
 
-def from_alpaca(rec: dict[str, Any]) -> Result:
+def from_alpaca(rec: dict[str, Any], notes: Notes) -> Result:
+    """instruction (+ input) and output; with a `function_call` column (glaive-style tool data)
+    the assistant's turn is that call, then `observation` (its result) and `output` (the answer
+    after it); without an observation the call ends the record and `output` is its text."""
+    if rec.get("function_call") not in (None, "", []):  # glaive-style exports write "" for no call
+        return _alpaca_call(rec)
     texts, why = _texts(rec, "instruction", "output")
     if why:
         return None, why
     instruction, output = texts
+    prompt, why = _alpaca_prompt(rec, instruction)
+    return (None, why) if why else (_exchange(prompt, output), None)
+
+
+def _alpaca_prompt(rec: dict[str, Any], instruction: str) -> tuple[str | None, str | None]:
     extra = rec.get("input") or ""
     if not isinstance(extra, str):
         return None, "wrong_type:input"
-    prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    return _exchange(prompt, output), None
+    return (f"{instruction}\n\n{extra}" if extra.strip() else instruction), None
 
 
-def _role_turns(rec: dict[str, Any], field: str, role_key: str, text_key: str, roles: dict[str, str]) -> Result:
-    """A list of turn objects -> messages; `roles` maps the source's role names to ours."""
-    turns = rec.get(field)
-    if turns is None:
-        return None, f"missing_field:{field}"
-    if not isinstance(turns, (list, tuple)):
-        return None, f"wrong_type:{field}"
-    messages = []
-    for turn in turns:
-        if not isinstance(turn, dict):
-            return None, f"wrong_type:{field}"
-        texts, why = _texts(turn, role_key, text_key)
-        if why:
-            return None, why
-        role, text = texts
-        if role not in roles:
-            return None, "unknown_role"
-        messages.append({"role": roles[role], "content": text})
-    return messages, None
+def _alpaca_call(rec: dict[str, Any]) -> Result:
+    instruction, why = _text(rec.get("instruction"), "instruction")
+    if why:
+        return None, why
+    prompt, why = _alpaca_prompt(rec, instruction)
+    if why:
+        return None, why
+    calls, why = function_call(rec["function_call"])
+    if why:
+        return None, why
+    output = rec.get("output")
+    if output is not None and not isinstance(output, str):
+        return None, "wrong_type:output"
+    observation = rec.get("observation")
+    if observation is None:
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": output or "", "tool_calls": calls}], None
+    if isinstance(observation, (dict, list)):
+        observation = json.dumps(observation, ensure_ascii=False)
+    if not isinstance(observation, str):
+        return None, "wrong_type:observation"
+    if output is None:
+        return None, "missing_field:output"
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": "", "tool_calls": calls},
+            {"role": "tool", "content": observation}, {"role": "assistant", "content": output}], None
 
 
-def _tool_call(call: Any) -> dict[str, Any] | None:
-    """One OpenAI-style call ({"type": "function", "function": {"name", "arguments"}}, or the
-    same without the "function" wrapper) -> {"id", "name", "arguments"}, arguments as JSON
-    text of an object; None when it is not a usable call."""
-    if not isinstance(call, dict) or call.get("type", "function") != "function":
-        return None
-    fn = call.get("function", call)
-    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"].strip():
-        return None
-    args = fn.get("arguments", {})
-    if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except ValueError:
-            return None
-    if not isinstance(args, dict):
-        return None
-    call_id = call.get("id")
-    return {"id": call_id if isinstance(call_id, str) else None, "name": fn["name"],
-            "arguments": json.dumps(args, ensure_ascii=False)}
-
-
-def _tool_calls(value: Any) -> tuple[list[dict[str, Any]] | None, str | None]:
-    if value is None or (isinstance(value, (list, tuple)) and not value):
-        return None, None
-    if not isinstance(value, (list, tuple)):
-        return None, "bad_tool_call"
-    calls = [_tool_call(c) for c in value]
-    if any(c is None for c in calls):
-        return None, "bad_tool_call"
-    return calls, None  # type: ignore[return-value]
-
-
-def _content(turn: dict[str, Any], role: str, calls: bool) -> tuple[str | None, str | None]:
-    """A turn's text. A tool call's own text may be absent; a tool result given as JSON (an
-    object or list, as some agent logs store it) is kept as that JSON's text."""
-    value = turn.get("content")
+def _content(turn: dict[str, Any], role: str, calls: bool, key: str, notes: Notes) -> tuple[str | None, str | None, str | None]:
+    """A turn's text, and the reasoning its parts held. A tool call's own text may be absent; a
+    tool result given as JSON (an object, as some agent logs store it) is kept as that JSON's
+    text; a list is a parts list (data/content_parts.py), its dropped parts counted in `notes`."""
+    value = turn.get(key)
     if value is None and calls:
-        return "", None
-    if role == "tool" and isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False), None
-    return _text(value, "content")
+        return "", None, None
+    if role == "tool" and isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False), None, None
+    if is_parts(value):
+        if role == "tool" and not all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in value):
+            return json.dumps(value, ensure_ascii=False), None, None  # a result that is a JSON list, as before
+        parts, why = read_parts(value)
+        if why:
+            return None, None, why
+        assert parts is not None
+        notes.update(f"parts_dropped:{t}" for t in parts.dropped)
+        return parts.text, parts.reasoning, None
+    text, why = _text(value, key)
+    return text, None, why
 
 
-def _message(turn: Any) -> Result:
+def _extras(msg: Message, turn: dict[str, Any], from_parts: str | None, where: str, notes: Notes) -> str | None:
+    """Reasoning and training weight from a source turn onto its normalized one."""
+    thought, why = turn_reasoning(turn, msg["role"], from_parts)
+    if why:
+        return why
+    trains, why = turn_trains(turn, where)
+    if why:
+        return why
+    if thought is not None:
+        msg["reasoning"] = thought
+        notes["reasoning_turns"] += 1
+    if not trains and msg["role"] == "assistant":
+        msg["train"] = False
+        notes["untrained_turns"] += 1
+    return None
+
+
+def _message(turn: Any, where: str, notes: Notes) -> Result:
     """One `messages` turn -> a normalized one; extra keys (a user's `name`) are dropped."""
     if not isinstance(turn, dict):
         return None, "wrong_type:messages"
     role, why = _text(turn.get("role"), "role")
     if why:
         return None, why
-    calls, why = _tool_calls(turn.get("tool_calls")) if role == "assistant" else (None, None)
+    calls, why = tool_calls(turn.get("tool_calls")) if role == "assistant" else (None, None)
     if why:
         return None, why
-    text, why = _content(turn, role, calls is not None)
+    text, thought, why = _content(turn, role, calls is not None, "content", notes)
     if why:
         return None, why
     if role not in ROLES:
@@ -239,28 +263,39 @@ def _message(turn: Any) -> Result:
         msg["tool_calls"] = calls
     if role == "tool":
         msg.update({k: turn[k] for k in ("tool_call_id", "name") if isinstance(turn.get(k), str)})
-    return [msg], None
+    why = _extras(msg, turn, thought, where, notes)
+    return (None, why) if why else ([msg], None)
 
 
-def from_messages(rec: dict[str, Any]) -> Result:
+def from_messages(rec: dict[str, Any], notes: Notes) -> Result:
     turns = rec.get("messages")
     if turns is None:
         return None, "missing_field:messages"
     if not isinstance(turns, (list, tuple)):
         return None, "wrong_type:messages"
     messages: list[Message] = []
-    for turn in turns:
-        msg, why = _message(turn)
+    for i, turn in enumerate(turns):
+        msg, why = _message(turn, f"messages[{i}]", notes)
         if why:
             return None, why
         messages += msg or []
     return messages, None
 
 
-def record_tools(rec: Any, columns: dict[str, str] | None = None) -> tuple[str | None, str | None]:
+def _wrapped(tool: dict[str, Any]) -> dict[str, Any]:
+    """LLaMA-Factory writes a definition as the bare function schema ({"name", "description",
+    "parameters"}); chat templates read OpenAI's {"type": "function", "function": {...}}."""
+    if "name" in tool and "function" not in tool and "type" not in tool:
+        return {"type": "function", "function": tool}
+    return tool
+
+
+def record_tools(rec: Any, columns: dict[str, str] | None = None,
+                 wrap_bare: bool = False) -> tuple[str | None, str | None]:
     """A record's tool definitions ("tools": a list of OpenAI function schemas, or that list
     as JSON text, as many agent datasets store it) -> the list as JSON text, or None when
-    there are none; a value that is not such a list is the reason `bad_tools`."""
+    there are none; a value that is not such a list is the reason `bad_tools`. `wrap_bare`
+    (ShareGPT and alpaca records, LLaMA-Factory's shapes) wraps bare function schemas."""
     if not isinstance(rec, dict):
         return None, None
     value = rename_columns(rec, columns or {}).get("tools")
@@ -273,23 +308,83 @@ def record_tools(rec: Any, columns: dict[str, str] | None = None) -> tuple[str |
         return None, None
     if not isinstance(value, (list, tuple)) or not all(isinstance(t, dict) for t in value):
         return None, "bad_tools"
-    return json.dumps(list(value), ensure_ascii=False), None
+    tools = [_wrapped(t) for t in value] if wrap_bare else list(value)
+    return json.dumps(tools, ensure_ascii=False), None
 
 
-def from_sharegpt(rec: dict[str, Any]) -> Result:
-    return _role_turns(rec, "conversations", "from", "value", SHAREGPT_ROLES)
+def _sharegpt_turn(turn: Any, where: str, notes: Notes) -> Result:
+    """One {from, value} turn -> a normalized one. `from: function_call` is the assistant's
+    tool call (the value its {"name", "arguments"} JSON), `from: observation` the result."""
+    if not isinstance(turn, dict):
+        return None, "wrong_type:conversations"
+    source_role, why = _text(turn.get("from"), "from")
+    if why:
+        return None, why
+    role = SHAREGPT_ROLES.get(source_role, "")
+    if source_role == "function_call":
+        calls, why = function_call(turn.get("value"))
+        if why:
+            return None, why
+        msg: Message = {"role": role, "content": "", "tool_calls": calls}
+        thought = None
+    else:
+        text, thought, why = _content(turn, role, False, "value", notes)
+        if why:
+            return None, why
+        if not role:
+            return None, "unknown_role"
+        msg = {"role": role, "content": text}
+    why = _extras(msg, turn, thought, where, notes)
+    return (None, why) if why else ([msg], None)
 
 
-def from_prompt_completion(rec: dict[str, Any]) -> Result:
+def _system_column(rec: dict[str, Any], messages: list[Message]) -> str | None:
+    """LLaMA-Factory's ShareGPT keeps the system prompt in a `system` column, beside the turns."""
+    system = rec.get("system")
+    if system is None or (isinstance(system, str) and not system.strip()):
+        return None
+    if not isinstance(system, str):
+        return "wrong_type:system"
+    if messages and messages[0]["role"] == "system":
+        return "roles_out_of_order"  # two system prompts: which one holds is not ours to guess
+    messages.insert(0, {"role": "system", "content": system})
+    return None
+
+
+def from_sharegpt(rec: dict[str, Any], notes: Notes) -> Result:
+    turns = rec.get("conversations")
+    if turns is None:
+        return None, "missing_field:conversations"
+    if not isinstance(turns, (list, tuple)):
+        return None, "wrong_type:conversations"
+    messages: list[Message] = []
+    for i, turn in enumerate(turns):
+        msg, why = _sharegpt_turn(turn, f"conversations[{i}]", notes)
+        if why:
+            return None, why
+        assert msg is not None
+        prev = messages[-1] if messages else None
+        if msg[0].get("tool_calls") and prev and prev["role"] == "assistant" and not prev.get("tool_calls"):
+            # the assistant's words, then its call, as two turns: one assistant turn that calls
+            prev["tool_calls"] = msg[0]["tool_calls"]
+            if msg[0].get("train") is False and prev.get("train") is not False:
+                prev["train"] = False
+            continue
+        messages += msg
+    why = _system_column(rec, messages)
+    return (None, why) if why else (messages, None)
+
+
+def from_prompt_completion(rec: dict[str, Any], notes: Notes) -> Result:
     """TRL's prompt/completion pairs: two strings, or two lists of role/content messages."""
     prompt, completion = rec.get("prompt"), rec.get("completion")
     if isinstance(prompt, list) and isinstance(completion, list):
-        return from_messages({"messages": [*prompt, *completion]})
+        return from_messages({"messages": [*prompt, *completion]}, notes)
     texts, why = _texts(rec, "prompt", "completion")
     return (None, why) if why else (_exchange(*texts), None)
 
 
-CONVERTERS: dict[str, Callable[[dict[str, Any]], Result]] = {
+CONVERTERS: dict[str, Callable[[dict[str, Any], Notes], Result]] = {
     "lima": from_lima,
     "deeplake_lima": from_deeplake_lima,
     "alpaca": from_alpaca,
@@ -310,14 +405,16 @@ def rename_columns(rec: dict[str, Any], columns: dict[str, str]) -> dict[str, An
     return out
 
 
-def to_conversation(rec: Any, fmt: str, columns: dict[str, str] | None = None) -> Result:
-    """One record -> (messages, None) or (None, reason)."""
+def to_conversation(rec: Any, fmt: str, columns: dict[str, str] | None = None, notes: Notes | None = None) -> Result:
+    """One record -> (messages, None) or (None, reason). `notes` (when given) gains what the
+    record lost on the way and what its turns carry, whether it is kept or not: the caller
+    decides what to count (load counts the kept records' notes)."""
     if not isinstance(rec, dict):
         return None, "not_a_mapping"
     rec = rename_columns(rec, columns or {})
-    messages, why = CONVERTERS[fmt](rec)
+    messages, why = CONVERTERS[fmt](rec, Counter() if notes is None else notes)
     if why:
         return None, why
     assert messages is not None
-    why = check_turns(messages)
+    why = check_turns(messages) or check_trained(messages)
     return (None, why) if why else (messages, None)

@@ -1,8 +1,10 @@
 """`inspect`: what the data stages made of the source, before any training is paid for.
 
 Counts kept and dropped by reason (with where the first drops are) in load and in template
-(tool calls the template cannot render, control text), how many records held control text and
-how it was tokenized, a histogram of sample lengths in tokens against seq_length, and a few
+(tool calls or reasoning the template cannot render, control text), each source of a mixture
+on its own row with what the mixing drew from it, the content parts the kept records lost,
+untrained turns and where reasoning went, how many records held control text and how it was
+tokenized, a histogram of sample lengths in tokens against seq_length, and a few
 rendered samples with the trained tokens marked.
 """
 
@@ -38,8 +40,43 @@ def marked(ids: list[int], labels: list[int], tokenizer: Any) -> Text:
 
 
 def _drops(st: dict[str, Any]) -> str:
-    return "; ".join(f"{why}: {n} ({', '.join(st.get('dropped_examples', {}).get(why, []))})"
-                     for why, n in st.get("dropped", {}).items()) or "none"
+    """Each reason with its first locations (a mixture's not_drawn / not_taken have none: they
+    are records the mixing left, not records that could not be used)."""
+    def where(why: str) -> str:
+        found = st.get("dropped_examples", {}).get(why, [])
+        return f" ({', '.join(found)})" if found else ""
+
+    return "; ".join(f"{why}: {n}{where(why)}" for why, n in st.get("dropped", {}).items()) or "none"
+
+
+def _notes(st: dict[str, Any]) -> str:
+    """What the kept records lost or carry (content parts dropped, untrained and reasoning turns)."""
+    said = [f"parts dropped: {', '.join(f'{k} {n}' for k, n in st['parts_dropped'].items())}"] if st.get("parts_dropped") else []
+    said += [f"{k.replace('_', ' ')}: {st[k]}" for k in ("untrained_turns", "reasoning_turns") if st.get(k)]
+    return f"; kept records' {'; '.join(said)}" if said else ""
+
+
+def _mixed(own: dict[str, Any]) -> str:
+    extra = [f"{k.replace('_', ' ')} {own[k]}" for k in ("not_drawn", "not_taken", "repeated") if own.get(k)]
+    return ", ".join([f"{own['in_mixture']} in the mixture", *extra])
+
+
+def _mixing(how: dict[str, Any]) -> str:
+    if how["how"] == "interleave":
+        return (f"interleaved (datasets.interleave_datasets, probabilities {how['probabilities']}, "
+                f"{how['stopping_strategy']}, seed {how['seed']})")
+    return f"concatenated (datasets.concatenate_datasets, fractions {how['fractions']}, seed {how['seed']})"
+
+
+def _turns(st: dict[str, Any]) -> str:
+    """Template's untrained turns and where reasoning went, for the splits that have any."""
+    said = []
+    if st.get("turn_weights"):
+        said.append(f"untrained turns {st['turn_weights']['untrained_turns']} in {st['turn_weights']['records']} records")
+    if st.get("reasoning"):
+        r = st["reasoning"]
+        said.append(f"reasoning ({r['mode']}): " + ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in r["turns"].items()))
+    return "; ".join(said) or "none"
 
 
 def _control(c: dict[str, Any]) -> str:
@@ -54,13 +91,14 @@ def template_table(stats: dict[str, Any], console: Console) -> None:
     said = {True: "yes", False: "no"}
     table = Table(title=f"template ({stats['kind']}; renders tool calls: {said[stats.get('tool_calls', False)]}, "
                         f"tool definitions: {said[stats.get('tool_definitions', False)]})")
-    for col in ("split", "read", "kept", "dropped by reason (first rows)", "control text"):
+    splits = {k: v for k, v in stats.items() if isinstance(v, dict)}
+    turns = any(st.get("turn_weights") or st.get("reasoning") for st in splits.values())
+    for col in ("split", "read", "kept", "dropped by reason (first rows)", "control text", *(["turns"] if turns else [])):
         table.add_column(col)
-    for split, st in stats.items():
-        if isinstance(st, dict):
-            mode = st.get("control_text", {}).get("mode", "text")
-            table.add_row(split, str(st["read"]), str(st["kept"]), _drops(st),
-                          f"{_control(st.get('control_text', {}))} (control_text: {mode})")
+    for split, st in splits.items():
+        mode = st.get("control_text", {}).get("mode", "text")
+        table.add_row(split, str(st["read"]), str(st["kept"]), _drops(st),
+                      f"{_control(st.get('control_text', {}))} (control_text: {mode})", *([_turns(st)] if turns else []))
     console.print(table)
 
 
@@ -76,8 +114,14 @@ def show(run: RunDir, console: Console, samples: int = 2) -> None:
         table.add_column(col)
     for split, st in load_stats.items():
         table.add_row(split, str(st.get("source", st.get("carved_from", ""))), str(st.get("format", "")),
-                      str(st.get("read")), str(st.get("kept")), _drops(st))
+                      str(st.get("read")), str(st.get("kept")), _drops(st) + _notes(st))
+        for name, own in st.get("sources", {}).items():  # a mixture: each source's own counts
+            table.add_row(f"  {split}", name, str(own.get("format", "")), str(own["read"]),
+                          f"{own['kept']} ({_mixed(own)})", _drops(own) + _notes(own))
     console.print(table)
+    for split, st in load_stats.items():
+        if "mixing" in st:
+            console.print(f"{split}: {_mixing(st['mixing'])}" + (f", {st['repeated']} drawn again" if st.get("repeated") else ""))
     template_table(read_json(run.stage_dir("template") / "stats.json"), console)
 
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)

@@ -128,7 +128,7 @@ def tokenize(texts: list[str], spans: list[list[list[int]]], tokenizer: Any, los
     all_ids, all_offsets = _encode_all(texts, tokenizer, content_spans)
     eos = tokenizer.eos_token_id
     ids_parts, trained_parts, lengths, ends, n_ends = [], [], [0], [], [0]
-    for ids, offsets, sample_spans in zip(all_ids, all_offsets, spans):
+    for text, ids, offsets, sample_spans in zip(texts, all_ids, all_offsets, spans):
         ids_arr = np.asarray(ids, dtype=np.int32)
         bounds = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
         starts, stops = bounds[:, 0], bounds[:, 1]
@@ -141,7 +141,10 @@ def tokenize(texts: list[str], spans: list[list[list[int]]], tokenizer: Any, los
             keep[:] = True
         if add_eos:
             ids_arr = np.append(ids_arr, np.int32(eos))
-            keep = np.append(keep, keep.any())
+            # the EOS closes the last turn, and is trained with it: not after a last turn left
+            # untrained (a per-turn weight of 0), whose span then stops short of the text's end
+            closes_trained = loss_on == "all" or (bool(sample_spans) and sample_spans[-1][1] >= len(text))
+            keep = np.append(keep, keep.any() and closes_trained)
             if turn_ends and turn_ends[-1] == len(ids_arr) - 1:
                 turn_ends[-1] += 1  # the EOS belongs to the last turn
         ids_parts.append(ids_arr)

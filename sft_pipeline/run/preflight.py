@@ -63,7 +63,11 @@ def _check_run_dir(recipe: Recipe) -> None:
 
 def _check_data(recipe: Recipe) -> None:
     data = recipe.data
-    _check_source("data.source", data.source, [data.train_split])
+    if data.sources is not None:  # every source of a mixture, each under its own key
+        for i, spec in enumerate(data.sources):
+            _check_source(f"data.sources[{i}].source", spec.source, [spec.split or data.train_split])
+    else:
+        _check_source("data.source", data.source, [data.train_split])
     if data.eval_source is not None:
         splits = [data.eval_split] if data.eval_split is not None else []
         _check_source("data.eval_source", data.eval_source, splits)

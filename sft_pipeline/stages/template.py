@@ -53,12 +53,13 @@ def template_split(split_dir: Path, folder: Path, ctx: Context) -> dict[str, Any
     dropped: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
     control = {"records": 0, "fields": 0, "tokenized_as_text": 0}
+    notes: Counter[str] = Counter()  # the kept rows' untrained turns and reasoning (data/samples.py)
     read = chars = 0
     with progress() as bar, SplitWriter(folder, TEMPLATE_SCHEMA) as writer:
         task = bar.add_task(f"template {split_dir.name}", total=count_rows(split_dir))
         for batch in iter_batches(split_dir):
             for rec in batch.to_pylist():
-                row, why, n_control = make_row(rec, ctx)
+                row, why, n_control = make_row(rec, ctx, notes)
                 control["records"] += bool(n_control)
                 control["fields"] += n_control
                 read += 1
@@ -77,9 +78,22 @@ def template_split(split_dir: Path, folder: Path, ctx: Context) -> dict[str, Any
                                      f"({dict(sorted(dropped.items())) or 'empty'})")
     stats = {"read": read, "kept": writer.count, "dropped": dict(sorted(dropped.items())),
              "dropped_examples": examples, "control_text": {**control, "mode": ctx.cfg.control_text},
-             "chars": chars}
+             "chars": chars, **note_stats(notes, ctx)}
     assert stats["kept"] + sum(dropped.values()) == read  # the invariant the tests rely on
     return stats
+
+
+def note_stats(notes: Counter[str], ctx: Context) -> dict[str, Any]:
+    """Untrained turns and reasoning, as stats keys only where a split has them (the stats of a
+    split without either are what they always were)."""
+    out: dict[str, Any] = {}
+    if notes["untrained_turns"]:
+        out["turn_weights"] = {"untrained_turns": notes["untrained_turns"],
+                               "records": notes["records_with_untrained_turns"]}
+    placed = {k.split(":", 1)[1]: n for k, n in sorted(notes.items()) if k.startswith("reasoning:") and n}
+    if placed:
+        out["reasoning"] = {"mode": ctx.cfg.reasoning, "template_key": ctx.reasoning_key, "turns": placed}
+    return out
 
 
 def run(run: RunDir, out: Path) -> None:
