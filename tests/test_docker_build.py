@@ -243,3 +243,13 @@ def test_docker_serve_publishes_on_the_hosts_loopback_only_and_mounts_runs(port)
     assert f'-v "{ROOT}/runs:/runs"' in command
     assert re.search(r"localhost/sft-pipeline:cpu serve runs/demo --host 0\.0\.0\.0 --port 8000 --pid-file /tmp/\S+",
                      command), command
+
+
+def test_build_sh_passes_llama_cmake_args_as_a_build_argument(repo, system_bin):
+    log = repo.parent / "calls.log"
+    assert _whole_build(repo, system_bin).returncode == 0
+    assert "LLAMA_CMAKE_ARGS" not in log.read_text()  # unset: the Dockerfile's default
+    log.unlink()
+    proc = _whole_build(repo, system_bin, LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_AVX512=ON")
+    assert proc.returncode == 0, proc.stderr
+    assert "--build-arg LLAMA_CMAKE_ARGS=-DGGML_NATIVE=ON -DGGML_AVX512=ON" in log.read_text()
