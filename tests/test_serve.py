@@ -255,6 +255,20 @@ def test_sigterm_to_its_pid_stops_it_and_frees_the_port(server, client):
         probe.listen()
 
 
+def test_sigint_stops_it_as_sigterm_does(gguf_file, tmp_path):
+    """Ctrl-C: exit status 0 and the pid file gone, not the 130 of an interrupted stage."""
+    pid_file = tmp_path / "serve.pid"
+    srv = Server(cli("serve", write_recipe(tmp_path), "--gguf", gguf_file, "--port", 0, "--pid-file", pid_file))
+    try:
+        srv.wait_for(r"serving model 'tiny' at http://127\.0\.0\.1:\d+/v1", START_S)
+        srv.proc.send_signal(signal.SIGINT)
+        assert srv.proc.wait(30) == 0
+        srv.wait_for(r"^server stopped \(SIGINT\)$", 10)
+        assert not pid_file.exists()
+    finally:
+        srv.stop()
+
+
 def run_cli(*args: object, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(cli(*args), capture_output=True, text=True, env=env(), timeout=timeout,
                           stdin=subprocess.DEVNULL)
