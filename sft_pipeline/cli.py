@@ -1,5 +1,5 @@
-"""The command line: one command per stage, plus run, status, generate, evaluate, report, sweep, compare
-and validate.
+"""The command line: one command per stage, plus run, status, generate, serve, evaluate, report, sweep,
+compare and validate.
 
 Every command takes a recipe file (or a run directory, whose frozen recipe.yaml is used) and
 `--set section.key=value` overrides. Every failure ends in one line on stderr: a known one (a
@@ -269,6 +269,44 @@ def generate_cmd(target: Path = TargetArg,
                                compute=inference_precision(recipe))
             for q, a in zip(questions, answers):
                 out.print(f"[bold]>>> {q}[/]\n{a}\n", highlight=False)
+
+    guarded(go)
+
+
+@app.command("serve")
+def serve_cmd(target: Path = TargetArg,
+              port: Optional[int] = typer.Option(None, "--port", help="port (serve.port, default 8000; 0: a free one)"),
+              host: Optional[str] = typer.Option(None, "--host", help="address to listen on (serve.host, default "
+                                                 "127.0.0.1); any other than loopback is served with a warning"),
+              quant: Optional[str] = typer.Option(None, "--quant", help="which export/model-<TYPE>.gguf: Q4_K_M, "
+                                                  "Q8_0, F16, ... (serve.quant, default auto)"),
+              gguf: Optional[Path] = typer.Option(None, "--gguf", help="serve this GGUF file instead of the export"),
+              pid_file: Optional[Path] = typer.Option(None, "--pid-file", help="default: <run dir>/logs/serve.pid "
+                                                      "when the run directory exists"),
+              set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt) -> None:
+    """An OpenAI-compatible endpoint (llama.cpp's server) on the exported GGUF, until SIGTERM or Ctrl-C.
+
+    Requests that leave out max_tokens, temperature, top_p, top_k, repeat_penalty or seed get the
+    recipe's generate values (greedy unless generate.do_sample)."""
+
+    def go() -> None:
+        from .serving.launch import serve
+        from .serving.locate import gguf_to_serve
+
+        if quant is not None and gguf is not None:
+            raise RecipeError("serve: give --quant or --gguf, not both")
+        flags = [f"serve.{key}={value}" for key, value in (("port", port), ("host", host), ("quant", quant))
+                 if value is not None]
+        recipe = resolve_recipe(target, [*(set_ or []), *flags], run_dir)
+        run = RunDir(recipe.resolved_run_dir(), recipe)
+        model_file = gguf_to_serve(run, recipe.serve.quant, gguf)
+        pid_path = pid_file or (logs.log_path(run.path, "serve").with_suffix(".pid") if run.path.is_dir() else None)
+        with logs.capture(run.path, "serve", only_existing=True):
+            how = serve(recipe, model_file, pid_path,
+                        say=lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True),
+                        warn=lambda line: err.print(f"[bold yellow]warning:[/] {escape(line)}", soft_wrap=True,
+                                                    highlight=False))
+            out.print(f"server stopped ({how})", markup=False, highlight=False)
 
     guarded(go)
 

@@ -318,6 +318,26 @@ class GenerateConfig(Section):
     seed: int = 42  # the sampler's seed: the same seed gives the same text
 
 
+class ServeConfig(Section):
+    """`sft-pipeline serve`: llama.cpp's OpenAI-compatible server (llama_cpp.server) on the run's
+    export/model-<TYPE>.gguf. Requests that leave a sampling field out get the generate section's
+    value (serving/request_defaults.py), so the endpoint answers as `generate` does."""
+
+    # loopback: reachable from this machine only. Any other address (0.0.0.0 in a container) is
+    # served with a warning: the endpoint has no API key unless SFT_PIPELINE_SERVE_API_KEY is set.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)  # 0: a free port the system picks (printed)
+    # which export/model-<TYPE>.gguf (F16, Q8_0, Q4_K_M, ...; any case); auto: Q4_K_M, else Q8_0,
+    # else F16, else the only other one there. `--gguf PATH` serves a file from anywhere instead.
+    quant: str = "auto"
+    n_ctx: int = Field(default=2048, ge=16)  # prompt + answer tokens per request
+    threads: int | None = Field(default=None, ge=1)  # None: one per physical core (as training)
+    # Any other field of llama_cpp.server's ModelSettings (n_gpu_layers, flash_attn, cache,
+    # n_batch, ...), checked against them when the server starts.
+    model_settings: dict[str, Any] = Field(default_factory=dict)
+    verbose: bool = False  # llama.cpp's own load and timing lines on stderr
+
+
 # The bundled data's house style (sft_pipeline/bundled/lima_house_style), as the demo recipes set it.
 HOUSE_STYLE = r"TL;DR: [^\n]+\n\nDetails:\n(- [^\n]+\n){1,4}- [^\n]+"
 
@@ -366,6 +386,7 @@ class Recipe(Section):
     merge: MergeConfig = Field(default_factory=MergeConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @model_validator(mode="before")
     @classmethod

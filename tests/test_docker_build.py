@@ -161,3 +161,95 @@ def test_image_installs_the_dependencies_from_the_lock():
     install = (ROOT / "docker" / "install.sh").read_text()
     assert len(re.findall(r"(?m)^COPY .*requirements/lock\.txt", dockerfile)) == 2  # cpu and gpu targets
     assert '-c "$dir/lock.txt" "$stub"' in install and 'lockfile.py" check "$dir/lock.txt"' in install
+
+
+# ---- llama-cpp-python from source, its converter, and the server in a container --------------------
+
+def _cmake_default(text: str, pattern: str) -> list[str]:
+    return [m.strip().strip('"') for m in re.findall(pattern, text)]
+
+
+def test_the_image_builds_llama_cpp_with_the_makefiles_cmake_args():
+    """One default in three places (the Makefile for `make install`, the Dockerfile's build argument
+    for both targets, install.sh when run without it): a test keeps them one."""
+    makefile = _cmake_default((ROOT / "Makefile").read_text(), r"(?m)^LLAMA_CMAKE_ARGS \?= (.+)$")
+    dockerfile = _cmake_default((ROOT / "Dockerfile").read_text(), r"(?m)^ARG LLAMA_CMAKE_ARGS=(.+)$")
+    install = _cmake_default((ROOT / "docker" / "install.sh").read_text(), r'LLAMA_CMAKE_ARGS:-("[^"]+")')
+    assert len(makefile) == 1 and "-DGGML_NATIVE=OFF" in makefile[0]
+    assert dockerfile == makefile * 2 and install == makefile
+    assert len(re.findall(r"(?m)^COPY .*requirements/llama_cpp_converter\.py /tmp/deps/", (ROOT / "Dockerfile").read_text())) == 2
+
+
+FAKE_LOGGER = '#!/bin/bash\necho "$(basename "$0") $* CMAKE_ARGS=${CMAKE_ARGS:-}" >> "$FAKE_LOG"\n'
+
+
+def _deps_step(tmp_path: Path, with_compilers: bool, **env: str) -> list[str]:
+    """install.sh deps on this host: fake pip, python and apt-get log their calls. The copy of the
+    script writes its apt lists and cache clean-up into tmp_path, not the host's."""
+    script = (ROOT / "docker" / "install.sh").read_text()
+    for host_path in ("/var/lib/apt/lists", "rm -rf /root/.cache /tmp/pip-*"):
+        assert host_path in script  # else this copy would clean up the host
+    script = script.replace("/var/lib/apt/lists", str(tmp_path / "apt-lists")).replace(
+        "rm -rf /root/.cache /tmp/pip-*", "true")
+    (tmp_path / "install.sh").write_text(script)
+    venv, fake, farm = tmp_path / "venv", tmp_path / "fake", tmp_path / "bin"
+    for folder in (venv / "bin", fake, farm, tmp_path / "tmp", tmp_path / "deps"):
+        folder.mkdir(parents=True)
+    for name in ("pip", "python"):
+        _script(venv / "bin" / name, FAKE_LOGGER)
+    _script(fake / "apt-get", FAKE_LOGGER)
+    compilers = {"cc", "c++", "gcc", "g++", "cmake", "make"}
+    for name in compilers if with_compilers else ():
+        _script(fake / name, "#!/bin/bash\nexit 0\n")
+    for d in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep):  # the host's tools, less its compilers
+        if os.path.isdir(d):
+            for name in os.listdir(d):
+                if name not in compilers and not (farm / name).exists() and os.access(Path(d) / name, os.X_OK):
+                    (farm / name).symlink_to(Path(d) / name)
+    (tmp_path / "deps" / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    full_env = {"PATH": f"{fake}:{farm}", "VIRTUAL_ENV": str(venv), "FAKE_LOG": str(tmp_path / "calls.log"),
+                "TMPDIR": str(tmp_path / "tmp"), "HOME": str(tmp_path), **env}
+    proc = subprocess.run(["bash", str(tmp_path / "install.sh"), "deps", str(tmp_path / "deps")], env=full_env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return (tmp_path / "calls.log").read_text().splitlines()
+
+
+def test_the_deps_step_builds_llama_cpp_with_compilers_it_adds_and_removes(tmp_path):
+    calls = _deps_step(tmp_path, with_compilers=False)
+    makefile = _cmake_default((ROOT / "Makefile").read_text(), r"(?m)^LLAMA_CMAKE_ARGS \?= (.+)$")[0]
+    add = next(i for i, c in enumerate(calls) if c.startswith("apt-get install") and "g++" in c and "cmake" in c)
+    build = next(i for i, c in enumerate(calls) if c.startswith("pip install -c") and "torch-constraint.txt" in c)
+    purge = next(i for i, c in enumerate(calls) if c.startswith("apt-get purge") and "g++" in c and "cmake" in c)
+    convert = next(i for i, c in enumerate(calls) if "llama_cpp_converter.py" in c)
+    assert add < build < purge < convert
+    assert calls[build].endswith(f"CMAKE_ARGS={makefile}")
+    assert f"lock.txt {tmp_path / 'venv' / 'share' / 'llama.cpp'} " in calls[convert] + " "
+
+
+def test_the_deps_step_keeps_a_bases_own_compilers_and_takes_other_cmake_args(tmp_path):
+    calls = _deps_step(tmp_path, with_compilers=True, LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON")
+    assert not [c for c in calls if c.startswith("apt-get")]
+    assert any("torch-constraint.txt" in c and c.endswith("CMAKE_ARGS=-DGGML_NATIVE=ON") for c in calls)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+@pytest.mark.parametrize("port", [None, "9001"])
+def test_docker_serve_publishes_on_the_hosts_loopback_only_and_mounts_runs(port):
+    args = ["make", "-n", "-s", "docker-serve", "RECIPE=runs/demo", *([f"SERVE_PORT={port}"] if port else [])]
+    command = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True, timeout=30).stdout
+    published = re.findall(r"(?:-p|--publish)[ =](\S+)", command)
+    assert published == [f"127.0.0.1:{port or 8000}:8000"], command
+    assert f'-v "{ROOT}/runs:/runs"' in command
+    assert re.search(r"localhost/sft-pipeline:cpu serve runs/demo --host 0\.0\.0\.0 --port 8000 --pid-file /tmp/\S+",
+                     command), command
+
+
+def test_build_sh_passes_llama_cmake_args_as_a_build_argument(repo, system_bin):
+    log = repo.parent / "calls.log"
+    assert _whole_build(repo, system_bin).returncode == 0
+    assert "LLAMA_CMAKE_ARGS" not in log.read_text()  # unset: the Dockerfile's default
+    log.unlink()
+    proc = _whole_build(repo, system_bin, LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_AVX512=ON")
+    assert proc.returncode == 0, proc.stderr
+    assert "--build-arg LLAMA_CMAKE_ARGS=-DGGML_NATIVE=ON -DGGML_AVX512=ON" in log.read_text()

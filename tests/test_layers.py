@@ -11,7 +11,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "sft_pipeline"
 STAGE_MODULES = {"load", "template", "pack", "prepare", "train", "merge", "evaluate"}
 # layer -> the layers its modules may not import
-FORBIDDEN = {"data": {"training", "stages"}, "model": {"training", "stages"}, "training": {"stages"}}
+# serving (the `serve` command's server) sits beside the stages: below the CLI, above the rest
+FORBIDDEN = {"data": {"training", "stages", "serving"}, "model": {"training", "stages", "serving"},
+             "training": {"stages", "serving"}}
 
 
 def imported_modules(path: Path) -> set[str]:
