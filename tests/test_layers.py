@@ -11,7 +11,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "sft_pipeline"
 STAGE_MODULES = {"load", "template", "pack", "prepare", "train", "merge", "evaluate"}
 # layer -> the layers its modules may not import
-FORBIDDEN = {"data": {"training", "stages"}, "model": {"training", "stages"}, "training": {"stages"}}
+FORBIDDEN = {"data": {"training", "stages"}, "model": {"training", "stages"}, "training": {"stages"},
+             "chat": {"training", "stages"}}
 
 
 def imported_modules(path: Path) -> set[str]:
