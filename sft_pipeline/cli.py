@@ -318,8 +318,12 @@ def chat_cmd(target: Path = TargetArg,
             out.file.flush()
 
         output = Output(text=text, note=lambda line: err.print(f"[dim]{escape(line)}", highlight=False, soft_wrap=True))
-        chat(backend, History(recipe.template, tokenizer), recipe.generate.max_new_tokens, recipe.generate.seed,
-             read_lines(sys.stdin, interactive), output, echo=not interactive)
+        try:
+            chat(backend, History(recipe.template, tokenizer), recipe.generate.max_new_tokens, recipe.generate.seed,
+                 read_lines(sys.stdin, interactive), output, echo=not interactive)
+        finally:
+            if isinstance(backend, LlamaCppBackend):
+                backend.close()  # llama.cpp's context and weights, freed now rather than at exit
 
     guarded(go)
 
