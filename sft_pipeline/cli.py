@@ -1,4 +1,4 @@
-"""The command line: one command per stage, plus run, status, generate, serve, evaluate, report, sweep,
+"""The command line: one command per stage, plus run, status, generate, chat, serve, evaluate, report, sweep,
 compare and validate.
 
 Every command takes a recipe file (or a run directory, whose frozen recipe.yaml is used) and
@@ -246,7 +246,9 @@ def generate_cmd(target: Path = TargetArg,
                  model: str = typer.Option("adapter", help="base | adapter (the trained model: LoRA adapter on "
                                            "the base, or method full's whole model) | merged"),
                  set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt) -> None:
-    """Answer prompts with the base, adapter or merged model, using the recipe's template.
+    """Answer prompts with the base, adapter or merged model, using the recipe's template and its
+    generate settings (greedy by default; generate.do_sample, temperature, top_p, top_k,
+    repetition_penalty, seed).
 
     With a run directory, what it prints is also kept in its logs/generate.log."""
 
@@ -265,8 +267,7 @@ def generate_cmd(target: Path = TargetArg,
             configure_threads()
             lm, tok = load_for_inference(run, model)
             texts = [prompt_text(recipe, q, tok) for q in questions]
-            answers = generate(lm, tok, texts, recipe.generate.max_new_tokens, recipe.generate.batch_size,
-                               compute=inference_precision(recipe))
+            answers = generate(lm, tok, texts, recipe.generate, compute=inference_precision(recipe))
             for q, a in zip(questions, answers):
                 out.print(f"[bold]>>> {q}[/]\n{a}\n", highlight=False)
 
@@ -307,6 +308,60 @@ def serve_cmd(target: Path = TargetArg,
                         warn=lambda line: err.print(f"[bold yellow]warning:[/] {escape(line)}", soft_wrap=True,
                                                     highlight=False))
             out.print(f"server stopped ({how})", markup=False, highlight=False)
+
+    guarded(go)
+
+
+@app.command("chat")
+def chat_cmd(target: Path = TargetArg,
+             model: str = typer.Option("adapter", help="base | adapter | merged (as for generate) | gguf (export's "
+                                       "GGUF file, through llama.cpp)"),
+             quant: Optional[str] = typer.Option(None, "--quant", help="gguf: export's model-<TYPE>.gguf to load "
+                                                 "(F16, Q8_0, Q4_K_M, ...; default: the most faithful present)"),
+             gguf: Optional[Path] = typer.Option(None, "--gguf", help="gguf: this GGUF file instead of export's"),
+             set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt) -> None:
+    """Talk to the model, one line a turn: answers stream as they are decoded, the conversation is
+    kept (rendered with the recipe's template, oldest exchanges dropped when it outgrows the
+    context) and decoded with the recipe's generate settings. /reset forgets it; /exit, Ctrl-D
+    or Ctrl-C ends. Reads a pipe too (`sft-pipeline chat RECIPE < lines.txt`)."""
+
+    def go() -> None:
+        from .chat.backends import ChatError, LlamaCppBackend, TransformersBackend, find_gguf
+        from .chat.history import History
+        from .chat.session import Output, chat, read_lines
+        from .model.generate import MODELS, inference_precision, load_for_inference
+        from .model.hardware import configure_threads
+        from .model.loader import load_tokenizer
+
+        if model not in (*MODELS, "gguf"):
+            raise RecipeError(f"--model {model}: expected one of {', '.join((*MODELS, 'gguf'))}")
+        if model != "gguf" and (quant or gguf):
+            raise ChatError(f"--quant and --gguf choose a GGUF file: they go with --model gguf, not {model}")
+        recipe = resolve_recipe(target, set_, run_dir)
+        run = RunDir(recipe.resolved_run_dir(), recipe)
+        threads, _ = configure_threads()
+        if model == "gguf":
+            path = find_gguf(run.path, quant, gguf, str(target))
+            tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code) \
+                if recipe.template.kind == "chat" else None
+            err.print(f"chat: {path}", highlight=False, soft_wrap=True)
+            backend = LlamaCppBackend(path, recipe.generate, threads)
+        else:
+            lm, tokenizer = load_for_inference(run, model)
+            backend = TransformersBackend(lm, tokenizer, recipe.generate, inference_precision(recipe))
+        interactive = sys.stdin.isatty()
+
+        def text(piece: str) -> None:
+            out.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+            out.file.flush()
+
+        output = Output(text=text, note=lambda line: err.print(f"[dim]{escape(line)}", highlight=False, soft_wrap=True))
+        try:
+            chat(backend, History(recipe.template, tokenizer), recipe.generate.max_new_tokens, recipe.generate.seed,
+                 read_lines(sys.stdin, interactive), output, echo=not interactive)
+        finally:
+            if isinstance(backend, LlamaCppBackend):
+                backend.close()  # llama.cpp's context and weights, freed now rather than at exit
 
     guarded(go)
 

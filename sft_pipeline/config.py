@@ -314,8 +314,23 @@ class GenerateConfig(Section):
     temperature: float = Field(default=1.0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
     top_k: int = Field(default=50, ge=0)  # 0: no top-k cut
-    repetition_penalty: float = Field(default=1.0, gt=0)
+    repetition_penalty: float = Field(default=1.0, gt=0)  # applies to greedy answers too; 1: none
     seed: int = 42  # the sampler's seed: the same seed gives the same text
+
+    @model_validator(mode="after")
+    def _sampling_needs_do_sample(self) -> "GenerateConfig":
+        """A temperature, top_p or top_k of its own with do_sample false would be silently unused
+        (answers stay greedy): refused, naming the key that turns sampling on. Temperature 0
+        says greedy itself, so it is accepted either way."""
+        if self.do_sample:
+            return self
+        defaults = type(self).model_fields
+        changed = [f"{k} {getattr(self, k)}" for k in ("temperature", "top_p", "top_k")
+                   if getattr(self, k) != defaults[k].default and not (k == "temperature" and self.temperature == 0)]
+        if changed:
+            raise ValueError(f"{changed[0]} with do_sample false: sampling settings apply only when sampling; "
+                             "set do_sample: true (or leave them at their defaults for greedy answers)")
+        return self
 
 
 class ServeConfig(Section):

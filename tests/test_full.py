@@ -236,10 +236,13 @@ def test_merge_exports_the_trained_model_itself(full_run):
     trained, merged = full_run.path / "train" / "model", full_run.path / "merge" / "model"
     files = sorted(p.name for p in trained.iterdir())
     assert files == sorted(p.name for p in merged.iterdir()) and "model.safetensors" in files
-    assert all(os.path.samefile(trained / f, merged / f) for f in files)  # hard links: no second copy
+    linked = [f for f in files if f != "generation_config.json"]
+    assert all(os.path.samefile(trained / f, merged / f) for f in linked)  # hard links: no second copy
+    # but the recipe's generate settings are a file of merge's own, not written through the link
+    assert not os.path.samefile(trained / "generation_config.json", merged / "generation_config.json")
     verify = read_json(full_run.path / "merge" / "verify.json")
     assert verify["passed"] and verify["merged"] is False and verify["method"] == "full"
-    assert verify["export"] == "train/model, hardlinked" and verify["files"] == len(files)
+    assert verify["export"] == "train/model, hardlinked" and verify["files"] == len(linked)
     assert all(full_run.stage_state(s) == "complete" for s in ("prepare", "train", "merge", "evaluate"))
 
 

@@ -11,9 +11,11 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "sft_pipeline"
 STAGE_MODULES = {"load", "template", "pack", "prepare", "train", "merge", "evaluate"}
 # layer -> the layers its modules may not import
-# serving (the `serve` command's server) sits beside the stages: below the CLI, above the rest
-FORBIDDEN = {"data": {"training", "stages", "serving"}, "model": {"training", "stages", "serving"},
-             "training": {"stages", "serving"}}
+# serving (the `serve` command's server) and chat (the `chat` loop) sit beside the stages: below the
+# CLI, above the rest
+FORBIDDEN = {"data": {"training", "stages", "serving", "chat"}, "model": {"training", "stages", "serving", "chat"},
+             "training": {"stages", "serving", "chat"}, "chat": {"training", "stages", "serving"},
+             "serving": {"training", "chat"}}
 
 
 def imported_modules(path: Path) -> set[str]:

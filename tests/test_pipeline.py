@@ -83,7 +83,8 @@ def test_bundled_model_end_to_end(tmp_path):
     assert read_json(run.path / "merge" / "verify.json")["passed"]
     model = load_model(str(run.path / "merge" / "model"))
     tok = load_tokenizer(str(run.path / "merge" / "model"))
-    answer = generate(model, tok, [prompt_text(recipe, "What is the capital of France?", tok)], 12, 1)[0]
+    settings = recipe.generate.model_copy(update={"max_new_tokens": 12, "batch_size": 1})
+    answer = generate(model, tok, [prompt_text(recipe, "What is the capital of France?", tok)], settings)[0]
     assert "Paris" in answer
 
 

@@ -25,12 +25,13 @@ PROMPTS = ["<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
 def test_generate_pads_left_without_changing_the_callers_tokenizer(tiny_model_dir, own_tokenizer):
     from transformers import AutoModelForCausalLM
 
+    from sft_pipeline.config import GenerateConfig
     from sft_pipeline.model.generate import generate
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     own_tokenizer.padding_side = "right"
-    alone = [generate(model, own_tokenizer, [p], 6, 1)[0] for p in PROMPTS]
-    batched = generate(model, own_tokenizer, PROMPTS, 6, 2)
+    alone = [generate(model, own_tokenizer, [p], GenerateConfig(max_new_tokens=6, batch_size=1))[0] for p in PROMPTS]
+    batched = generate(model, own_tokenizer, PROMPTS, GenerateConfig(max_new_tokens=6, batch_size=2))
     assert own_tokenizer.padding_side == "right"
     # greedy answers do not depend on the batch only when the prompts are padded on the left
     assert batched == alone

@@ -1,14 +1,18 @@
 """Answer prompts with the base model, the trained adapter, or the merged model, using the
-recipe's template: the seed's inference step, batched and greedy by default."""
+recipe's template: the seed's inference step, batched, decoded as the recipe's `generate:`
+section says (greedy by default; model/sampling.py builds the one GenerationConfig)."""
 
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from . import precision
-from ..config import Recipe
+from rich.console import Console
+
+from . import precision, sampling
+from ..config import GenerateConfig, Recipe
 from ..progress import progress
 from ..run.rundir import RunDir
 from ..data.prompts import render_prompt
@@ -16,6 +20,8 @@ from ..data.prompts import render_prompt
 # base: model.ref as it is; adapter: the trained model as train saved it (LoRA: the adapter on the
 # base; method full: train's whole model, there being no adapter); merged: merge's standalone export
 MODELS = ("base", "adapter", "merged")
+
+console = Console(stderr=True)
 
 
 def inference_precision(recipe: Recipe) -> precision.Precision:
@@ -36,7 +42,7 @@ def load_for_inference(run: RunDir, which: str) -> tuple[Any, Any]:
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
     trained_whole = which == "adapter" and recipe.method == "full"
     if which == "merged" or trained_whole:
-        path = run.stage_dir("train") / "model" if trained_whole else run.stage_dir("merge") / "model"
+        path = run.stage_dir("train") / "model" if trained_whole else merged_dir(run) / "model"
         model = load_model(str(path), dtype=dtype, trust_remote_code=recipe.model.trust_remote_code)
     else:
         model = load_model(recipe.model.ref, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code,
@@ -47,26 +53,48 @@ def load_for_inference(run: RunDir, which: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def merged_dir(run: RunDir) -> Path:
+    """merge's folder, also where it is stale only because the recipe's generate settings
+    changed since: its weights do not depend on them, and readers pass the recipe's settings
+    explicitly, so `chat --model merged --set generate.temperature=0.7` needs no new merge.
+    Only the saved generation_config.json is then behind, which is said once."""
+    from .sampling import RECORD
+
+    if run.stage_state("merge") == "stale" and (run.path / "merge" / RECORD).is_file():
+        made = json.loads((run.path / "merge" / RECORD).read_text(encoding="utf-8"))
+        as_made = run.recipe.model_copy(update={"generate": run.recipe.generate.model_copy(update=made)})
+        if RunDir(run.path, as_made).stage_state("merge") == "complete":
+            console.print("[yellow]note: merge/model/generation_config.json was written for other generate settings "
+                          "than these (used here); `sft-pipeline merge` rewrites it", highlight=False)
+            return run.path / "merge"
+    return run.stage_dir("merge")
+
+
 def prompt_text(recipe: Recipe, question: str, tokenizer: Any) -> str:
     return render_prompt([{"role": "user", "content": question}], recipe.template, tokenizer)
 
 
-def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int,
-             label: str = "generate", compute: precision.Precision | None = None) -> list[str]:
-    """Greedy answers, batched with left padding; each stops at EOS. `compute`: run under its
-    autocast, as training computed (needed where fp32 weights meet bf16 compute). The padding
-    side is passed per call, so the caller's tokenizer keeps its own."""
+def generate(model: Any, tokenizer: Any, prompts: list[str], settings: GenerateConfig, label: str = "generate",
+             compute: precision.Precision | None = None, plain_greedy: bool = False) -> list[str]:
+    """Answers decoded as `settings` say, batched (settings.batch_size) with left padding; each
+    stops at EOS. Sampling draws from settings.seed, fixed once per call, so the same seed,
+    prompts and batch size give the same text twice (rows of a batch share one stream of
+    draws); plain_greedy: argmax without repetition penalty (evaluate's comparisons).
+    `compute`: run under its autocast, as training computed (needed where fp32 weights meet
+    bf16 compute). The padding side is passed per call, so the caller's tokenizer keeps its own."""
     import torch
 
+    config = sampling.generation_config(settings, tokenizer, model.generation_config, plain_greedy=plain_greedy)
+    seed = settings.seed if config.do_sample else None
     answers: list[str] = []
-    with progress() as bar:
+    with progress() as bar, sampling.seeded(seed, model.device.type):
         task = bar.add_task(label, total=len(prompts))
-        for lo in range(0, len(prompts), batch_size):
-            chunk = prompts[lo : lo + batch_size]
+        for lo in range(0, len(prompts), settings.batch_size):
+            chunk = prompts[lo : lo + settings.batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+            enc = enc.to(model.device)
             with torch.no_grad(), precision.autocast(compute, model.device.type) if compute else nullcontext():
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                out = model.generate(**enc, generation_config=config)
             for row in out[:, enc["input_ids"].shape[1] :]:
                 answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
             bar.advance(task, len(chunk))

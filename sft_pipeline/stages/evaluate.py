@@ -1,6 +1,8 @@
 """Before/after evaluation: loss and perplexity on the packed eval blocks (and the train blocks
 with evaluate.train_loss), greedy answers to the eval prompts and, where evaluate.style_regex is
-set, the share that follows that style, for the base and the trained adapter.
+set, the share that follows that style, for the base and the trained adapter. The answers are
+plain greedy (argmax, no repetition penalty) whatever generate's sampling settings say: the
+pairs compare two models, and with sampling part of their difference would be the draw.
 
 "Before" is the same adapter model with the adapter disabled, i.e. the base model exactly. Under
 `method: full` there is no adapter to disable: "before" is the base model loaded as training
@@ -24,9 +26,10 @@ from ..training.trackers import IDENTITY, log_evaluation
 
 SPEC = StageSpec(
     # method: what "before" and "after" are; train.precision: inference computes as training did;
-    # the eval batch size for the loss passes
-    name="evaluate", reads=("method", "evaluate", "generate", "model", "train.precision",
-                            "train.per_device_eval_batch_size"),
+    # the eval batch size for the loss passes; of generate only the answers' length and batch:
+    # the answers are plain greedy (run() says why), so the sampling settings change nothing here
+    name="evaluate", reads=("method", "evaluate", "generate.max_new_tokens", "generate.batch_size", "model",
+                            "train.precision", "train.per_device_eval_batch_size"),
     upstream=("template", "pack", "train"),
     writes=("report.json", "summary.json", "answers.json"),  # answers.json: every evaluation's answers
     may_write={"wandb/": "tracking.wandb is not off (the before/after table joins train's run)"},
@@ -142,8 +145,10 @@ def run(run: RunDir, out: Path) -> None:
             losses[name] = mean_loss(model, blocks, tokenizer.pad_token_id, bs, f"loss {name} ({phase})",
                                      padding_free=packed, autocast=lambda: precision.autocast(compute, device))
         attention.use(causal, own)
-        answers = generate(model, tokenizer, prompts, recipe.generate.max_new_tokens,
-                           recipe.generate.batch_size, f"answers ({phase})", compute=compute)
+        # plain greedy whatever generate's sampling settings say: the pairs compare models, and a
+        # draw (or a repetition penalty) would make part of the difference the decoding's
+        answers = generate(model, tokenizer, prompts, recipe.generate, f"answers ({phase})", compute=compute,
+                           plain_greedy=True)
         del model, causal
         report[phase] = {"loss": losses, "perplexity": {k: perplexity(v) for k, v in losses.items()}, "answers": answers}
         if cfg.style_regex:

@@ -15,6 +15,12 @@ The stage still runs, so `run`, `status`, `generate --model merged` and evaluate
 method alike: merge/model is train/model, made of hard links (no second copy of the weights;
 copies where the filesystem cannot link), each file checked identical to train's, and
 verify.json says so.
+
+Either way merge/model gets the recipe's `generate:` settings as its generation_config.json
+(model/sampling.py), so a runtime that loads the model (transformers, export's copy, serve)
+decodes as the recipe says by default. Under method full that file is written new, not through
+the hard link: train's own copy stays as train saved it. generate.json records the settings the
+file was made from (model/generate.py: a later change of them alone leaves the weights usable).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ..model.sampling import GENERATION_CONFIG, GENERATION_KEYS, RECORD, write_generation_config
 from ..model.merging import (WEIGHT_RTOL, MergeError, compute_dtype_of, dequantized_base, expected_merged_weights,
                              logits_of, max_gap, probe_batch, upcast_to_fp32, weight_check)
 from ..config import Recipe
@@ -33,10 +40,11 @@ from ..run.rundir import RunDir, write_json
 from ..run.stage_spec import StageSpec
 
 SPEC = StageSpec(
-    # method: full has nothing to merge; train.precision: the NF4 reference model's compute dtype (QLoRA)
-    name="merge", reads=("method", "merge", "model", "train.precision"),
+    # method: full has nothing to merge; train.precision: the NF4 reference model's compute dtype (QLoRA);
+    # generate.*: model/generation_config.json (batch_size is how many prompts one call takes: not in it)
+    name="merge", reads=("method", "merge", "model", "train.precision", *GENERATION_KEYS),
     upstream=("template", "train"),  # template: the probe texts (prepare comes in through train)
-    writes=("model/", "verify.json", "summary.json"),
+    writes=("model/", "verify.json", "summary.json", RECORD),
 )
 
 console = Console(stderr=True)
@@ -50,7 +58,7 @@ def run(run: RunDir, out: Path) -> None:
 
     recipe, cfg = run.recipe, run.recipe.merge
     if recipe.method == "full":
-        export_trained_model(run.stage_dir("train") / "model", out)
+        export_trained_model(run.stage_dir("train") / "model", out, recipe)
         return
     adapter = run.stage_dir("train") / "adapter"
     dtype = getattr(torch, cfg.dtype)
@@ -93,18 +101,27 @@ def run(run: RunDir, out: Path) -> None:
                       f"(> {cfg.tolerance}); merge.base: dequantized matches what training saw")
     merged.save_pretrained(str(out / "model"), safe_serialization=True)
     tokenizer.save_pretrained(str(out / "model"))
+    write_generation_config(recipe.generate, tokenizer, merged.generation_config, out)
     console.print(f"merged model saved to {out / 'model'}; max |logit gap| vs adapter = {gap:.3g}")
     write_json(out / "verify.json", record)
     write_json(out / "summary.json", {k: record[k] for k in ("base", "max_abs_logit_gap", "passed")})
 
 
-def export_trained_model(trained: Path, out: Path) -> None:
+def export_trained_model(trained: Path, out: Path, recipe: Recipe) -> None:
     """method full: the trained model is the export. Linked (or copied) into model/, every file
-    checked identical to train's; verify.json records that nothing was merged, and why."""
+    but generation_config.json (the recipe's, written new) checked identical to train's;
+    verify.json records that nothing was merged, and why."""
     import filecmp
 
+    from transformers import GenerationConfig
+
+    from ..model.loader import load_tokenizer
+
     how = link_tree(trained, out / "model")
-    files = [p.relative_to(trained) for p in trained.rglob("*") if p.is_file()]
+    own = GenerationConfig.from_pretrained(trained) if (trained / GENERATION_CONFIG).is_file() else None
+    tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
+    write_generation_config(recipe.generate, tokenizer, own, out)
+    files = [p.relative_to(trained) for p in trained.rglob("*") if p.is_file() and p.name != GENERATION_CONFIG]
     differ = [str(f) for f in files if not (os.path.samefile(trained / f, out / "model" / f)
                                              or filecmp.cmp(trained / f, out / "model" / f, shallow=False))]
     if differ:
@@ -113,6 +130,7 @@ def export_trained_model(trained: Path, out: Path) -> None:
         "method": "full", "merged": False, "passed": True,
         "why": "method full trained every weight; the trained model is the export, there is no adapter to merge",
         "export": f"train/model, {how}", "files": len(files), "identical_to_train": True,
+        "generation_config": "the recipe's generate settings, a new file (train's own left as it was)",
     }
     console.print(f"method full: nothing to merge; merge/model is the trained model ({how})")
     write_json(out / "verify.json", record)
