@@ -421,6 +421,10 @@ def print_report(run: RunDir) -> None:
     if "style_share" in report["before"]:
         table.add_row(f"house style share ({report['prompts']} {report['split']} prompts)",
                       f"{report['before']['style_share']:.0%}", f"{report['after']['style_share']:.0%}")
+    from .report.page import harness_rows
+
+    for row in harness_rows(report):
+        table.add_row(*row)
     out.print(table)
     for i, pair in enumerate(report["pairs"], 1):
         question = pair["question"]
