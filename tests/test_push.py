@@ -111,6 +111,7 @@ def test_push_uploads_the_staged_folder_and_the_token_only_in_the_header(trained
     from sft_pipeline.cli import app
 
     token = "hf_" + secrets.token_hex(16)
+    adapter_before = _files(trained_run / "train" / "adapter")  # PEFT's own README.md among them
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the stub serves the plain-HTTP path
     with StubHub() as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
@@ -135,6 +136,7 @@ def test_push_uploads_the_staged_folder_and_the_token_only_in_the_header(trained
     record = json.loads((trained_run / "push" / "adapter.json").read_text())
     assert record["repo_id"] == "me/tiny-lora" and record["commit_url"].startswith(hub.url)
     assert "pushed: " in result.output
+    assert _files(trained_run / "train" / "adapter") == adapter_before  # staging wrote nothing through its links
 
 
 def test_push_without_a_token_is_one_line_and_stages_nothing(trained_run, monkeypatch, tmp_path):
@@ -163,6 +165,7 @@ def test_dry_run_needs_no_token_and_sends_nothing(trained_run, monkeypatch):
     assert (staged / "README.md").is_file() and (staged / "model.safetensors").is_file()
     assert "library_name: transformers" in result.output and "dry run: nothing uploaded" in result.output
     assert "model.safetensors" in result.output  # the file list
+    assert result.output.count("- `README.md`") == 1  # the card's file list names each file once
 
 
 def test_gguf_push_names_export_when_missing_and_takes_only_gguf_files_and_modelfile(trained_run, monkeypatch):

@@ -80,6 +80,9 @@ def stage(run: RunDir, what: str, repo_id: str) -> Staged:
             link_tree_file(path, partial / path.name)
     else:
         link_tree(source, partial)
+        # PEFT's save_pretrained leaves its own template card there: ours replaces it, and is
+        # written as a new file (the link would carry the write into train's folder)
+        (partial / CARD).unlink(missing_ok=True)
     hub_base, _ = base_model(run.recipe.model.ref)
     if what == "adapter" and hub_base and (partial / "adapter_config.json").is_file():
         _point_adapter_at_hub_base(partial / "adapter_config.json", hub_base)
@@ -91,7 +94,7 @@ def stage(run: RunDir, what: str, repo_id: str) -> Staged:
         plots.append(f"{PLOTS}/{png.name}")
     listed = sorted([str(p.relative_to(partial)) for p in partial.rglob("*") if p.is_file()] + [CARD])
     card = build_card(read_facts(run), what, repo_id, listed, plots)
-    card.save(partial / CARD)
+    atomic_write_text(partial / CARD, str(card))  # a new file, never written through a link
     final = push / what
     old = push / f".{what}.old"
     shutil.rmtree(old, ignore_errors=True)
