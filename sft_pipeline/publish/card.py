@@ -21,8 +21,6 @@ from ..run.rundir import RunDir
 # The bundled model is a GGUF copy of a Hub model: the card names the Hub model, whose card says
 # where the weights came from, and its licence (HuggingFaceTB/SmolLM2-135M-Instruct: apache-2.0)
 BUNDLED_BASES = {"bundled:smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
-# The bundled dataset is written by this project and shipped under the project's licence
-BUNDLED_DATA_LICENSE = "apache-2.0"
 WHAT = ("adapter", "merged", "gguf")
 LIBRARY = {"adapter": "peft", "merged": "transformers", "gguf": None}  # gguf: the Hub tags it from the files
 
@@ -122,9 +120,7 @@ def eval_results(facts: RunFacts, model_name: str) -> list[Any]:
 def card_data(facts: RunFacts, what: str, repo_id: str) -> Any:
     from huggingface_hub import ModelCardData
 
-    base, license_ = base_model(facts.model_ref)
-    if facts.data_source.startswith("bundled:") and license_ is None and base is None:
-        license_ = BUNDLED_DATA_LICENSE
+    base, license_ = base_model(facts.model_ref)  # a fine-tune inherits its base's licence; unknown: none claimed
     method_tag = {"lora": "lora", "qlora": "qlora", "full": "full-fine-tune"}[facts.method]
     tags = ["sft", "trl", method_tag, "sft-pipeline"] + (["gguf"] if what == "gguf" else [])
     library = LIBRARY[what] if not (what == "adapter" and facts.method == "full") else "transformers"
