@@ -194,3 +194,20 @@ def test_gguf_push_names_export_when_missing_and_takes_only_gguf_files_and_model
         assert "- gguf" in staged["README.md"].decode()
     finally:
         shutil.rmtree(export)
+
+
+def test_train_keeps_an_online_wandb_url_for_the_card(tmp_path, monkeypatch):
+    """The card's W&B link comes from tracking.json, where train keeps an online run's URL next
+    to its id; an offline run has no URL to keep."""
+    from types import SimpleNamespace
+
+    from sft_pipeline.run.files import read_json
+    from sft_pipeline.training.trackers import IDENTITY, Tracking, identity
+
+    made = identity(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    Tracking._keep_url(SimpleNamespace(out=tmp_path), SimpleNamespace(url="https://wandb.ai/me/p/runs/x"))
+    assert "wandb_url" not in read_json(tmp_path / IDENTITY)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    Tracking._keep_url(SimpleNamespace(out=tmp_path), SimpleNamespace(url="https://wandb.ai/me/p/runs/x"))
+    assert read_json(tmp_path / IDENTITY) == {**made, "wandb_url": "https://wandb.ai/me/p/runs/x"}
