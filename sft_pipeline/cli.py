@@ -1,5 +1,5 @@
 """The command line: one command per stage, plus run, status, generate, chat, serve, evaluate, report, sweep,
-compare and validate.
+compare, validate and push.
 
 Every command takes a recipe file (or a run directory, whose frozen recipe.yaml is used) and
 `--set section.key=value` overrides. Every failure ends in one line on stderr: a known one (a
@@ -463,6 +463,43 @@ def compare_cmd(run_dirs: list[Path] = typer.Argument(..., help="run directories
     guarded(go)
 
 
+@app.command("push")
+def push_cmd(target: Path = TargetArg,
+             repo: str = typer.Option(..., "--repo", help="the Hub model repository: namespace/name"),
+             what: str = typer.Option("adapter", "--what", help="adapter (train's; method full: the trained model) "
+                                      "| merged (merge's model) | gguf (export's GGUF files and Modelfile)"),
+             private: Optional[bool] = typer.Option(None, "--private/--public", help="visibility of a new repository"),
+             dry_run: bool = typer.Option(False, "--dry-run", help="stage and show the card and files; upload nothing"),
+             set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt) -> None:
+    """Publish a run to the Hugging Face Hub with a model card (base model, data counts, recipe,
+    evaluate's figures, the report's plots, W&B run). Token from HF_TOKEN; endpoint from HF_ENDPOINT.
+
+    The files go up from <run dir>/push/<what>/, staged first; --dry-run stops there."""
+
+    def go() -> None:
+        from .publish.stage import stage
+        from .publish.upload import token_from_env, upload
+
+        recipe = resolve_recipe(target, set_, run_dir)
+        run = RunDir(recipe.resolved_run_dir(), recipe)
+        if not dry_run:
+            token_from_env()  # refused before anything is staged
+        with logs.capture(run.path, "push", only_existing=True):
+            staged = stage(run, what, repo)
+            out.print(staged.card.content, markup=False, highlight=False)
+            out.rule(f"{len(staged.files)} files in {staged.folder}")
+            for name in staged.files:
+                size = (staged.folder / name).stat().st_size
+                out.print(f"{size:>14,d}  {name}", markup=False, highlight=False)
+            if dry_run:
+                out.print(f"dry run: nothing uploaded (would push to {repo})", highlight=False)
+                return
+            url = upload(staged, repo, private=private)
+            out.print(f"pushed: {url}", highlight=False, soft_wrap=True)
+
+    guarded(go)
+
+
 def print_report(run: RunDir) -> None:
     report = json.loads((run.path / "evaluate" / "report.json").read_text())
     table = Table(title="before vs after fine-tuning")
@@ -477,6 +514,10 @@ def print_report(run: RunDir) -> None:
     if "style_share" in report["before"]:
         table.add_row(f"house style share ({report['prompts']} {report['split']} prompts)",
                       f"{report['before']['style_share']:.0%}", f"{report['after']['style_share']:.0%}")
+    from .report.page import harness_rows
+
+    for row in harness_rows(report):
+        table.add_row(*row)
     out.print(table)
     for i, pair in enumerate(report["pairs"], 1):
         question = pair["question"]

@@ -357,6 +357,19 @@ class ServeConfig(Section):
 HOUSE_STYLE = r"TL;DR: [^\n]+\n\nDetails:\n(- [^\n]+\n){1,4}- [^\n]+"
 
 
+class HarnessConfig(Section):
+    # lm-evaluation-harness tasks run on the model before and after training; [] (the default):
+    # none. lima_house_style ships with the package (harness_tasks/) and runs offline; a task of
+    # lm-eval's own needs its dataset from the Hub (or the datasets cache).
+    tasks: list[str] = Field(default_factory=list)
+    limit: int | None = Field(default=None, ge=1)  # documents per task; None: all of them
+    num_fewshot: int | None = Field(default=None, ge=0)  # None: each task's own setting
+    batch_size: int = Field(default=8, ge=1)
+    # the model's chat template around each question, as training rendered conversations
+    # (template.kind chat); false for a recipe that trained on plain text
+    apply_chat_template: bool = True
+
+
 class EvaluateConfig(Section):
     # A regex (re.fullmatch) that answers must follow, e.g. HOUSE_STYLE; None: no style is checked
     # (data without a house style has no style row to show)
@@ -366,6 +379,7 @@ class EvaluateConfig(Section):
     # the loss pass over the training blocks too, not only the eval blocks: on the demo it is
     # most of evaluate's time (120 training examples against 40 eval ones)
     train_loss: bool = False
+    harness: HarnessConfig = Field(default_factory=HarnessConfig)
 
     @field_validator("style_regex")
     @classmethod

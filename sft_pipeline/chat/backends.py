@@ -28,7 +28,7 @@ GGUF_CONTEXT_CAP = 4096
 GGUF_PREFERENCE = ("F16", "BF16", "F32", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M")
 
 
-class ChatError(PipelineError):
+class ChatError(PipelineError, RuntimeError):
     """What chat cannot start with (no export, an unknown backend): one line saying what to run."""
 
 

@@ -17,7 +17,7 @@ from ..data.prompts import render_prompt
 from ..errors import PipelineError
 
 
-class TooLong(PipelineError):
+class TooLong(PipelineError, ValueError):
     """The newest message alone does not fit the model's context: the message says by how much."""
 
 

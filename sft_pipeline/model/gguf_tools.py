@@ -25,7 +25,7 @@ CONVERTER_ENV = "SFT_PIPELINE_LLAMA_CPP_DIR"  # where convert_hf_to_gguf.py lies
 CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")  # what convert_hf_to_gguf.py writes itself
 
 
-class GGUFError(PipelineError):
+class GGUFError(PipelineError, RuntimeError):
     """The converter or the quantizer failed, or cannot be found."""
 
 

@@ -69,6 +69,19 @@ def evaluation_rows(report: dict[str, Any]) -> list[list[Any]]:
     if "style_share" in report["before"]:
         rows.append([f"style share ({report['prompts']} {report['split']} prompts)",
                      f"{report['before']['style_share']:.0%}", f"{report['after']['style_share']:.0%}"])
+    rows += harness_rows(report)
+    return rows
+
+
+def harness_rows(report: dict[str, Any]) -> list[list[Any]]:
+    """One row per lm-eval task and metric (evaluate.harness), the main metric first."""
+    rows = []
+    for task, after in (report["after"].get("harness") or {}).items():
+        before = report["before"]["harness"][task]
+        names = sorted(after["metrics"], key=lambda m: (m != after["main"], m))
+        for metric in names:
+            rows.append([f"lm-eval {task}: {metric} ({after['samples']} docs, {after['num_fewshot']}-shot)",
+                         f"{before['metrics'][metric]:.4f}", f"{after['metrics'][metric]:.4f}"])
     return rows
 
 

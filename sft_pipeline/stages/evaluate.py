@@ -1,8 +1,10 @@
 """Before/after evaluation: loss and perplexity on the packed eval blocks (and the train blocks
 with evaluate.train_loss), greedy answers to the eval prompts and, where evaluate.style_regex is
-set, the share that follows that style, for the base and the trained adapter. The answers are
-plain greedy (argmax, no repetition penalty) whatever generate's sampling settings say: the
-pairs compare two models, and with sampling part of their difference would be the draw.
+set, the share that follows that style, for the base and the trained adapter; and, where
+evaluate.harness.tasks names any, lm-evaluation-harness tasks on the same two models
+(model/harness.py), their main metric per task in summary.json (and so in W&B's summary). The
+answers are plain greedy (argmax, no repetition penalty) whatever generate's sampling settings
+say: the pairs compare two models, and with sampling part of their difference would be the draw.
 
 "Before" is the same adapter model with the adapter disabled, i.e. the base model exactly. Under
 `method: full` there is no adapter to disable: "before" is the base model loaded as training
@@ -119,6 +121,7 @@ def run(run: RunDir, out: Path) -> None:
     from ..training.loss import causal_lm
     from ..model import precision
     from ..model.generate import generate, inference_precision
+    from ..model.harness import headline, run_harness
 
     recipe = run.recipe
     cfg = recipe.evaluate
@@ -149,8 +152,10 @@ def run(run: RunDir, out: Path) -> None:
         # draw (or a repetition penalty) would make part of the difference the decoding's
         answers = generate(model, tokenizer, prompts, recipe.generate, f"answers ({phase})", compute=compute,
                            plain_greedy=True)
-        del model, causal
         report[phase] = {"loss": losses, "perplexity": {k: perplexity(v) for k, v in losses.items()}, "answers": answers}
+        if cfg.harness.tasks:  # lm-eval's tasks on this same model: before is the base, after the trained one
+            report[phase]["harness"] = run_harness(model, tokenizer, cfg.harness, compute=compute)
+        del model, causal
         if cfg.style_regex:
             report[phase]["style_share"] = style_share(answers, cfg.style_regex)
     report["pairs"] = [
@@ -165,6 +170,9 @@ def run(run: RunDir, out: Path) -> None:
     write_json(out / "report.json", report)
     write_json(out / "answers.json", history)
     summary = {p: {k: report[p].get(k) for k in ("loss", "perplexity", "style_share")} for p in ("before", "after")}
+    if cfg.harness.tasks:  # each task's main metric; report.json has every metric
+        for p in ("before", "after"):
+            summary[p]["harness"] = headline(report[p]["harness"])
     write_json(out / "summary.json", summary)
     log_evaluation(recipe, out, train_dir, summary, history["rows"])
 

@@ -130,13 +130,23 @@ class Tracking:
     def __enter__(self) -> "Tracking":
         if "wandb" in self.trackers:
             earlier = self._earlier_wandb_rows()
-            open_wandb(self.run_id, self.name, self.config)
+            run = open_wandb(self.run_id, self.name, self.config)
+            self._keep_url(run)
             self._replay(earlier)
         if "tensorboard" in self.trackers:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(self.out / "tensorboard"))
         return self
+
+    def _keep_url(self, run: Any) -> None:
+        """An online run's URL, beside its id in tracking.json, for `sft-pipeline push`'s model
+        card (an offline run has none until `wandb sync`; its entity is known only online)."""
+        url = getattr(run, "url", None) if os.environ.get("WANDB_MODE") == "online" else None
+        if url:
+            ident = identity(self.out)
+            if ident.get("wandb_url") != url:
+                write_json(self.out / IDENTITY, {**ident, "wandb_url": url})
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self._tb is not None:
