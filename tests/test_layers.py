@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sft_pipeline"
-STAGE_MODULES = {"load", "template", "pack", "prepare", "train", "merge", "evaluate"}
+STAGE_MODULES = {"load", "template", "pack", "prepare", "train", "merge", "evaluate", "export"}
 # layer -> the layers its modules may not import
 FORBIDDEN = {"data": {"training", "stages"}, "model": {"training", "stages"}, "training": {"stages"}}
 

@@ -43,14 +43,15 @@ def reference_answers(model: Any, tokenizer: Any, prompts: list[str], tokens: in
     import torch
     from transformers import GenerationConfig
 
-    config = GenerationConfig(max_new_tokens=tokens, do_sample=False, eos_token_id=stops,
+    config = GenerationConfig(max_new_tokens=tokens, do_sample=False, eos_token_id=stops, output_logits=True,
+                              return_dict_in_generate=True,
                               pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0])
     out = []
     for text in prompts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # as generate.py tokenizes prompts
         with torch.no_grad():
             result = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                    generation_config=config, output_logits=True, return_dict_in_generate=True)
+                                    generation_config=config)
         answer = result.sequences[0, len(ids):].tolist()
         margins = []
         for step in result.logits[: len(answer)]:
@@ -67,8 +68,13 @@ def check_file(path: Path, references: list[Reference], texts: list[str], tokens
     import numpy as np
     from llama_cpp import Llama
 
+    import torch
+
     n_ctx = max(len(r.prompt_ids) + len(r.tokens) for r in references) + tokens + 8
-    llm = Llama(str(path), n_ctx=max(n_ctx, 64), logits_all=True, verbose=False, seed=0)
+    # as many threads as torch was given (hardware.configure_threads: one per physical core);
+    # llama-cpp-python's default is half the logical CPUs
+    llm = Llama(str(path), n_ctx=max(n_ctx, 64), logits_all=True, verbose=False, seed=0,
+                n_threads=torch.get_num_threads(), n_threads_batch=torch.get_num_threads())
     try:
         rows, disagreements, agreed, compared = [], [], 0, 0
         stop = set(stops)
@@ -79,11 +85,14 @@ def check_file(path: Path, references: list[Reference], texts: list[str], tokens
                 own.append(int(token))
                 if token in stop or len(own) >= tokens:
                     break
-            llm.reset()
-            llm.eval(ref.prompt_ids + ref.tokens[:-1])
-            start = len(ref.prompt_ids) - 1
-            logits = np.asarray(llm.scores[start: start + len(ref.tokens)])
-            forced = [int(t) for t in logits.argmax(axis=1)]
+            if own == ref.tokens:  # greedy followed transformers all the way: forcing gives the same argmaxes
+                forced = list(own)
+            else:
+                llm.reset()
+                llm.eval(ref.prompt_ids + ref.tokens[:-1])
+                start = len(ref.prompt_ids) - 1
+                logits = np.asarray(llm.scores[start: start + len(ref.tokens)])
+                forced = [int(t) for t in logits.argmax(axis=1)]
             for pos, (theirs, ours) in enumerate(zip(ref.tokens, forced)):
                 compared += 1
                 if theirs == ours:
