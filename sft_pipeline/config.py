@@ -278,8 +278,9 @@ class ExportConfig(Section):
     verify_tokens: int = Field(default=20, ge=1)
     verify_prompts: int | None = Field(default=None, ge=1)
     # A token where F16 and transformers disagree is a near-tie, recorded and not a failure, when
-    # transformers' own top-2 logit gap there is at most this (fp16 weights move SmolLM2-135M's
-    # logits by up to ~0.1 against fp32; a gap that small is a coin toss, not a wrong model)
+    # transformers' own top-2 logit gap there is at most this. On the bundled SmolLM2-135M F16
+    # flipped 2 of 788 tokens, both where that gap was under 0.005 (docs/export.md); the median gap
+    # was 1.3. A real conversion fault (wrong tensor, wrong tokenizer) breaks wide margins too.
     tie_margin: float = Field(default=0.25, ge=0)
     # The file the Ollama Modelfile names in FROM; None: Q4_K_M when exported, else the smallest
     modelfile_type: str | None = None

@@ -61,6 +61,8 @@ def _wrong_type(ann):
         return "type", {"not": "a string"}  # also not a list, for str | list[str]
     if any(a is dict or typing.get_origin(a) is dict for a in kinds):
         return "type", "not-a-mapping"
+    if any(typing.get_origin(a) is list for a in kinds):
+        return "type", "not-a-list"
     return None
 
 
