@@ -42,7 +42,7 @@ def gguf_name(type_name: str) -> str:
     return f"model-{canonical_type(type_name)}.gguf"
 
 
-class GGUFError(PipelineError):
+class GGUFError(PipelineError, RuntimeError):
     """The converter or the quantizer failed, or cannot be found."""
 
 
