@@ -126,6 +126,9 @@ def test_the_files_carry_the_recipes_template_and_answer_chats(exported):
             assert isinstance(reply["choices"][0]["message"]["content"], str)
         finally:
             llm.close()
+    # the template went in through a staging copy of hard links: merge's own files are as merge wrote them
+    merged = json.loads((exported.path / "merge" / "model" / "tokenizer_config.json").read_text())
+    assert merged.get("chat_template") != template and "Q: " not in json.dumps(merged)
 
 
 def test_the_modelfile(exported):
