@@ -30,7 +30,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=O
 # llama.cpp's HF -> GGUF converter, from the same source package (requirements/llama_cpp_converter.py)
 LLAMA_CPP_TOOLS := $(VENV)/share/llama.cpp
 
-.PHONY: help install demo report test test-fast test-faults run status load template pack prepare train merge evaluate inspect \
+.PHONY: help install demo report test test-fast test-faults run status load template pack prepare train merge evaluate export inspect \
         generate validate serve docker-build docker-serve clean bench-train bench-serve lock upgrade-check
 
 help:
@@ -89,7 +89,7 @@ test-faults: install ## fault injection on the bundled model (kill/resume, lock,
 run: install ## every stage that is not up to date: make run RECIPE=recipes/x.yaml
 	$(BIN)/sft-pipeline run $(RECIPE) $(SET)
 
-template pack prepare train merge evaluate validate inspect load: install ## one stage: make train RECIPE=...
+template pack prepare train merge evaluate export validate inspect load: install ## one stage: make train RECIPE=...
 	$(BIN)/sft-pipeline $@ $(RECIPE) $(SET)
 
 status: install ## the stage table of the recipe's run directory

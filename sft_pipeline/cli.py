@@ -1,5 +1,5 @@
-"""The command line: one command per stage, plus run, status, generate, chat, serve, evaluate, report, sweep,
-compare, validate and push.
+"""The command line: one command per stage, plus run, status, generate, chat, serve, evaluate, export,
+report, sweep, compare, validate and push.
 
 Every command takes a recipe file (or a run directory, whose frozen recipe.yaml is used) and
 `--set section.key=value` overrides. Every failure ends in one line on stderr: a known one (a
@@ -378,6 +378,29 @@ def evaluate_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, r
         run = RunDir(recipe.resolved_run_dir(), recipe)
         run_stage(run, "evaluate", force=force)
         print_report(run)
+
+    guarded(go)
+
+
+@app.command("export")
+def export_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt,
+               force: bool = typer.Option(False, "--force", help="redo the export even if up to date")) -> None:
+    """After merge: GGUF files (export.types: F16, Q8_0, Q4_K_M) for llama.cpp and Ollama, with the
+    recipe's chat template and an Ollama Modelfile, verified against the merged model."""
+
+    def go() -> None:
+        from .run.pipeline import run_stage
+
+        recipe = resolve_recipe(target, set_, run_dir)
+        run = RunDir(recipe.resolved_run_dir(), recipe)
+        run_stage(run, "export", force=force)
+        summary = json.loads((run.path / "export" / "summary.json").read_text())
+        for name, file in summary["files"].items():
+            rate = summary["agreement_rate"][name]
+            out.print(f"{run.path / 'export' / file}  ({summary['sizes_mib'][name]} MiB, "
+                      f"{rate:.0%} of greedy tokens agree with transformers)", highlight=False, soft_wrap=True)
+        out.print(f"{run.path / 'export' / 'Modelfile'}  (FROM model-{summary['modelfile_from']}.gguf)",
+                  highlight=False, soft_wrap=True)
 
     guarded(go)
 

@@ -394,6 +394,46 @@ class EvaluateConfig(Section):
         return v
 
 
+class ExportConfig(Section):
+    """`sft-pipeline export`: the merged model as GGUF files for llama.cpp and Ollama."""
+
+    # llama.cpp's type names, any case (f16, q8_0, Q4_K_M, ...); validate and preflight check them
+    # against the installed llama.cpp. F16 is always made (everything else is quantized from it)
+    # and kept only when listed.
+    types: list[str] = Field(default_factory=lambda: ["F16", "Q8_0", "Q4_K_M"], min_length=1)
+    # Verification: greedy tokens per eval prompt compared with transformers on merge/model (fp32);
+    # the eval prompts used (None: all of them, as evaluate's max_prompts)
+    verify_tokens: int = Field(default=20, ge=1)
+    verify_prompts: int | None = Field(default=None, ge=1)
+    # A token where F16 and transformers disagree is a near-tie, recorded and not a failure, when
+    # transformers' own top-2 logit gap there is at most this. On the bundled SmolLM2-135M F16
+    # flipped 2 of 788 tokens, both where that gap was under 0.005 (docs/export.md); the median gap
+    # was 1.3. A real conversion fault (wrong tensor, wrong tokenizer) breaks wide margins too.
+    tie_margin: float = Field(default=0.25, ge=0)
+    # The file the Ollama Modelfile names in FROM; None: Q4_K_M when exported, else the smallest
+    modelfile_type: str | None = None
+
+    @field_validator("types")
+    @classmethod
+    def _upper_unique(cls, v: list[str]) -> list[str]:
+        names = [t.strip().upper() for t in v]  # llama.cpp spells every type in capitals
+        twice = sorted({t for t in names if names.count(t) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} listed twice")
+        return names
+
+    @field_validator("modelfile_type")
+    @classmethod
+    def _upper(cls, v: str | None) -> str | None:
+        return None if v is None else v.strip().upper()
+
+    @model_validator(mode="after")
+    def _modelfile_type_exported(self) -> "ExportConfig":
+        if self.modelfile_type is not None and self.modelfile_type not in self.types:
+            raise ValueError(f"modelfile_type {self.modelfile_type} is not in export.types ({', '.join(self.types)})")
+        return self
+
+
 METHODS = ("lora", "qlora", "full")
 
 
@@ -415,6 +455,7 @@ class Recipe(Section):
     merge: MergeConfig = Field(default_factory=MergeConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @model_validator(mode="before")

@@ -9,13 +9,13 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sft_pipeline"
-STAGE_MODULES = {"load", "template", "pack", "prepare", "train", "merge", "evaluate"}
+STAGE_MODULES = {"load", "template", "pack", "prepare", "train", "merge", "evaluate", "export"}
 # layer -> the layers its modules may not import
 # serving (the `serve` command's server) and chat (the `chat` loop) sit beside the stages: below the
 # CLI, above the rest
 FORBIDDEN = {"data": {"training", "stages", "serving", "chat"}, "model": {"training", "stages", "serving", "chat"},
              "training": {"stages", "serving", "chat"}, "chat": {"training", "stages", "serving"},
-             "serving": {"training", "chat"}}
+             "serving": {"training", "stages", "chat"}}
 
 
 def imported_modules(path: Path) -> set[str]:

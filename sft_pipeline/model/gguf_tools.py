@@ -13,16 +13,33 @@ take the caller with it.
 from __future__ import annotations
 
 import ast
+import json
 import os
+import re
 import subprocess
 import sys
+import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from ..errors import PipelineError
 
 CONVERTER_ENV = "SFT_PIPELINE_LLAMA_CPP_DIR"  # where convert_hf_to_gguf.py lies, when not in the venv
 CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")  # what convert_hf_to_gguf.py writes itself
+EXPORT_DIR = "export"  # the export stage's folder in a run directory
+
+
+def gguf_file(run_dir: Any, type_name: str) -> Path:
+    """Where the export stage puts the GGUF file of `type_name` (any case: "q4_k_m") in a run
+    directory (a path or a RunDir): <run dir>/export/model-<TYPE>.gguf, TYPE as llama.cpp spells
+    it. The contract `chat --model gguf` and `serve` find the files by; the file may not exist."""
+    root = Path(getattr(run_dir, "path", run_dir))
+    return root / EXPORT_DIR / gguf_name(type_name)
+
+
+def gguf_name(type_name: str) -> str:
+    return f"model-{canonical_type(type_name)}.gguf"
 
 
 class GGUFError(PipelineError, RuntimeError):
@@ -73,41 +90,116 @@ def canonical_type(name: str) -> str:
     return found
 
 
-def convert(model_dir: Path, out_file: Path, outtype: str, log: Path) -> None:
+def architectures(config_file: Path) -> list[str]:
+    """A checkpoint's config.json "architectures" (an empty list where it names none)."""
+    try:
+        found = json.loads(config_file.read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError) as err:
+        raise GGUFError(f"{config_file}: cannot read the model's architectures ({err})") from None
+    return [str(a) for a in found]
+
+
+def unsupported(archs: list[str], where: str) -> str | None:
+    """Why llama.cpp's converter cannot turn a model of `archs` into a GGUF file, in one line
+    naming `where` they were read; None when it can."""
+    known = supported_architectures()
+    if not archs:
+        return f"{where}: names no architecture, so llama.cpp's converter cannot export it to GGUF"
+    missing = [a for a in archs if a not in known]
+    if missing:
+        return (f"{where}: {', '.join(missing)} is not an architecture llama.cpp's converter supports, so this "
+                f"model cannot be exported to GGUF ({len(known)} are, e.g. LlamaForCausalLM, Qwen2ForCausalLM)")
+    return None
+
+
+def convert(model_dir: Path, out_file: Path, outtype: str, log: Path) -> dict[str, float]:
     """HF checkpoint folder -> one GGUF file of `outtype` (one of CONVERTER_TYPES), via llama.cpp's
-    convert_hf_to_gguf.py in a child process; its output goes to `log`."""
+    convert_hf_to_gguf.py in a child process; its output goes to `log`. Returns the child's
+    wall time and peak resident memory (what a user sizes a machine by)."""
     if outtype not in CONVERTER_TYPES:
         raise GGUFError(f"the converter writes {', '.join(CONVERTER_TYPES)}, not '{outtype}' (quantize from f16)")
     folder = converter_dir()
-    command = [sys.executable, str(folder / "convert_hf_to_gguf.py"), str(model_dir),
+    command = [sys.executable, "-m", __name__, "convert", str(folder / "convert_hf_to_gguf.py"), str(model_dir),
                "--outfile", str(out_file), "--outtype", outtype]
-    _run(command, log, f"convert_hf_to_gguf.py ({outtype})")
+    cost, _ = _run(command, log, f"convert_hf_to_gguf.py ({outtype})")
     if not out_file.is_file():
         raise GGUFError(f"convert_hf_to_gguf.py exited 0 but wrote no {out_file} (see {log})")
+    return cost
 
 
-def quantize(src: Path, dst: Path, type_name: str, log: Path, threads: int = 0) -> None:
+def quantize(src: Path, dst: Path, type_name: str, log: Path, threads: int = 0) -> dict[str, float]:
     """GGUF `src` -> `dst` quantized to `type_name` (Q4_K_M, Q8_0, ...) by llama.cpp's quantizer,
-    in a child process whose C-level output goes to `log`. threads 0: llama.cpp's default."""
+    in a child process whose C-level output goes to `log`. threads 0: llama.cpp's default.
+    Returns the child's wall time and peak resident memory."""
     ftype = quantization_types()[canonical_type(type_name)]
     command = [sys.executable, "-m", __name__, "quantize", str(src), str(dst), str(ftype), str(threads)]
-    _run(command, log, f"llama_model_quantize ({type_name})")
+    cost, output = _run(command, log, f"llama_model_quantize ({type_name})")
     if not dst.is_file():
         raise GGUFError(f"llama_model_quantize exited 0 but wrote no {dst} (see {log})")
+    return {**cost, **quantized_types(output)}
 
 
-def _run(command: list[str], log: Path, what: str) -> None:
+# the quantizer's line per tensor: "[  2/ 20] token_embd.weight - [64, 49152, 1, 1], type = f16,
+# converting to q8_0 .. size = ..." (or "type = f32, size = ..." for a tensor it keeps)
+_TENSOR_LINE = re.compile(r"^\[\s*\d+/\s*(\d+)\] \S+\s+- \[[^]]*\], type =\s*(\w+), (?:converting to (\w+))?", re.M)
+
+
+def quantized_types(output: str) -> dict[str, Any]:
+    """What the quantizer made of each tensor, from its own per-tensor report: counts by type,
+    and its warning when rows not divisible by a K-quant's 256 made it fall back to another type.
+    (Reading the written file back with gguf's GGUFReader says the same, in ~8 s per file.)"""
+    counts: dict[str, int] = {}
+    total = 0
+    for match in _TENSOR_LINE.finditer(output):
+        total = int(match.group(1))
+        kind = (match.group(3) or match.group(2)).upper()
+        counts[kind] = counts.get(kind, 0) + 1
+    if sum(counts.values()) != total or not total:
+        raise GGUFError(f"llama_model_quantize reported {sum(counts.values())} of {total} tensors: "
+                        "not the output this code reads (another llama.cpp version?)")
+    fallback = re.search(r"WARNING: (\d+) of (\d+) tensor\(s\) required fallback quantization", output)
+    return {"tensor_types": dict(sorted(counts.items())), "fallback_tensors": int(fallback.group(1)) if fallback else 0}
+
+
+def _run(command: list[str], log: Path, what: str) -> tuple[dict[str, float], str]:
+    """Run `command` with its output appended to `log`: its wall time and peak resident memory,
+    and what it printed. The peak is the child's own VmHWM, which it prints as it exits
+    (_report_peak): wait4's ru_maxrss would count the parent's pages too (Linux keeps the
+    high-water mark across fork and exec, and this parent holds torch)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as sink:
         sink.write(("$ " + " ".join(command) + "\n").encode())
         sink.flush()
+        offset = sink.tell()
+        start = time.perf_counter()
         code = subprocess.call(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+    with open(log, "rb") as source:
+        source.seek(offset)
+        output = source.read().decode("utf-8", errors="replace")
     if code != 0:
         raise GGUFError(f"{what} failed with exit status {code}: {_last_line(log)} (full output: {log})")
+    peak = re.findall(rf"^{PEAK_LINE} (\d+)$", output, re.M)
+    return {"seconds": round(seconds, 2), "peak_rss_mib": round(int(peak[-1]) / 1024, 1) if peak else None}, output
+
+
+PEAK_LINE = "sft-pipeline peak RSS KiB:"
+
+
+def _report_peak() -> None:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:  # not Linux: no peak recorded
+        return
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+    if found:
+        sys.stdout.flush()
+        print(f"{PEAK_LINE} {found.group(1)}", flush=True)
 
 
 def _last_line(log: Path) -> str:
-    lines = [l.strip() for l in log.read_text(encoding="utf-8", errors="replace").splitlines() if l.strip()]
+    lines = [l.strip() for l in log.read_text(encoding="utf-8", errors="replace").splitlines()
+             if l.strip() and not l.startswith(PEAK_LINE)]
     return lines[-1][:300] if lines else "no output"
 
 
@@ -120,7 +212,22 @@ def _quantize_main(src: str, dst: str, ftype: str, threads: str) -> int:
     return int(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), params))
 
 
-if __name__ == "__main__":  # the quantizer's child process (see quantize)
+def _convert_main(script: str, args: list[str]) -> None:
+    """The converter run as its own __main__ in this process, so the peak reported is its own."""
+    import runpy
+
+    sys.argv = [script, *args]
+    sys.path.insert(0, str(Path(script).parent))
+    runpy.run_path(script, run_name="__main__")
+
+
+if __name__ == "__main__":  # the converter's and the quantizer's child process (see convert, quantize)
+    import atexit
+
+    atexit.register(_report_peak)
     if len(sys.argv) == 6 and sys.argv[1] == "quantize":
         sys.exit(_quantize_main(*sys.argv[2:]))
-    sys.exit("usage: python -m sft_pipeline.model.gguf_tools quantize SRC DST FTYPE THREADS")
+    if len(sys.argv) > 3 and sys.argv[1] == "convert":
+        _convert_main(sys.argv[2], sys.argv[3:])
+        sys.exit(0)
+    sys.exit("usage: python -m sft_pipeline.model.gguf_tools quantize SRC DST FTYPE THREADS | convert SCRIPT ARGS...")

@@ -116,11 +116,16 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
         os.replace(tmp, dest)
 
 
+def bundled_checkpoint(name: str) -> Path:
+    """Where the bundled model's converted checkpoint is (or will be, once resolve made it)."""
+    return cache_root() / "models" / name
+
+
 def resolve(ref: str) -> ResolvedRef:
     kind = ref_kind(ref)
     if kind == "bundled":
         name = ref.split(":", 1)[1]
-        dest = cache_root() / "models" / name
+        dest = bundled_checkpoint(name)
         if not (dest / "config.json").is_file():
             _convert_gguf(_bundled_gguf(name), dest)
         return ResolvedRef(str(dest), "bundled")

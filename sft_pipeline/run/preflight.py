@@ -18,9 +18,11 @@ from .. import stages as registry
 from ..config import Recipe, RecipeError
 
 
-def check(recipe: Recipe, stages: Iterable[str]) -> None:
+def check(recipe: Recipe, stages: Iterable[str], export_model: bool = True) -> None:
     """Raise RecipeError (one line, naming the key) for the first bad reference `stages` use.
-    Which stages use which key is what each declares it reads (its SPEC)."""
+    Which stages use which key is what each declares it reads (its SPEC). export_model: when
+    export is among them, whether model.ref's architecture must be one llama.cpp converts."""
+    stages = list(stages)
     specs = [registry.spec(name) for name in stages]
 
     def read(key: str) -> bool:
@@ -35,6 +37,8 @@ def check(recipe: Recipe, stages: Iterable[str]) -> None:
         _check_extra_args(recipe.train.extra_args)
     if read("distributed.strategy"):
         _check_distributed(recipe)
+    if read("export"):
+        _check_export(recipe, export_model and "export" in stages)
 
 
 def _check_distributed(recipe: Recipe) -> None:
@@ -51,8 +55,50 @@ def _check_distributed(recipe: Recipe) -> None:
 
 
 def check_all(recipe: Recipe) -> None:
-    """What `sft-pipeline validate` runs: every check, whatever the run directory holds."""
-    check(recipe, registry.ALL)
+    """What `sft-pipeline validate` runs: every check, whatever the run directory holds. The
+    model's architecture is held to llama.cpp's converter only when the recipe has an export
+    section of its own: a recipe that never exports (the seed's OPT one) is valid."""
+    check(recipe, registry.ALL, export_model="export" in recipe.model_fields_set)
+
+
+def _check_export(recipe: Recipe, model: bool) -> None:
+    """export.types are llama.cpp's type names; with `model`, model.ref is an architecture its
+    converter handles (config.json's "architectures"; a hub id not in the local cache is checked
+    by the export stage, on merge/model)."""
+    from ..model import gguf_tools
+
+    for name in recipe.export.types:
+        try:
+            gguf_tools.canonical_type(name)
+        except gguf_tools.GGUFError as err:
+            raise RecipeError(f"export.types: {err}") from None
+    if not model:
+        return
+    config = _model_config(recipe.model.ref)
+    if config is not None:
+        problem = gguf_tools.unsupported(gguf_tools.architectures(config), f"model.ref {recipe.model.ref}")
+        if problem:
+            raise RecipeError(problem)
+
+
+def _model_config(ref: str) -> Path | None:
+    """model.ref's config.json where it can be read without a download or a conversion: a local
+    folder's, the bundled model's converted checkpoint (once made), a hub id's cached copy."""
+    from ..model.loader import bundled_checkpoint, ref_kind
+
+    kind = ref_kind(ref)
+    if kind == "local":
+        found = Path(ref).expanduser() / "config.json"
+    elif kind == "bundled":
+        found = bundled_checkpoint(ref.split(":", 1)[1]) / "config.json"  # converted on first use, not here
+    elif kind == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(ref, "config.json")
+        found = Path(cached) if isinstance(cached, str) else None
+    else:  # a .gguf file: converted to a checkpoint on first use, checked on merge/model at export
+        found = None
+    return found if found is not None and found.is_file() else None
 
 
 def _check_run_dir(recipe: Recipe) -> None:

@@ -12,6 +12,7 @@ A key is a recipe section ("train"), a dotted field ("pack.seq_length") or a top
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from types import MappingProxyType
 from typing import Iterable, Mapping
@@ -32,7 +33,7 @@ class StageSpec:
     reads: tuple[str, ...]
     upstream: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()  # always in the folder; "adapter/" is a folder, "summary.json" a file
-    may_write: Mapping[str, str] = field(default_factory=dict)
+    may_write: Mapping[str, str] = field(default_factory=dict)  # a name, or a pattern ("model-*.gguf")
     resumes: bool = False  # keeps its partial work folder across attempts (train's checkpoints)
     ignores: Mapping[str, str] = field(default_factory=dict)
 
@@ -68,5 +69,6 @@ class StageSpec:
         present = {(p.name + "/" if p.is_dir() else p.name) for p in folder.iterdir()} - set(ignore)
         declared = set(self.writes) | set(self.may_write)
         problems = [f"declared, not written: {w}" for w in self.writes if w not in present]
-        problems += [f"written, not declared: {p}" for p in sorted(present - declared)]
+        problems += [f"written, not declared: {p}" for p in sorted(present)
+                     if p not in declared and not any(fnmatchcase(p, d) for d in self.may_write)]
         return problems

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..model.gguf_tools import GGUFError, canonical_type
-from ..run.rundir import COMPLETE, RunDir, StageError
+from ..run.rundir import RunDir
 from . import ServeError
 
 EXPORT = "export"
@@ -17,17 +17,8 @@ PREFERENCE = ("Q4_K_M", "Q8_0", "F16")
 
 
 def export_folder(run: RunDir) -> Path:
-    """The run's complete export folder; otherwise StageError naming `sft-pipeline export`."""
-    from ..stages import ALL
-
-    if EXPORT in ALL:
-        return run.stage_dir(EXPORT)
-    # Until the export stage is registered (it is written in parallel to this one), a folder counts
-    # only when complete: rundir renames a stage's folder into place with its COMPLETE marker.
-    folder = run.path / EXPORT
-    if not (folder / COMPLETE).is_file():
-        raise StageError(f"stage '{EXPORT}' has not run in {run.path}: run `sft-pipeline export <recipe>` first")
-    return folder
+    """The run's complete, fresh export folder; otherwise StageError naming `sft-pipeline export`."""
+    return run.stage_dir(EXPORT)
 
 
 def present(folder: Path) -> dict[str, Path]:

@@ -2,7 +2,7 @@
 recipe and earlier stages' folders, writes only into `out` (made atomic by rundir), and declares
 all of that in `SPEC` (run/stage_spec.py) next to its run().
 
-This is the registry: the order of the six, the stage outside them (evaluate), and each one's
+This is the registry: the order of the six, the stages outside them (evaluate, export), and each one's
 declaration and runner. Stage modules are imported only when asked for, and nothing here imports
 the run layer at import time, so run/rundir.py can take the order from here (stages import it).
 """
@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from ..run.stage_spec import StageSpec
 
 ORDER = ("load", "template", "pack", "prepare", "train", "merge")
-EXTRA = ("evaluate",)  # runs like a stage (fingerprint, folder, manifest), outside `run`
+# run like a stage (fingerprint, folder, manifest), outside `run`: export refuses architectures
+# llama.cpp cannot convert (OPT), which must still train and merge
+EXTRA = ("evaluate", "export")
 ALL = (*ORDER, *EXTRA)
 
 
