@@ -144,7 +144,7 @@ def test_the_modelfile(exported):
 def test_export_is_fingerprinted(exported):
     assert not run_stage(exported, "export")  # up to date
     assert _with(exported, export={"verify_tokens": 5}).stage_state("export") == "stale"
-    assert _with(exported, generate={"temperature": 0.5}).stage_state("export") == "stale"  # the Modelfile's
+    assert _with(exported, generate={"do_sample": True, "temperature": 0.5}).stage_state("export") == "stale"  # the Modelfile's
     assert _with(exported, merge={"tolerance": 1e-2}).stage_state("export") == "stale"  # upstream
     assert _with(exported, evaluate={"pairs": 1}).stage_state("export") == "complete"
 

@@ -6,7 +6,6 @@ at all stops the stage with the file and line; a record that cannot be used is c
 
 from __future__ import annotations
 
-import contextlib
 
 import hashlib
 import itertools
@@ -66,11 +65,15 @@ def write_rows(writer: SplitWriter, rows: Iterator[dict[str, Any]]) -> None:
     """Rows into a load split, the schema widened at the first row that needs it. A write that
     fails (a full disk) closes the reading generator here, so its progress bar and source stop
     now, not at interpreter exit where their modules are gone (a traceback after the one line)."""
-    with contextlib.closing(rows):  # type: ignore[type-var]
+    try:
         for row in rows:
             if needs_wide(row):
                 writer.widen(WIDE_SCHEMA)
             writer.add(row)
+    finally:
+        close = getattr(rows, "close", None)  # a generator; a plain iterator has nothing to close
+        if close is not None:
+            close()
 
 
 def _conversation(rec: Any, fmt: str, columns: dict[str, str] | None,
