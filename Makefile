@@ -14,7 +14,7 @@ TORCH_INDEX ?=
 # this project's machines torch==2.13.0 is the CPU wheel in pip's local wheel folder, where a looser
 # spec would resolve a newer torch from PyPI (its multi-GB CUDA build); another CPU host adds
 # TORCH_INDEX=https://download.pytorch.org/whl/cpu. torch's own dependencies (sympy, networkx,
-# jinja2, ...) are locked. `make lock` refreshes the lock (tests/test_lock.py checks it).
+# jinja2, ...) are locked. `make lock` refreshes the lock (tests/codebase/test_lock.py checks it).
 LOCK := requirements/lock.txt
 UPGRADE_VENV ?= .venv-upgrade
 RECIPE ?= recipes/demo.yaml

@@ -64,8 +64,9 @@ def worker(n: int, seq_length: int) -> dict:
 
     from sft_pipeline.config import PackConfig, recipe_from_dict
     from sft_pipeline.model.loader import load_tokenizer
-    from sft_pipeline.run.pipeline import run_stage
-    from sft_pipeline.run.rundir import RunDir, read_json
+    from sft_pipeline.orchestration.pipeline import update_stage
+    from sft_pipeline.stages import open_run_directory
+    from sft_pipeline.rundir.files import read_json
     from sft_pipeline.data.packing import pack, with_eos
     from sft_pipeline.data.tokens import tokenize_split
 
@@ -84,12 +85,12 @@ def worker(n: int, seq_length: int) -> dict:
             "pack": {"seq_length": seq_length, "strategy": "bfd"},
             "train": {"eval_strategy": "no"},
         })
-        run = RunDir(recipe.resolved_run_dir(), recipe)
+        run = open_run_directory(recipe.resolved_run_dir(), recipe)
         whole = 0
         for stage in ("load", "template", "pack"):
             rss.reset()
             t0 = time.perf_counter()
-            run_stage(run, stage)
+            update_stage(run, stage)
             dt = time.perf_counter() - t0
             out[stage] = {"seconds": dt, "records_per_s": n / dt, "peak_rss_mb": rss.peak / 2**20}
             whole = max(whole, rss.peak)

@@ -70,7 +70,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from synthetic import conversations  # noqa: E402  (bench/synthetic.py, shared with data_throughput)
 
-import sft_pipeline.run.logs  # noqa: E402,F401  (before bitsandbytes: drops its notice about the optional `kernels` package)
+import sft_pipeline.orchestration.logs  # noqa: E402,F401  (before bitsandbytes: drops its notice about the optional `kernels` package)
 # the train stage's own FLOP count and matmul rate, so the benchmark and train report the same MFU
 from sft_pipeline.training.flops import FLOP_FORMULA, linear_params, matmul_rate, step_flops  # noqa: E402,F401
 
@@ -226,11 +226,12 @@ def _trl_variant(variant: str, recipe: Any, run_path: Path, device: str, bf16_fa
 
 
 def _pipeline_variant(recipe: Any, run_path: Path) -> dict[str, Any]:
-    from sft_pipeline.run.pipeline import run_stage
-    from sft_pipeline.run.rundir import RunDir, read_json
+    from sft_pipeline.orchestration.pipeline import update_stage
+    from sft_pipeline.stages import open_run_directory
+    from sft_pipeline.rundir.files import read_json
 
-    run = RunDir(run_path, recipe)
-    run_stage(run, "train", force=True)
+    run = open_run_directory(run_path, recipe)
+    update_stage(run, "train", force=True)
     m = read_json(run_path / "train" / "metrics.json")
     losses = [h["loss"] for h in m["log_history"] if "loss" in h]
     return {"seconds": m["step_seconds"], "work": m["step_work"], "losses": losses, "bf16": m["precision"] == "bf16",
@@ -325,7 +326,6 @@ def main() -> None:
         print("RESULT " + json.dumps(worker(args.worker, args.recipe, args.device)))
         return
 
-    import torch
 
     from sft_pipeline.model.hardware import configure_threads, cpu_flags, detect
 

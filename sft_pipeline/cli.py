@@ -24,11 +24,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .run import logs
+from .orchestration import logs
 from .config import Recipe, RecipeError, load_recipe
 from .errors import PipelineError
-from .run.logs import close_progress_bars
-from .run.rundir import STAGES, RunDir
+from .orchestration.logs import close_progress_bars
+from .rundir.directory import RunDirectory
+from .rundir.stage_spec import SUMMARY
+from .stages import ORDER
+from .stages import open_run_directory
 
 # PEFT reads transformers' deprecated `is_gradient_checkpointing` on every model it wraps: a
 # warning about library code that a user of this command can do nothing about
@@ -138,14 +141,18 @@ def resolve_recipe(target: Path, overrides: Optional[list[str]], run_dir: Option
     return recipe
 
 
+def run_directory_of(recipe: Recipe) -> RunDirectory:
+    return open_run_directory(recipe.resolved_run_dir(), recipe)
+
+
 def _stage_command(stage: str) -> Callable:
     def command(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt,
                 force: bool = typer.Option(False, "--force", help="redo the stage even if up to date")) -> None:
         def go() -> None:
-            from .run.pipeline import run_stage
+            from .orchestration.pipeline import update_stage
 
             recipe = resolve_recipe(target, set_, run_dir)
-            run_stage(RunDir(recipe.resolved_run_dir(), recipe), stage, force=force)
+            update_stage(run_directory_of(recipe), stage, force=force)
 
         guarded(go)
 
@@ -161,7 +168,7 @@ STAGE_HELP = {
     "train": "5. Train the adapter (or every weight) with TRL's SFTTrainer (resumes from the last checkpoint).",
     "merge": "6. Merge the adapter into the base, save safetensors, verify logits (full: export the trained model).",
 }
-for _stage in STAGES:
+for _stage in ORDER:
     app.command(_stage, help=STAGE_HELP[_stage])(_stage_command(_stage))
 
 
@@ -172,24 +179,24 @@ def run_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run_di
     """Run every stage that is not up to date, in order. Each stage logs to logs/<stage>.log."""
 
     def go() -> None:
-        from .run.pipeline import run_all
+        from .orchestration.pipeline import update_stages
 
-        if until is not None and until not in STAGES:
-            raise RecipeError(f"--until {until}: not a stage ({', '.join(STAGES)})")
+        if until is not None and until not in ORDER:
+            raise RecipeError(f"--until {until}: not a stage ({', '.join(ORDER)})")
         recipe = resolve_recipe(target, set_, run_dir)
-        run = run_all(recipe, force=force, until=until)
-        _print_status(run)
+        directory = update_stages(recipe, force=force, until=until)
+        _print_status(directory)
 
     guarded(go)
 
 
-def _print_status(run: RunDir) -> None:
-    from .run.pipeline import status_rows
+def _print_status(directory: RunDirectory) -> None:
+    from .orchestration.pipeline import status_rows
 
-    table = Table(title=f"run directory {run.path}")
+    table = Table(title=f"run directory {directory.path}")
     for col in ("stage", "state", "seconds", "summary"):
         table.add_column(col)
-    for row in status_rows(run):
+    for row in status_rows(directory):
         table.add_row(*row)
     out.print(table)
 
@@ -202,7 +209,7 @@ def status_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run
 
     def go() -> None:
         recipe = resolve_recipe(target, set_, run_dir)
-        _print_status(RunDir(recipe.resolved_run_dir(), recipe))
+        _print_status(run_directory_of(recipe))
 
     guarded(go)
 
@@ -214,13 +221,13 @@ def inspect_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, ru
 
     def go() -> None:
         from .data.inspect import show
-        from .run.pipeline import run_stage
+        from .orchestration.pipeline import update_stage
 
         recipe = resolve_recipe(target, set_, run_dir)
-        run = RunDir(recipe.resolved_run_dir(), recipe)
+        directory = run_directory_of(recipe)
         for stage in ("load", "template", "pack"):
-            run_stage(run, stage)
-        show(run, out, samples)
+            update_stage(directory, stage)
+        show(directory, out, samples)
 
     guarded(go)
 
@@ -230,7 +237,7 @@ def validate_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt) -
     """Check a recipe (keys, types, data files, model reference) without loading anything large."""
 
     def go() -> None:
-        from .run.preflight import check_all
+        from .orchestration.preflight import check_all
 
         recipe = resolve_recipe(target, set_, None)
         check_all(recipe)
@@ -243,29 +250,28 @@ def validate_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt) -
 def generate_cmd(target: Path = TargetArg,
                  prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="one prompt"),
                  prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", help="a file, one prompt per line"),
-                 model: str = typer.Option("adapter", help="base | adapter (the trained model: LoRA adapter on "
-                                           "the base, or method full's whole model) | merged"),
+                 model: str = typer.Option("trained", help="base | trained (train's result: the LoRA adapter on "
+                                           "the base, or method full's whole model; 'adapter' is accepted too) | merged"),
                  set_: Optional[list[str]] = SetOpt, run_dir: Optional[Path] = RunDirOpt) -> None:
-    """Answer prompts with the base, adapter or merged model, using the recipe's template and its
+    """Answer prompts with the base, trained or merged model, using the recipe's template and its
     generate settings (greedy by default; generate.do_sample, temperature, top_p, top_k,
     repetition_penalty, seed).
 
     With a run directory, what it prints is also kept in its logs/generate.log."""
 
     def go() -> None:
-        from .model.generate import MODELS, generate, inference_precision, load_for_inference, prompt_text, read_prompts
+        from .model.generate import generate, inference_precision, load_for_inference, model_choice, prompt_text, read_prompts
         from .model.hardware import configure_threads
 
-        if model not in MODELS:
-            raise RecipeError(f"--model {model}: expected one of {', '.join(MODELS)}")
+        which = model_choice(model)
         questions = read_prompts(prompt, prompts_file)
         if not questions:
             raise RecipeError("generate: give --prompt or --prompts-file")
         recipe = resolve_recipe(target, set_, run_dir)
-        run = RunDir(recipe.resolved_run_dir(), recipe)
-        with logs.capture(run.path, "generate", only_existing=True):  # a reader: creates no run directory
+        directory = run_directory_of(recipe)
+        with logs.capture(directory.path, "generate", only_existing=True):  # a reader: creates no run directory
             configure_threads()
-            lm, tok = load_for_inference(run, model)
+            lm, tok = load_for_inference(directory, which)
             texts = [prompt_text(recipe, q, tok) for q in questions]
             answers = generate(lm, tok, texts, recipe.generate, compute=inference_precision(recipe))
             for q, a in zip(questions, answers):
@@ -299,10 +305,10 @@ def serve_cmd(target: Path = TargetArg,
         flags = [f"serve.{key}={value}" for key, value in (("port", port), ("host", host), ("quant", quant))
                  if value is not None]
         recipe = resolve_recipe(target, [*(set_ or []), *flags], run_dir)
-        run = RunDir(recipe.resolved_run_dir(), recipe)
-        model_file = gguf_to_serve(run, recipe.serve.quant, gguf)
-        pid_path = pid_file or (logs.log_path(run.path, "serve").with_suffix(".pid") if run.path.is_dir() else None)
-        with logs.capture(run.path, "serve", only_existing=True):
+        directory = run_directory_of(recipe)
+        model_file = gguf_to_serve(directory, recipe.serve.quant, gguf)
+        pid_path = pid_file or (logs.log_path(directory.path, "serve").with_suffix(".pid") if directory.path.is_dir() else None)
+        with logs.capture(directory.path, "serve", only_existing=True):
             how = serve(recipe, model_file, pid_path,
                         say=lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True),
                         warn=lambda line: err.print(f"[bold yellow]warning:[/] {escape(line)}", soft_wrap=True,
@@ -314,7 +320,7 @@ def serve_cmd(target: Path = TargetArg,
 
 @app.command("chat")
 def chat_cmd(target: Path = TargetArg,
-             model: str = typer.Option("adapter", help="base | adapter | merged (as for generate) | gguf (export's "
+             model: str = typer.Option("trained", help="base | trained | merged (as for generate) | gguf (export's "
                                        "GGUF file, through llama.cpp)"),
              quant: Optional[str] = typer.Option(None, "--quant", help="gguf: export's model-<TYPE>.gguf to load "
                                                  "(F16, Q8_0, Q4_K_M, ...; default: the most faithful present)"),
@@ -329,25 +335,24 @@ def chat_cmd(target: Path = TargetArg,
         from .chat.backends import ChatError, LlamaCppBackend, TransformersBackend, find_gguf
         from .chat.history import History
         from .chat.session import Output, chat, read_lines
-        from .model.generate import MODELS, inference_precision, load_for_inference
+        from .model.generate import inference_precision, load_for_inference, model_choice
         from .model.hardware import configure_threads
         from .model.loader import load_tokenizer
 
-        if model not in (*MODELS, "gguf"):
-            raise RecipeError(f"--model {model}: expected one of {', '.join((*MODELS, 'gguf'))}")
-        if model != "gguf" and (quant or gguf):
-            raise ChatError(f"--quant and --gguf choose a GGUF file: they go with --model gguf, not {model}")
+        which = model_choice(model, extra=("gguf",))
+        if which != "gguf" and (quant or gguf):
+            raise ChatError(f"--quant and --gguf choose a GGUF file: they go with --model gguf, not {which}")
         recipe = resolve_recipe(target, set_, run_dir)
-        run = RunDir(recipe.resolved_run_dir(), recipe)
+        directory = run_directory_of(recipe)
         threads, _ = configure_threads()
-        if model == "gguf":
-            path = find_gguf(run.path, quant, gguf, str(target))
+        if which == "gguf":
+            path = find_gguf(directory.path, quant, gguf, str(target))
             tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code) \
                 if recipe.template.kind == "chat" else None
             err.print(f"chat: {path}", highlight=False, soft_wrap=True)
             backend = LlamaCppBackend(path, recipe.generate, threads)
         else:
-            lm, tokenizer = load_for_inference(run, model)
+            lm, tokenizer = load_for_inference(directory, which)
             backend = TransformersBackend(lm, tokenizer, recipe.generate, inference_precision(recipe))
         interactive = sys.stdin.isatty()
 
@@ -372,12 +377,12 @@ def evaluate_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, r
     """Loss, perplexity and style share before and after training, with before/after answer pairs."""
 
     def go() -> None:
-        from .run.pipeline import run_stage
+        from .orchestration.pipeline import update_stage
 
         recipe = resolve_recipe(target, set_, run_dir)
-        run = RunDir(recipe.resolved_run_dir(), recipe)
-        run_stage(run, "evaluate", force=force)
-        print_report(run)
+        directory = run_directory_of(recipe)
+        update_stage(directory, "evaluate", force=force)
+        print_report(directory)
 
     guarded(go)
 
@@ -389,17 +394,17 @@ def export_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run
     recipe's chat template and an Ollama Modelfile, verified against the merged model."""
 
     def go() -> None:
-        from .run.pipeline import run_stage
+        from .orchestration.pipeline import update_stage
 
         recipe = resolve_recipe(target, set_, run_dir)
-        run = RunDir(recipe.resolved_run_dir(), recipe)
-        run_stage(run, "export", force=force)
-        summary = json.loads((run.path / "export" / "summary.json").read_text())
+        directory = run_directory_of(recipe)
+        update_stage(directory, "export", force=force)
+        summary = json.loads(directory.artifact("export", SUMMARY).read_text())
         for name, file in summary["files"].items():
             rate = summary["agreement_rate"][name]
-            out.print(f"{run.path / 'export' / file}  ({summary['sizes_mib'][name]} MiB, "
+            out.print(f"{directory.path / 'export' / file}  ({summary['sizes_mib'][name]} MiB, "
                       f"{rate:.0%} of greedy tokens agree with transformers)", highlight=False, soft_wrap=True)
-        out.print(f"{run.path / 'export' / 'Modelfile'}  (FROM model-{summary['modelfile_from']}.gguf)",
+        out.print(f"{directory.path / 'export' / 'Modelfile'}  (FROM model-{summary['modelfile_from']}.gguf)",
                   highlight=False, soft_wrap=True)
 
     guarded(go)
@@ -414,7 +419,7 @@ def report_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run
         from .report.write import write_report
 
         recipe = resolve_recipe(target, set_, run_dir)
-        page, notes = write_report(RunDir(recipe.resolved_run_dir(), recipe))
+        page, notes = write_report(run_directory_of(recipe))
         for note in notes:
             err.print(f"[yellow]{escape(note)}", highlight=False)
         out.print(f"report: {page}", highlight=False, soft_wrap=True)
@@ -433,9 +438,9 @@ def sweep_cmd(sweep_file: Path = typer.Argument(..., help="sweep YAML: a base re
     sorted by eval loss, sweep.png (eval loss against each swept key) in the sweep's folder."""
 
     def go() -> None:
-        from .run.sweep import check_trials, run_sweep, share_plan
-        from .run.sweep_plan import load_sweep
-        from .run.sweep_results import PLOT, RECORDS, failures, plot, results_table
+        from .orchestration.sweep import check_trials, run_sweep, share_plan
+        from .orchestration.sweep_plan import load_sweep
+        from .orchestration.sweep_results import PLOT, RECORDS, failures, plot, results_table
 
         plan = load_sweep(sweep_file, set_, sweep_dir)
         if dry_run:
@@ -470,7 +475,7 @@ def compare_cmd(run_dirs: list[Path] = typer.Argument(..., help="run directories
     fine-tuning runs share one learning rate."""
 
     def go() -> None:
-        from .run.compare import column_names, read_run, rows, warnings
+        from .orchestration.compare import column_names, read_run, rows, warnings
 
         runs = [read_run(path) for path in run_dirs]
         table = Table(title="runs side by side")
@@ -504,11 +509,11 @@ def push_cmd(target: Path = TargetArg,
         from .publish.upload import token_from_env, upload
 
         recipe = resolve_recipe(target, set_, run_dir)
-        run = RunDir(recipe.resolved_run_dir(), recipe)
+        directory = run_directory_of(recipe)
         if not dry_run:
             token_from_env()  # refused before anything is staged
-        with logs.capture(run.path, "push", only_existing=True):
-            staged = stage(run, what, repo)
+        with logs.capture(directory.path, "push", only_existing=True):
+            staged = stage(directory, what, repo)
             out.print(staged.card.content, markup=False, highlight=False)
             out.rule(f"{len(staged.files)} files in {staged.folder}")
             for name in staged.files:
@@ -523,8 +528,8 @@ def push_cmd(target: Path = TargetArg,
     guarded(go)
 
 
-def print_report(run: RunDir) -> None:
-    report = json.loads((run.path / "evaluate" / "report.json").read_text())
+def print_report(directory: RunDirectory) -> None:
+    report = json.loads(directory.artifact("evaluate", "report.json").read_text())
     table = Table(title="before vs after fine-tuning")
     table.add_column("metric")
     table.add_column("before", justify="right")
@@ -548,7 +553,7 @@ def print_report(run: RunDir) -> None:
         out.print(f"[bold]question:[/] {question.strip()}", highlight=False)
         out.print(f"[bold red]before:[/]\n{pair['before']}", highlight=False)
         out.print(f"[bold green]after:[/]\n{pair['after']}", highlight=False)
-    out.print(f"\nrun directory: [bold]{run.path.resolve()}[/]  (sft-pipeline status {run.path})")
+    out.print(f"\nrun directory: [bold]{directory.path.resolve()}[/]  (sft-pipeline status {directory.path})")
 
 
 def main() -> None:  # pragma: no cover

@@ -257,7 +257,7 @@ class DistributedConfig(Section):
     """Training in several processes, launched by an engine (torchrun or accelerate), never by
     this package. One process per node and one node (the defaults) is the single-process train.
     Where a node's rank and the rendezvous endpoint are left unset they come from the launch
-    environment: torchrun's NODE_RANK/MASTER_ADDR/MASTER_PORT, or SLURM's (run/launch.py)."""
+    environment: torchrun's NODE_RANK/MASTER_ADDR/MASTER_PORT, or SLURM's (training/launch.py)."""
 
     nproc_per_node: int = Field(default=1, ge=1)  # one per GPU, or per CPU socket
     nnodes: int = Field(default=1, ge=1)

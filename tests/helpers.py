@@ -19,16 +19,18 @@ STATE = r"""
 import json, sys
 from pathlib import Path
 from sft_pipeline.config import load_recipe
-from sft_pipeline.run.rundir import STAGES, RunDir
+from sft_pipeline.rundir.directory import RunDirectory
+from sft_pipeline.stages import open_run_directory
+from sft_pipeline.stages import ORDER
 path = Path(sys.argv[1])
 if path.is_dir():
-    run = RunDir(path, load_recipe(path / "recipe.yaml"))
+    run = open_run_directory(path, load_recipe(path / "recipe.yaml"))
 else:
     recipe = load_recipe(path)
-    run = RunDir(recipe.resolved_run_dir(), recipe)
+    run = open_run_directory(recipe.resolved_run_dir(), recipe)
 manifest = run.manifest_path
 print(json.dumps({
-    "states": {s: run.stage_state(s) for s in STAGES},
+    "states": {s: run.stage_state(s) for s in ORDER},
     "recorded": sorted(json.loads(manifest.read_text())["stages"]) if manifest.exists() else [],
     "folders": sorted(p.name for p in run.path.iterdir() if p.is_dir()) if run.path.is_dir() else [],
     "partial": sorted(p.name for p in (run.path / ".partial").iterdir()) if (run.path / ".partial").is_dir() else [],

@@ -7,7 +7,7 @@ package knows about it):
   {"on": "replace", "match": REGEX, "nth": 1, "when": "before" | "after"}
       os.replace(src, dst) whose "src -> dst" matches REGEX, the nth time: kill before or after it.
   {"on": "write", "match": REGEX, "nth": 1, "fraction": 0.5}
-      a file the run directory code (run/files.atomic_write_text: stage JSON files, the manifest)
+      a file the run directory code (rundir/files.atomic_write_text: stage JSON files, the manifest)
       opens for writing whose path matches REGEX, the nth time: write that fraction of the text,
       flush it to disk, and kill: a write cut off halfway.
 The process then dies by SIGKILL (exit status -9); if the point is never reached it exits 0 and
@@ -28,7 +28,7 @@ def die() -> None:
 
 
 def install(rule: dict) -> None:
-    from sft_pipeline.run import files
+    from sft_pipeline.rundir import files
 
     pattern = re.compile(rule["match"])
     nth = rule.get("nth", 1)
@@ -80,7 +80,7 @@ def install(rule: dict) -> None:
                 return HalfWriter(fh)
             return fh
 
-        files.open = patched_open  # module global: shadows the builtin inside run/files.py only
+        files.open = patched_open  # module global: shadows the builtin inside rundir/files.py only
     else:
         raise SystemExit(f"unknown rule {rule}")
 

@@ -13,7 +13,7 @@ header and stops at the first row with a comma in its text, far from the cause. 
 
 csv.Sniffer alone is not used: it guesses from the text around quote characters and from how
 often characters repeat, so the answers' own text can outvote a header that a person reads at a
-glance (tests/test_csv_read.py has one: single-quoted words between semicolons). Header names
+glance (tests/data/test_csv_read.py has one: single-quoted words between semicolons). Header names
 are stripped of surrounding spaces (`question, answer`); a name used twice stops the read.
 """
 

@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..run.rundir import RunDir, read_json
+from ..rundir.directory import RunDirectory
+from ..rundir.files import read_json
 from .tokens import IGNORE
 
 
@@ -102,13 +103,13 @@ def template_table(stats: dict[str, Any], console: Console) -> None:
     console.print(table)
 
 
-def show(run: RunDir, console: Console, samples: int = 2) -> None:
+def show(run_dir: RunDirectory, console: Console, samples: int = 2) -> None:
     from ..model.loader import load_tokenizer
-    from ..data.tokens import OUTCOMES, fit, tokenize_split
-    from ..data.prompts import needs_eos
+    from .tokens import OUTCOMES, fit, tokenize_split
+    from .prompts import needs_eos
 
-    recipe = run.recipe
-    load_stats = read_json(run.stage_dir("load") / "stats.json")
+    recipe = run_dir.recipe
+    load_stats = read_json(run_dir.stage_dir("load") / "stats.json")
     table = Table(title="records")
     for col in ("split", "source", "format", "read", "kept", "dropped by reason (first locations)"):
         table.add_column(col)
@@ -122,10 +123,10 @@ def show(run: RunDir, console: Console, samples: int = 2) -> None:
     for split, st in load_stats.items():
         if "mixing" in st:
             console.print(f"{split}: {_mixing(st['mixing'])}" + (f", {st['repeated']} drawn again" if st.get("repeated") else ""))
-    template_table(read_json(run.stage_dir("template") / "stats.json"), console)
+    template_table(read_json(run_dir.stage_dir("template") / "stats.json"), console)
 
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
-    template_dir = run.stage_dir("template")
+    template_dir = run_dir.stage_dir("template")
     tokens = tokenize_split(template_dir / "train", tokenizer, recipe.pack.loss_on, needs_eos(recipe.template))
     lengths = tokens.lengths.tolist()
     hist = Table(title=f"train sample lengths in tokens (seq_length {recipe.pack.seq_length})")
@@ -144,8 +145,8 @@ def show(run: RunDir, console: Console, samples: int = 2) -> None:
         console.print(f"pack ({cfg.strategy}, overlong: {cfg.overlong}) of {len(tokens)} train samples: " + ", ".join(
             f"{k} {outcome[k]}" for k in OUTCOMES) + f"; tokens cut {outcome['tokens_truncated']}, "
             f"in dropped samples {outcome['tokens_dropped']}")
-    if run.stage_state("pack") == "complete":
-        pack_stats = read_json(run.path / "pack" / "stats.json")
+    if run_dir.stage_state("pack") == "complete":
+        pack_stats = read_json(run_dir.path / "pack" / "stats.json")
         console.print(f"pack ({pack_stats['strategy']}) made: " + "; ".join(
             f"{k}: {v['blocks']} blocks, {v['trained_tokens']}/{v['tokens']} tokens trained, "
             f"padding {v['padding_share']:.1%}, control text {_control(v.get('control_text', {}))}"

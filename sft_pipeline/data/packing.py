@@ -7,7 +7,7 @@ Strategies:
   at 0 per sample, which transformers turns into a block-diagonal mask: no cross-sample attention.
 - none: one sample per row, padded per batch by the collator.
 
-The examples are tested (tests/test_pack.py runs them). Their three samples are (input_ids,
+The examples are tested (tests/stages/test_pack.py runs them). Their three samples are (input_ids,
 labels) pairs whose first tokens are prompt (label IGNORE = -100) and the rest answer.
 """
 

@@ -1,4 +1,4 @@
-"""Answer prompts with the base model, the trained adapter, or the merged model, using the
+"""Answer prompts with the base model, the trained model (adapter, or method full's whole model), or the merged model, using the
 recipe's template: the seed's inference step, batched, decoded as the recipe's `generate:`
 section says (greedy by default; model/sampling.py builds the one GenerationConfig)."""
 
@@ -14,12 +14,24 @@ from rich.console import Console
 from . import precision, sampling
 from ..config import GenerateConfig, Recipe
 from ..progress import progress
-from ..run.rundir import RunDir
+from ..rundir.directory import RunDirectory
 from ..data.prompts import render_prompt
 
-# base: model.ref as it is; adapter: the trained model as train saved it (LoRA: the adapter on the
-# base; method full: train's whole model, there being no adapter); merged: merge's standalone export
-MODELS = ("base", "adapter", "merged")
+# base: model.ref as it is; trained: the model as train saved it (LoRA: the adapter on the base;
+# method full: train's whole model, there being no adapter); merged: merge's standalone export
+MODELS = ("base", "trained", "merged")
+# the name "trained" had before it covered method full's whole model; still accepted
+ALIASES = {"adapter": "trained"}
+
+
+def model_choice(name: str, extra: tuple[str, ...] = ()) -> str:
+    """The --model value as one of MODELS (+ extra), an alias resolved; a one-line error otherwise."""
+    from ..config import RecipeError
+
+    name = ALIASES.get(name, name)
+    if name not in (*MODELS, *extra):
+        raise RecipeError(f"--model {name}: expected one of {', '.join((*MODELS, *extra))}")
+    return name
 
 console = Console(stderr=True)
 
@@ -31,43 +43,43 @@ def inference_precision(recipe: Recipe) -> precision.Precision:
     return precision.plan(recipe, detect())
 
 
-def load_for_inference(run: RunDir, which: str) -> tuple[Any, Any]:
+def load_for_inference(run_dir: RunDirectory, which: str) -> tuple[Any, Any]:
     """(model in eval mode, tokenizer) for `which` of MODELS, in the weights' dtype training used."""
     from peft import PeftModel
 
     from .loader import load_model, load_tokenizer
 
-    recipe = run.recipe
+    recipe = run_dir.recipe
     dtype = inference_precision(recipe).weights_dtype
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
-    trained_whole = which == "adapter" and recipe.method == "full"
+    trained_whole = which == "trained" and recipe.method == "full"
     if which == "merged" or trained_whole:
-        path = run.stage_dir("train") / "model" if trained_whole else merged_dir(run) / "model"
+        path = run_dir.stage_dir("train") / "model" if trained_whole else merged_dir(run_dir) / "model"
         model = load_model(str(path), dtype=dtype, trust_remote_code=recipe.model.trust_remote_code)
     else:
         model = load_model(recipe.model.ref, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code,
                            allow_pickle=recipe.model.allow_pickle)
-        if which == "adapter":
-            model = PeftModel.from_pretrained(model, str(run.stage_dir("train") / "adapter"))
+        if which == "trained":
+            model = PeftModel.from_pretrained(model, str(run_dir.stage_dir("train") / "adapter"))
     model.eval()
     return model, tokenizer
 
 
-def merged_dir(run: RunDir) -> Path:
+def merged_dir(run_dir: RunDirectory) -> Path:
     """merge's folder, also where it is stale only because the recipe's generate settings
     changed since: its weights do not depend on them, and readers pass the recipe's settings
     explicitly, so `chat --model merged --set generate.temperature=0.7` needs no new merge.
     Only the saved generation_config.json is then behind, which is said once."""
     from .sampling import RECORD
 
-    if run.stage_state("merge") == "stale" and (run.path / "merge" / RECORD).is_file():
-        made = json.loads((run.path / "merge" / RECORD).read_text(encoding="utf-8"))
-        as_made = run.recipe.model_copy(update={"generate": run.recipe.generate.model_copy(update=made)})
-        if RunDir(run.path, as_made).stage_state("merge") == "complete":
+    if run_dir.stage_state("merge") == "stale" and (run_dir.path / "merge" / RECORD).is_file():
+        made = json.loads((run_dir.path / "merge" / RECORD).read_text(encoding="utf-8"))
+        as_made = run_dir.recipe.model_copy(update={"generate": run_dir.recipe.generate.model_copy(update=made)})
+        if run_dir.with_recipe(as_made).stage_state("merge") == "complete":
             console.print("[yellow]note: merge/model/generation_config.json was written for other generate settings "
                           "than these (used here); `sft-pipeline merge` rewrites it", highlight=False)
-            return run.path / "merge"
-    return run.stage_dir("merge")
+            return run_dir.path / "merge"
+    return run_dir.stage_dir("merge")
 
 
 def prompt_text(recipe: Recipe, question: str, tokenizer: Any) -> str:

@@ -32,7 +32,7 @@ EXPORT_DIR = "export"  # the export stage's folder in a run directory
 
 def gguf_file(run_dir: Any, type_name: str) -> Path:
     """Where the export stage puts the GGUF file of `type_name` (any case: "q4_k_m") in a run
-    directory (a path or a RunDir): <run dir>/export/model-<TYPE>.gguf, TYPE as llama.cpp spells
+    directory (a path or a RunDirectory): <run dir>/export/model-<TYPE>.gguf, TYPE as llama.cpp spells
     it. The contract `chat --model gguf` and `serve` find the files by; the file may not exist."""
     root = Path(getattr(run_dir, "path", run_dir))
     return root / EXPORT_DIR / gguf_name(type_name)

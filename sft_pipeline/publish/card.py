@@ -15,8 +15,8 @@ from typing import Any
 
 from ..data.sources import source_kind
 from ..model.loader import HUB_ID
-from ..run.files import read_json
-from ..run.rundir import RunDir
+from ..rundir.files import read_json
+from ..rundir.directory import RunDirectory
 
 # The bundled model is a GGUF copy of a Hub model: the card names the Hub model, whose card says
 # where the weights came from, and its licence (HuggingFaceTB/SmolLM2-135M-Instruct: apache-2.0)
@@ -42,18 +42,18 @@ class RunFacts:
     wandb: dict[str, Any] | None  # run_id, project, url (url only when the run was online)
 
 
-def _complete(run: RunDir, stage: str) -> Path | None:
-    return run.path / stage if run.stage_state(stage) == "complete" else None
+def _complete(run_dir: RunDirectory, stage: str) -> Path | None:
+    return run_dir.path / stage if run_dir.stage_state(stage) == "complete" else None
 
 
-def read_facts(run: RunDir) -> RunFacts:
-    recipe = run.recipe
-    load, train, evaluate = _complete(run, "load"), _complete(run, "train"), _complete(run, "evaluate")
+def read_facts(run_dir: RunDirectory) -> RunFacts:
+    recipe = run_dir.recipe
+    load, train, evaluate = _complete(run_dir, "load"), _complete(run_dir, "train"), _complete(run_dir, "evaluate")
     wandb = None
     if train is not None and (train / "tracking.json").is_file() and recipe.tracking.wandb != "off":
         ident = read_json(train / "tracking.json")
         wandb = {"run_id": ident.get("wandb_run_id"), "project": recipe.tracking.project, "url": ident.get("wandb_url")}
-    frozen = run.path / "recipe.yaml"
+    frozen = run_dir.path / "recipe.yaml"
     return RunFacts(
         name=recipe.name, method=recipe.method, model_ref=recipe.model.ref, data_source=recipe.data.source,
         eval_source=recipe.data.eval_source,

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PipelineError
-from ..run.files import atomic_write_text, link_tree
-from ..run.rundir import RunDir
+from ..rundir.files import atomic_write_text, link_tree
+from ..rundir.directory import RunDirectory
 from .card import WHAT, base_model, build_card, read_facts
 
 CARD = "README.md"
@@ -38,23 +38,23 @@ class Staged:
     card: Any  # huggingface_hub.ModelCard
 
 
-def artifact(run: RunDir, what: str) -> tuple[Path, list[Path]]:
+def artifact(run_dir: RunDirectory, what: str) -> tuple[Path, list[Path]]:
     """(the folder the artifact lies in, the files of it to upload). adapter: train's adapter
     (method full: train's whole model, as `generate --model adapter` means); merged: merge's
     model; gguf: the export folder's GGUF files and Modelfile."""
     if what not in WHAT:
         raise PushError(f"push --what {what}: expected one of {', '.join(WHAT)}")
     if what == "gguf":
-        export = run.path / "export"
+        export = run_dir.path / "export"
         ggufs = sorted(export.glob("model-*.gguf")) if export.is_dir() else []
         if not ggufs:
-            raise PushError(f"push --what gguf: no {export}/model-<TYPE>.gguf: run `sft-pipeline export {run.path}` first")
+            raise PushError(f"push --what gguf: no {export}/model-<TYPE>.gguf: run `sft-pipeline export {run_dir.path}` first")
         modelfile = export / "Modelfile"
         return export, ggufs + ([modelfile] if modelfile.is_file() else [])
     if what == "merged":
-        folder = run.stage_dir("merge") / "model"  # refused in one line when merge has not run
+        folder = run_dir.stage_dir("merge") / "model"  # refused in one line when merge has not run
     else:
-        folder = run.stage_dir("train") / ("model" if run.recipe.method == "full" else "adapter")
+        folder = run_dir.stage_dir("train") / ("model" if run_dir.recipe.method == "full" else "adapter")
     return folder, sorted(p for p in folder.rglob("*") if p.is_file())
 
 
@@ -68,9 +68,9 @@ def _point_adapter_at_hub_base(config: Path, hub_id: str) -> None:
     atomic_write_text(config, json.dumps(data, indent=2) + "\n")
 
 
-def stage(run: RunDir, what: str, repo_id: str) -> Staged:
-    source, files = artifact(run, what)
-    push = run.path / "push"
+def stage(run_dir: RunDirectory, what: str, repo_id: str) -> Staged:
+    source, files = artifact(run_dir, what)
+    push = run_dir.path / "push"
     push.mkdir(parents=True, exist_ok=True)
     partial = push / f".{what}.partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -83,17 +83,17 @@ def stage(run: RunDir, what: str, repo_id: str) -> Staged:
         # PEFT's save_pretrained leaves its own template card there: ours replaces it, and is
         # written as a new file (the link would carry the write into train's folder)
         (partial / CARD).unlink(missing_ok=True)
-    hub_base, _ = base_model(run.recipe.model.ref)
+    hub_base, _ = base_model(run_dir.recipe.model.ref)
     if what == "adapter" and hub_base and (partial / "adapter_config.json").is_file():
         _point_adapter_at_hub_base(partial / "adapter_config.json", hub_base)
     plots = []
-    report = run.path / "report"
+    report = run_dir.path / "report"
     for png in sorted(report.glob("*.png")) if report.is_dir() else []:
         (partial / PLOTS).mkdir(exist_ok=True)
         link_tree_file(png, partial / PLOTS / png.name)
         plots.append(f"{PLOTS}/{png.name}")
     listed = sorted([str(p.relative_to(partial)) for p in partial.rglob("*") if p.is_file()] + [CARD])
-    card = build_card(read_facts(run), what, repo_id, listed, plots)
+    card = build_card(read_facts(run_dir), what, repo_id, listed, plots)
     atomic_write_text(partial / CARD, str(card))  # a new file, never written through a link
     final = push / what
     old = push / f".{what}.old"

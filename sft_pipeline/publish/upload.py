@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..run.files import now, write_json
+from ..rundir.files import now, write_json
 from .stage import PushError, Staged
 
 DEFAULT_ENDPOINT = "https://huggingface.co"

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..run.rundir import RunDir, StageError, read_json
+from ..rundir.directory import RunDirectory, StageError
+from ..rundir.files import read_json
 
 
 @dataclass
@@ -30,22 +31,22 @@ def series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]
     return [s for s, _ in points], [v for _, v in points]
 
 
-def collect(run: RunDir) -> Contents:
-    from ..run.pipeline import status_rows
+def collect(run_dir: RunDirectory) -> Contents:
+    from ..orchestration.pipeline import status_rows
     from ..training.trackers import SCALARS, read_scalars
 
-    train = run.stage_dir("train")  # refused in one line when train has not run
+    train = run_dir.stage_dir("train")  # refused in one line when train has not run
     if not (train / SCALARS).is_file():
         raise StageError(f"{train / SCALARS} is missing (trained before per-step scalars were kept): "
-                         f"run `sft-pipeline train {run.path} --force`")
+                         f"run `sft-pipeline train {run_dir.path} --force`")
     notes = []
     evaluation, answers = None, []
-    if run.stage_state("evaluate") == "complete":
-        evaluation = read_json(run.path / "evaluate" / "report.json")
-        rows = read_json(run.path / "evaluate" / "answers.json")["rows"] if (run.path / "evaluate" / "answers.json").is_file() else []
+    if run_dir.stage_state("evaluate") == "complete":
+        evaluation = read_json(run_dir.path / "evaluate" / "report.json")
+        rows = read_json(run_dir.path / "evaluate" / "answers.json")["rows"] if (run_dir.path / "evaluate" / "answers.json").is_file() else []
         last = max((r["evaluation"] for r in rows), default=None)
         answers = [r for r in rows if r["evaluation"] == last]
     else:
-        notes.append(f"evaluate has not run (or is stale): `sft-pipeline evaluate {run.path}` adds before/after answers")
-    return Contents(run.recipe.name, str(run.path.resolve()), read_scalars(train / SCALARS),
-                    read_json(train / "metrics.json"), status_rows(run), evaluation, answers, notes)
+        notes.append(f"evaluate has not run (or is stale): `sft-pipeline evaluate {run_dir.path}` adds before/after answers")
+    return Contents(run_dir.recipe.name, str(run_dir.path.resolve()), read_scalars(train / SCALARS),
+                    read_json(train / "metrics.json"), status_rows(run_dir), evaluation, answers, notes)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..run.files import atomic_write_text
-from ..run.rundir import RunDir
+from ..rundir.files import atomic_write_text
+from ..rundir.directory import RunDirectory
 from .collect import collect
 from .page import render
 from .plots import draw
 
 
-def write_report(run: RunDir) -> tuple[Path, list[str]]:
+def write_report(run_dir: RunDirectory) -> tuple[Path, list[str]]:
     """(the HTML page's path, a note for each thing missing from it)."""
-    contents = collect(run)
-    folder = run.path / "report"
+    contents = collect(run_dir)
+    folder = run_dir.path / "report"
     images, missing = draw(contents.scalars, folder)
     notes = contents.notes + missing
     page = folder / "index.html"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..model.gguf_tools import GGUFError, canonical_type
-from ..run.rundir import RunDir
+from ..rundir.directory import RunDirectory
 from . import ServeError
 
 EXPORT = "export"
@@ -16,9 +16,9 @@ PREFIX, SUFFIX = "model-", ".gguf"
 PREFERENCE = ("Q4_K_M", "Q8_0", "F16")
 
 
-def export_folder(run: RunDir) -> Path:
+def export_folder(run_dir: RunDirectory) -> Path:
     """The run's complete, fresh export folder; otherwise StageError naming `sft-pipeline export`."""
-    return run.stage_dir(EXPORT)
+    return run_dir.stage_dir(EXPORT)
 
 
 def present(folder: Path) -> dict[str, Path]:
@@ -51,10 +51,10 @@ def pick(folder: Path, quant: str) -> Path:
                      f"--quant TYPE (serve.quant)")
 
 
-def gguf_to_serve(run: RunDir, quant: str, gguf: Path | None) -> Path:
+def gguf_to_serve(run_dir: RunDirectory, quant: str, gguf: Path | None) -> Path:
     """`--gguf PATH` when given (checked to exist), else the run's export by serve.quant."""
     if gguf is not None:
         if not gguf.is_file():
             raise ServeError(f"--gguf {gguf}: file not found")
         return gguf
-    return pick(export_folder(run), quant)
+    return pick(export_folder(run_dir), quant)

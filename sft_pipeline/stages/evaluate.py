@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..progress import progress
-from ..run.rundir import RunDir, read_json, write_json
-from ..run.stage_spec import StageSpec
+from ..rundir.directory import RunDirectory
+from ..rundir.files import read_json, write_json
+from ..rundir.stage_spec import StageSpec
 from ..training.step_scalars import perplexity
 from ..training.trackers import IDENTITY, log_evaluation
 
@@ -96,25 +97,25 @@ def answer_rows(previous: Path, train_run: str | None, questions: list[str], rep
     return {"train_run": train_run, "rows": rows}
 
 
-def phases(run: RunDir) -> Iterator[tuple[str, Any, Any]]:
+def phases(run_dir: RunDirectory) -> Iterator[tuple[str, Any, Any]]:
     """("before", model, tokenizer), then ("after", ...). LoRA: one model, its adapter disabled,
     then enabled. Full: the base model, then train's, each loaded when its phase starts (the
     consumer drops the first before asking for the second)."""
     from ..model.generate import load_for_inference
 
-    if run.recipe.method == "full":
-        for phase, which in (("before", "base"), ("after", "adapter")):
-            model, tokenizer = load_for_inference(run, which)
+    if run_dir.recipe.method == "full":
+        for phase, which in (("before", "base"), ("after", "trained")):
+            model, tokenizer = load_for_inference(run_dir, which)
             yield phase, model, tokenizer
             del model
         return
-    model, tokenizer = load_for_inference(run, "adapter")
+    model, tokenizer = load_for_inference(run_dir, "trained")
     with model.disable_adapter():
         yield "before", model, tokenizer
     yield "after", model, tokenizer
 
 
-def run(run: RunDir, out: Path) -> None:
+def produce(run_dir: RunDirectory, out: Path) -> None:
     import datasets
 
     from ..training import attention
@@ -123,9 +124,9 @@ def run(run: RunDir, out: Path) -> None:
     from ..model.generate import generate, inference_precision
     from ..model.harness import headline, run_harness
 
-    recipe = run.recipe
+    recipe = run_dir.recipe
     cfg = recipe.evaluate
-    template_dir, pack_dir, train_dir = run.stage_dir("template"), run.stage_dir("pack"), run.stage_dir("train")
+    template_dir, pack_dir, train_dir = run_dir.stage_dir("template"), run_dir.stage_dir("pack"), run_dir.stage_dir("train")
     compute = inference_precision(recipe)
     split = "eval" if (template_dir / "eval").is_dir() else "train"
     prompts_ds = datasets.load_from_disk(str(template_dir / split))
@@ -134,7 +135,7 @@ def run(run: RunDir, out: Path) -> None:
     bs = recipe.train.per_device_eval_batch_size
     report: dict[str, Any] = {"prompts": n, "split": split, "precision": compute.record(), "method": recipe.method}
 
-    for phase, model, tokenizer in phases(run):
+    for phase, model, tokenizer in phases(run_dir):
         device = model.device.type
         # the loss passes use train's attention (per-sample on packed rows, padding-free); generation
         # keeps the model's own, which handles left padding and the KV cache
@@ -165,7 +166,7 @@ def run(run: RunDir, out: Path) -> None:
     ]
     ident = train_dir / IDENTITY
     train_run = read_json(ident)["wandb_run_id"] if ident.is_file() else None
-    history = answer_rows(run.path / "evaluate" / "answers.json", train_run, prompts_ds["question"][:n], report,
+    history = answer_rows(run_dir.path / "evaluate" / "answers.json", train_run, prompts_ds["question"][:n], report,
                           cfg.style_regex)
     write_json(out / "report.json", report)
     write_json(out / "answers.json", history)

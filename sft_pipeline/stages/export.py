@@ -23,9 +23,10 @@ from rich.console import Console
 
 from ..errors import PipelineError
 from ..model import gguf_tools
-from ..run.files import link_tree
-from ..run.rundir import RunDir, write_json
-from ..run.stage_spec import StageSpec
+from ..rundir.files import link_tree
+from ..rundir.directory import RunDirectory
+from ..rundir.files import write_json
+from ..rundir.stage_spec import StageSpec
 
 SPEC = StageSpec(
     # template: the chat template the files carry and the verification prompts; generate: the
@@ -48,14 +49,14 @@ class ExportError(PipelineError, RuntimeError):
     pass
 
 
-def run(run: RunDir, out: Path) -> None:
+def produce(run_dir: RunDirectory, out: Path) -> None:
     from transformers import AutoTokenizer
 
     from ..model.chat_template import chat_layout, gguf_chat_template
 
-    recipe, cfg = run.recipe, run.recipe.export
-    merged = run.stage_dir("merge") / "model"
-    template_dir = run.stage_dir("template")
+    recipe, cfg = run_dir.recipe, run_dir.recipe.export
+    merged = run_dir.stage_dir("merge") / "model"
+    template_dir = run_dir.stage_dir("template")
     problem = gguf_tools.unsupported(gguf_tools.architectures(merged / "config.json"), str(merged / "config.json"))
     if problem:
         raise ExportError(problem)
@@ -83,7 +84,7 @@ def run(run: RunDir, out: Path) -> None:
         console.print(f"quantizing to {name} (llama.cpp's llama_model_quantize)")
         costs[name] = {"by": "llama_model_quantize from F16", **gguf_tools.quantize(source, out / gguf_tools.gguf_name(name),
                                                                                     name, log)}
-    record = verify(run, merged, template_dir, out, types)
+    record = verify(run_dir, merged, template_dir, out, types)
     for name in types:
         carried = record["files"][name].pop("chat_template")
         if carried != chat_template:
@@ -95,7 +96,7 @@ def run(run: RunDir, out: Path) -> None:
                     **costs[name]} for name in types}
     if (merged / "generation_config.json").is_file():
         shutil.copyfile(merged / "generation_config.json", out / "generation_config.json")
-    from_type = write_modelfile(run, out, files, layout, tokenizer)
+    from_type = write_modelfile(run_dir, out, files, layout, tokenizer)
     record["files"] = {name: {**files[name], **record["files"][name]} for name in types}
     write_json(out / "verify.json", {**record, "chat_template": chat_template,
                                      "ollama_template": "from the recipe's template" if layout else
@@ -106,7 +107,7 @@ def run(run: RunDir, out: Path) -> None:
         "agreement_rate": {n: record["files"][n]["agreement_rate"] for n in types},
         "sizes_mib": {n: round(f["bytes"] / 2**20, 2) for n, f in files.items()},
         "costs": costs})
-    console.print(f"export: {', '.join(f['file'] for f in files.values())} and a Modelfile in {run.path / 'export'}")
+    console.print(f"export: {', '.join(f['file'] for f in files.values())} and a Modelfile in {run_dir.path / 'export'}")
 
 
 def stage_model(merged: Path, staging: Path, chat_template: str) -> None:
@@ -133,7 +134,7 @@ def eval_prompts(template_dir: Path, limit: int | None) -> list[str]:
     return list(prompts if limit is None else prompts[:limit])
 
 
-def verify(run: RunDir, merged: Path, template_dir: Path, out: Path, types: list[str]) -> dict[str, Any]:
+def verify(run_dir: RunDirectory, merged: Path, template_dir: Path, out: Path, types: list[str]) -> dict[str, Any]:
     """Every file answers the eval prompts; F16's greedy tokens equal transformers' (near-ties
     excepted, recorded); every file's agreement rate. Fails on a real F16 disagreement, or on a
     file answering nothing where the merged model answers."""
@@ -142,7 +143,7 @@ def verify(run: RunDir, merged: Path, template_dir: Path, out: Path, types: list
 
     from ..model.gguf_verify import check_file, reference_answers, stop_ids
 
-    cfg = run.recipe.export
+    cfg = run_dir.recipe.export
     prompts = eval_prompts(template_dir, cfg.verify_prompts)
     tokenizer = AutoTokenizer.from_pretrained(str(merged))
     model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32).eval()
@@ -179,17 +180,17 @@ def verify(run: RunDir, merged: Path, template_dir: Path, out: Path, types: list
     return record
 
 
-def write_modelfile(run: RunDir, out: Path, files: dict[str, dict[str, Any]], layout: Any, tokenizer: Any) -> str:
+def write_modelfile(run_dir: RunDirectory, out: Path, files: dict[str, dict[str, Any]], layout: Any, tokenizer: Any) -> str:
     """The Ollama Modelfile, FROM export.modelfile_type, else Q4_K_M, else the smallest file."""
     from ..model.modelfile import modelfile_text
 
-    cfg = run.recipe.export
+    cfg = run_dir.recipe.export
     chosen = cfg.modelfile_type or ("Q4_K_M" if "Q4_K_M" in files else min(files, key=lambda n: files[n]["bytes"]))
-    system = layout.default_system if layout is not None else run.recipe.template.system
+    system = layout.default_system if layout is not None else run_dir.recipe.template.system
     stops = end_tokens(out, tokenizer)
-    header = (f"Written by `sft-pipeline export` (template.kind {run.recipe.template.kind}).\n"
+    header = (f"Written by `sft-pipeline export` (template.kind {run_dir.recipe.template.kind}).\n"
               "Create the model from this folder: ollama create NAME -f Modelfile")
-    (out / "Modelfile").write_text(modelfile_text(files[chosen]["file"], layout, system, stops, run.recipe.generate,
+    (out / "Modelfile").write_text(modelfile_text(files[chosen]["file"], layout, system, stops, run_dir.recipe.generate,
                                                   header), encoding="utf-8")
     return chosen
 

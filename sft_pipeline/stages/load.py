@@ -23,8 +23,9 @@ from ..data import mixture
 from ..data.formats import FormatError, detect_format, record_tools, rename_columns, to_conversation
 from ..data.turn_weights import TurnWeightError
 from ..progress import progress
-from ..run.rundir import RunDir, write_json
-from ..run.stage_spec import StageSpec
+from ..rundir.directory import RunDirectory
+from ..rundir.files import write_json
+from ..rundir.stage_spec import StageSpec
 from ..data.sources import SourceError, has_split, read_records
 
 SPEC = StageSpec(
@@ -183,8 +184,8 @@ def carve_eval(rows: list[dict[str, Any]], size: float, seed: int) -> tuple[list
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
-def run(run: RunDir, out: Path) -> None:
-    cfg = run.recipe.data
+def produce(run_dir: RunDirectory, out: Path) -> None:
+    cfg = run_dir.recipe.data
     if cfg.sources is not None:
         return _run_sources(cfg, out)
     plan = [("train", cfg.source, cfg.train_split)]

@@ -35,9 +35,10 @@ from ..model.sampling import GENERATION_CONFIG, GENERATION_KEYS, RECORD, write_g
 from ..model.merging import (WEIGHT_RTOL, MergeError, compute_dtype_of, dequantized_base, expected_merged_weights,
                              logits_of, max_gap, probe_batch, upcast_to_fp32, weight_check)
 from ..config import Recipe
-from ..run.files import link_tree
-from ..run.rundir import RunDir, write_json
-from ..run.stage_spec import StageSpec
+from ..rundir.files import link_tree
+from ..rundir.directory import RunDirectory
+from ..rundir.files import write_json
+from ..rundir.stage_spec import StageSpec
 
 SPEC = StageSpec(
     # method: full has nothing to merge; train.precision: the NF4 reference model's compute dtype (QLoRA);
@@ -50,20 +51,20 @@ SPEC = StageSpec(
 console = Console(stderr=True)
 
 
-def run(run: RunDir, out: Path) -> None:
+def produce(run_dir: RunDirectory, out: Path) -> None:
     import torch
     from peft import PeftModel
 
     from ..model.loader import load_model, load_tokenizer
 
-    recipe, cfg = run.recipe, run.recipe.merge
+    recipe, cfg = run_dir.recipe, run_dir.recipe.merge
     if recipe.method == "full":
-        export_trained_model(run.stage_dir("train") / "model", out, recipe)
+        export_trained_model(run_dir.stage_dir("train") / "model", out, recipe)
         return
-    adapter = run.stage_dir("train") / "adapter"
+    adapter = run_dir.stage_dir("train") / "adapter"
     dtype = getattr(torch, cfg.dtype)
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
-    texts = probe_texts(run)
+    texts = probe_texts(run_dir)
     batch = probe_batch(tokenizer, texts)
     mask = batch["attention_mask"].float()
 
@@ -137,14 +138,14 @@ def export_trained_model(trained: Path, out: Path, recipe: Recipe) -> None:
     write_json(out / "summary.json", {"export": f"the trained model ({how})", "passed": True})
 
 
-def probe_texts(run: RunDir) -> list[str]:
+def probe_texts(run_dir: RunDirectory) -> list[str]:
     """What the merged and adapter models are compared on: rendered samples when template's output
     is there (the eval split first), two fixed questions otherwise."""
     import datasets
 
-    if run.stage_state("template") != "complete":
+    if run_dir.stage_state("template") != "complete":
         return ["What is the capital of France?", "Explain gradient descent in one paragraph."]
-    template_dir = run.stage_dir("template")
+    template_dir = run_dir.stage_dir("template")
     split = "eval" if (template_dir / "eval").is_dir() else "train"
     return datasets.load_from_disk(str(template_dir / split))["text"][:4]
 

@@ -14,8 +14,9 @@ from ..data.packing import pack
 from ..data.prompts import needs_eos
 from ..data.tokens import tokenize_split
 from ..errors import PipelineError
-from ..run.rundir import RunDir, write_json
-from ..run.stage_spec import StageSpec
+from ..rundir.directory import RunDirectory
+from ..rundir.files import write_json
+from ..rundir.stage_spec import StageSpec
 
 SPEC = StageSpec(
     # template.kind: whether EOS is added; model.*: the tokenizer, and bfd's attention check
@@ -29,11 +30,11 @@ class PackError(PipelineError, ValueError):
     """Packing gives nothing to train on; the message says which split and what to change."""
 
 
-def run(run: RunDir, out: Path) -> None:
+def produce(run_dir: RunDirectory, out: Path) -> None:
     from ..model.loader import load_tokenizer
 
-    cfg = run.recipe.pack
-    model = run.recipe.model
+    cfg = run_dir.recipe.pack
+    model = run_dir.recipe.model
     if cfg.strategy == "bfd":  # refuse before tokenizing anything
         from transformers import AutoConfig
 
@@ -44,9 +45,9 @@ def run(run: RunDir, out: Path) -> None:
         check_bfd(config, model.attn_implementation, model.trust_remote_code)
     tokenizer = load_tokenizer(model.ref, model.trust_remote_code)
     # wrapped follows the seed: EOS after every sample; otherwise only plain templates need one
-    add_eos = needs_eos(run.recipe.template) or cfg.strategy == "wrapped"
+    add_eos = needs_eos(run_dir.recipe.template) or cfg.strategy == "wrapped"
     stats: dict[str, Any] = {}
-    for split_dir in split_dirs(run.stage_dir("template")):
+    for split_dir in split_dirs(run_dir.stage_dir("template")):
         tokens = tokenize_split(split_dir, tokenizer, cfg.loss_on, add_eos)
         blocks, split_stats = pack(tokens, cfg)
         del tokens

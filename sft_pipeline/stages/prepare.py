@@ -19,8 +19,9 @@ from rich.console import Console
 from ..model import precision
 from ..model.build import build_model, count_params
 from ..model.hardware import detect
-from ..run.rundir import RunDir, write_json
-from ..run.stage_spec import StageSpec
+from ..rundir.directory import RunDirectory
+from ..rundir.files import write_json
+from ..rundir.stage_spec import StageSpec
 from ..training.memory import GIB
 from ..training.memory_plan import memory_report, plan_memory
 
@@ -38,13 +39,13 @@ SPEC = StageSpec(
 console = Console(stderr=True)
 
 
-def run(run: RunDir, out: Path) -> None:
+def produce(run_dir: RunDirectory, out: Path) -> None:
     import torch
     from transformers import AutoConfig
 
     from ..model.loader import resolve
 
-    recipe = run.recipe
+    recipe = run_dir.recipe
     hw = detect()
     prec = precision.plan(recipe, hw)
     if prec.warning:

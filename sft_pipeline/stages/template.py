@@ -19,8 +19,9 @@ from ..data.arrow_io import SplitWriter, count_rows, iter_batches, split_dirs
 from ..data.prompts import TemplateError
 from ..data.samples import Context, make_row
 from ..progress import progress
-from ..run.rundir import RunDir, write_json
-from ..run.stage_spec import StageSpec
+from ..rundir.directory import RunDirectory
+from ..rundir.files import write_json
+from ..rundir.stage_spec import StageSpec
 
 SPEC = StageSpec(
     name="template", reads=("template", "model.ref", "model.trust_remote_code"),  # model: the chat template's tokenizer
@@ -96,14 +97,14 @@ def note_stats(notes: Counter[str], ctx: Context) -> dict[str, Any]:
     return out
 
 
-def run(run: RunDir, out: Path) -> None:
+def produce(run_dir: RunDirectory, out: Path) -> None:
     from ..model.loader import load_tokenizer
 
-    cfg = run.recipe.template
+    cfg = run_dir.recipe.template
     # every kind needs the model's tokenizer: its special tokens are what control text is
-    ctx = Context.build(cfg, load_tokenizer(run.recipe.model.ref, run.recipe.model.trust_remote_code))
+    ctx = Context.build(cfg, load_tokenizer(run_dir.recipe.model.ref, run_dir.recipe.model.trust_remote_code))
     stats: dict[str, Any] = {"kind": cfg.kind, "tool_calls": ctx.support.calls, "tool_definitions": ctx.support.definitions}
-    for split_dir in split_dirs(run.stage_dir("load")):
+    for split_dir in split_dirs(run_dir.stage_dir("load")):
         stats[split_dir.name] = template_split(split_dir, out / split_dir.name, ctx)
     write_json(out / "stats.json", stats)
     write_json(out / "summary.json", {"kind": cfg.kind, **{

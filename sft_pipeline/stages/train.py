@@ -28,9 +28,10 @@ from rich.console import Console
 from ..config import Recipe
 from ..model import precision
 from ..model.hardware import Hardware, detect
-from ..run import launch
-from ..run.rundir import RunDir, read_json, write_json
-from ..run.stage_spec import StageSpec
+from ..training import launch
+from ..rundir.directory import RunDirectory
+from ..rundir.files import read_json, write_json
+from ..rundir.stage_spec import STATS, StageSpec
 from ..training import ranks
 from ..training.callbacks import Interrupted, StepTimer, StopOnSignal
 from ..training.memory_plan import decide_checkpointing
@@ -67,7 +68,7 @@ SPEC = StageSpec(
 console = Console(stderr=True)
 
 
-def run(run: RunDir, out: Path) -> None:
+def produce(run_dir: RunDirectory, out: Path) -> None:
     import datasets
     import torch
 
@@ -75,11 +76,11 @@ def run(run: RunDir, out: Path) -> None:
     from ..model.loader import load_tokenizer
     from ..training.collate import PackedCollator
 
-    recipe, hw = run.recipe, detect()
+    recipe, hw = run_dir.recipe, detect()
     if launch.needs_launch(recipe.distributed):  # several processes: torchrun starts them, each runs this
-        return launch.train_in_processes(run, out, hw.device)
+        return launch.train_in_processes(run_dir, out, hw.device)
     main = ranks.is_main()  # node 0's first process writes for every process
-    pack_dir, prep_dir = run.stage_dir("pack"), run.stage_dir("prepare")
+    pack_dir, prep_dir = run_dir.stage_dir("pack"), run_dir.stage_dir("prepare")
     prep = read_json(prep_dir / "prepare.json")
     train_ds = datasets.load_from_disk(str(pack_dir / "train"))
     eval_ds = datasets.load_from_disk(str(pack_dir / "eval")) if (pack_dir / "eval").is_dir() else None
@@ -98,7 +99,7 @@ def run(run: RunDir, out: Path) -> None:
                         trainable=True)
     speed = speed_setup(model, recipe, hw, prec, prep.get("training_attention"))
     stopper, timer = StopOnSignal(), StepTimer(tokenizer.pad_token_id, cuda=hw.device == "cuda")
-    tracking = train_tracking(run, out, hw, prec, model, timer) if main else QuietTracking()
+    tracking = train_tracking(run_dir, out, hw, prec, model, timer) if main else QuietTracking()
     stopper.install()  # the pipeline puts the previous handler back after the stage
     trainer = trainer_class()(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
@@ -127,7 +128,8 @@ def run(run: RunDir, out: Path) -> None:
         write_json(out / "metrics.json", metrics)
         write_json(out / "summary.json", {k: metrics[k] for k in ("steps", "precision", "final_train_loss", "eval_losses",
                                                                   "train_runtime_s", "tokens_per_second")})
-        tracking.summarize(train_summary(run, metrics), export if recipe.tracking.log_adapter else None)
+        data_stats = (read_json(run_dir.artifact(stage, STATS)) for stage in ("load", "pack"))
+        tracking.summarize(train_summary(*data_stats, metrics), export if recipe.tracking.log_adapter else None)
 
 
 def labelled_loss_state(trainer: Any) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
-from ..run.files import read_json
+from ..rundir.files import read_json
 
 console = Console(stderr=True)
 

@@ -12,7 +12,7 @@ pipeline feeds both trackers itself (report_to is "none"):
   with the global step as x axis. scalars.jsonl is appended (and fsynced) after both trackers
   have the row, and it is what a resumed train reads to skip the (kind, step) pairs already
   logged: the steps between the checkpoint and the kill are logged once, not twice. Resumes are
-  deterministic (tests/test_resume.py), so the row the first attempt logged is the row the
+  deterministic (tests/stages/test_resume.py), so the row the first attempt logged is the row the
   second would log.
 - A SIGKILLed process loses what wandb-core had not written yet (wandb_offline.py). Offline, a
   resumed train reads its earlier offline folders and logs again the rows of scalars.jsonl they
@@ -33,7 +33,7 @@ from typing import Any
 from rich.console import Console
 
 from ..config import Recipe
-from ..run.files import now, read_json, write_json
+from ..rundir.files import now, read_json, write_json
 from . import step_scalars
 
 console = Console(stderr=True)
@@ -258,13 +258,13 @@ class QuietTracking:
 TRACKED_VERSIONS = ("accelerate", "wandb", "tensorboard")  # besides rundir.versions()'s
 
 
-def run_config(run: Any, hw: Any, rate: Any = None) -> dict[str, Any]:
+def run_config(run_dir: Any, hw: Any, rate: Any = None) -> dict[str, Any]:
     """W&B's config for a train: the resolved recipe, every stage's fingerprint, the hardware,
     the library versions, and what MFU is measured against."""
     from importlib.metadata import PackageNotFoundError, version
 
     from ..model.hardware import describe
-    from ..run.rundir import STAGES, versions
+    from ..rundir.directory import versions
 
     libs = versions()
     for pkg in TRACKED_VERSIONS:
@@ -274,17 +274,16 @@ def run_config(run: Any, hw: Any, rate: Any = None) -> dict[str, Any]:
             pass
     # the resolved recipe as the run directory froze it (recipe.yaml), not read key by key: W&B's
     # copy is metadata, and the fingerprints below already say what each stage depends on
-    return {"recipe": yaml.safe_load((run.path / "recipe.yaml").read_text(encoding="utf-8")),
-            "fingerprints": {stage: run.fingerprint(stage) for stage in (*STAGES, "evaluate")},
+    return {"recipe": yaml.safe_load((run_dir.path / "recipe.yaml").read_text(encoding="utf-8")),
+            "fingerprints": {stage: run_dir.fingerprint(stage) for stage in run_dir.declarations},
             "hardware": describe(hw), "versions": libs, "mfu_rate": rate.as_dict() if rate else None}
 
 
-def train_summary(run: Any, metrics: dict[str, Any]) -> dict[str, Any]:
+def train_summary(load: dict[str, Any], pack: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     """The summary of a finished train: load's kept and dropped records by reason, pack's blocks
-    and padding share, prepare's memory estimate beside the measured peak, the speed."""
+    and padding share (their stats.json, which the train stage reads), prepare's memory estimate
+    beside the measured peak, the speed."""
     gib = 1024**3
-    load = read_json(run.stage_dir("load") / "stats.json")
-    pack = read_json(run.stage_dir("pack") / "stats.json")
     peak = metrics.get("peak_rss_bytes") or metrics.get("peak_gpu_bytes")
     return {
         "load": {split: {"read": s.get("read"), "kept": s.get("kept"), "dropped": s.get("dropped", {})}
@@ -300,20 +299,20 @@ def train_summary(run: Any, metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def train_tracking(run: Any, out: Path, hw: Any, prec: Any, model: Any, timer: Any) -> Tracking:
+def train_tracking(run_dir: Any, out: Path, hw: Any, prec: Any, model: Any, timer: Any) -> Tracking:
     """The train stage's Tracking: the recipe's trackers with their environment, the FLOP shape
     of the model it trains, and the rate MFU divides by (said on the console)."""
     from .flops import Rate, device_rate, shape_from_model
     from .ranks import world_size
 
-    trackers = use_trackers(run.recipe, out)
+    trackers = use_trackers(run_dir.recipe, out)
     rate = device_rate(hw, prec.compute, out / "matmul_rate.json",
                        bf16_emulated=prec.compute == "bf16" and not hw.bf16_fast)
     processes = world_size()
     if processes > 1:  # the step's work is summed over the processes, each with its share of the machine
         rate = Rate(rate.flops_per_second * processes, rate.dtype, f"{rate.how}, x {processes} processes")
     console.print(f"MFU against {rate.how}")
-    return Tracking(out, trackers, run.recipe.name, run_config(run, hw, rate), timer, shape_from_model(model), rate)
+    return Tracking(out, trackers, run_dir.recipe.name, run_config(run_dir, hw, rate), timer, shape_from_model(model), rate)
 
 
 def log_evaluation(recipe: Recipe, out: Path, train_dir: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:

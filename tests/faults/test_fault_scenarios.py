@@ -28,7 +28,7 @@ from helpers import STATE, run_read_only, run_state, userns_works
 pytestmark = pytest.mark.faults
 
 PY = sys.executable
-KILLPOINT = Path(__file__).resolve().parent.parent / "killpoint.py"
+KILLPOINT = Path(__file__).resolve().parents[1] / "killpoint.py"
 ENV = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
 MAX_STEPS = 4
 

@@ -1,0 +1,98 @@
+"""Running stages: the lock, the up-to-date check, and the atomic swap, around each stage's run()."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from typing import Callable
+
+from rich.console import Console
+
+from . import logs, preflight, process_state, write_faults
+from .. import stages  # the registry: order and declarations; stage modules load only when asked for
+from ..config import Recipe
+from ..errors import PipelineError
+from ..rundir.directory import RunDirectory, StageError
+from ..stages import ORDER
+
+console = Console(stderr=True)
+
+
+def _producer(stage: str) -> Callable:
+    return stages.producer(stage)
+
+
+def update_stage(run_dir: RunDirectory, stage: str, force: bool = False) -> bool:
+    """Run one stage unless it is up to date. Returns True when it ran.
+
+    Everything the stage prints (and, on a failure, its traceback) is also appended to
+    logs/<stage>.log under the run directory (logs.py)."""
+    try:
+        return _update_stage(run_dir, stage, force)
+    except BaseException as exc:
+        logs.note_failure(exc, stage, None)  # failed before its log opened (preflight, lock)
+        raise
+
+
+def _update_stage(run_dir: RunDirectory, stage: str, force: bool) -> bool:
+    spec = stages.spec(stage)  # StageError for a name that is not a stage
+    if force or run_dir.stage_state(stage) != "complete":
+        preflight.check(run_dir.recipe, [stage])  # a bad data file or model ref: refused before anything is written
+    try:
+        # the log opens once the lock is held: a refused second command writes nothing here
+        with run_dir.locked(" ".join(sys.argv) or stage), logs.capture(run_dir.path, stage):
+            if not force and run_dir.adopt(stage):  # killed between its rename and its manifest record
+                console.print(f"[green]{stage}[/]: had finished before a crash; recorded now")
+                return False
+            if not force and run_dir.stage_state(stage) == "complete":
+                console.print(f"[green]{stage}[/]: up to date")
+                return False
+            console.rule(f"[bold]{stage}")
+            with run_dir.stage_output(stage, keep_partial=spec.resumes) as out:
+                from ..model.hardware import configure_threads
+
+                configure_threads()  # one per physical core, or SFT_PIPELINE_THREADS / OMP_NUM_THREADS
+                with process_state.restored():  # signal handlers and environment, for the stages after it
+                    _producer(stage)(run_dir, out)
+            rec = run_dir.stage_record(stage) or {}
+            console.print(f"[green]{stage}[/]: done in {rec.get('seconds', '?')} s -> {run_dir.path / stage}")
+    except Exception as exc:
+        # Disk full, read-only, quota: one line naming the path and the cause, not a traceback.
+        # The manifest records a stage last, so nothing is recorded as complete; the work folder
+        # is removed to give the space back, except a resuming stage's (train's checkpoints).
+        cause = None if isinstance(exc, StageError) else write_faults.find_cause(exc, run_dir.path)
+        if cause is None:
+            if isinstance(exc, PipelineError) and exc.stage is None:
+                exc.stage = stage  # the CLI leads its line with the stage it failed in
+            raise
+        if not spec.resumes:
+            shutil.rmtree(run_dir.work_dir(stage), ignore_errors=True)
+        raise StageError(write_faults.describe(stage, cause, run_dir.work_dir(stage), run_dir.path), stage) from exc
+    return True
+
+
+def update_stages(recipe: Recipe, force: bool = False, until: str | None = None) -> RunDirectory:
+    run_dir = stages.open_run_directory(recipe.resolved_run_dir(), recipe)
+    todo = ORDER[: ORDER.index(until) + 1] if until in ORDER else ORDER
+    # Everything the stages to run will read is checked before the first one starts.
+    preflight.check(recipe, [s for s in todo if force or run_dir.stage_state(s) != "complete"])
+    for stage in ORDER:
+        update_stage(run_dir, stage, force=force)
+        if stage == until:
+            break
+    return run_dir
+
+
+def status_rows(run_dir: RunDirectory) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for stage in stages.ALL:
+        rec = run_dir.stage_record(stage) or {}
+        state = run_dir.stage_state(stage)
+        summary = rec.get("summary", {}) if state != "missing" else {}
+        rows.append((stage, state, str(rec.get("seconds", "")) if state != "missing" else "", _short(summary)))
+    return rows
+
+
+def _short(summary: dict) -> str:
+    text = ", ".join(f"{k}={v}" for k, v in summary.items())
+    return text if len(text) < 90 else text[:87] + "..."

@@ -1,0 +1,117 @@
+"""The six stages end to end on the tiny model (fast), and on the bundled model (slow)."""
+
+import pytest
+import torch
+
+from sft_pipeline.orchestration.pipeline import update_stages
+from sft_pipeline.rundir.files import read_json
+from sft_pipeline.stages import ORDER
+
+
+def _adapter_changed(run_dir):
+    from safetensors.torch import load_file
+
+    before = load_file(run_dir / "prepare" / "adapter" / "adapter_model.safetensors")
+    after = load_file(run_dir / "train" / "adapter" / "adapter_model.safetensors")
+    assert before.keys() == after.keys()
+    return any(not torch.equal(before[k], after[k]) for k in before if "lora_B" in k)
+
+
+def test_all_stages_on_the_tiny_model(recipe_factory):
+    from transformers import AutoModelForCausalLM
+
+    recipe = recipe_factory(train={"eval_strategy": "epoch", "save_strategy": "epoch", "max_steps": 3})
+    run = update_stages(recipe)
+    assert all(run.stage_state(s) == "complete" for s in ORDER)
+    assert _adapter_changed(run.path)
+    metrics = read_json(run.path / "train" / "metrics.json")
+    from sft_pipeline.model.hardware import detect
+    from sft_pipeline.model.precision import plan
+
+    assert metrics["steps"] == 3 and metrics["precision"] == plan(recipe, detect()).compute  # both: test_precision.py
+    verify = read_json(run.path / "merge" / "verify.json")
+    assert verify["passed"] and verify["max_abs_logit_gap"] <= verify["tolerance"]
+    assert verify["max_relative_weight_gap"] < 1e-6  # merged W == W0 + (alpha/r) B A
+    merged = AutoModelForCausalLM.from_pretrained(run.path / "merge" / "model")
+    assert merged.num_parameters() > 0 and not hasattr(merged, "peft_config")
+    assert (run.path / "merge" / "model" / "model.safetensors").is_file()
+    # a second run is a no-op
+    mtime = (run.path / "manifest.json").stat().st_mtime_ns
+    update_stages(recipe)
+    assert (run.path / "manifest.json").stat().st_mtime_ns == mtime
+
+
+def test_qlora_merge_into_dequantized_base_matches_training(recipe_factory, tmp_path):
+    """The adapter learned against NF4-dequantized weights: merging into those reproduces the
+    trained model; merging into the originals drifts, and we record by how much."""
+    gaps = {}
+    for base in ("dequantized", "original"):
+        recipe = recipe_factory(model={"quantization": "nf4"}, merge={"base": base, "tolerance": 1e-3},
+                                run_dir=str(tmp_path / base), train={"max_steps": 2, "learning_rate": 1e-2})
+        run = update_stages(recipe)
+        gaps[base] = read_json(run.path / "merge" / "verify.json")["max_abs_logit_gap"]
+    assert gaps["dequantized"] < 1e-3
+    assert gaps["original"] > 10 * gaps["dequantized"]
+
+
+def test_tensorboard_events_are_written(recipe_factory):
+    recipe = recipe_factory(tracking={"tensorboard": True})
+    run = update_stages(recipe, until="train")
+    assert list((run.path / "train" / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_wandb_offline_run_is_written(recipe_factory, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    recipe = recipe_factory(tracking={"wandb": "auto", "tensorboard": False})
+    run = update_stages(recipe, until="train")
+    assert list((run.path / "train" / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.slow
+def test_bundled_model_end_to_end(tmp_path):
+    """All six stages on the bundled SmolLM2 for a few steps; the merged model loads and answers."""
+    from sft_pipeline.config import load_recipe
+    from sft_pipeline.model.generate import generate, prompt_text
+    from sft_pipeline.model.loader import load_model, load_tokenizer
+
+    recipe = load_recipe("recipes/demo.yaml", [
+        f"run_dir={tmp_path / 'run'}", "train.max_steps=2", "train.eval_strategy=no", "train.save_strategy=no",
+        "data.max_records=16", "pack.seq_length=256", "tracking.tensorboard=false",
+        "train.learning_rate=1e-4",  # two steps at the demo's 1e-3 can scramble a 135M model
+    ])
+    run = update_stages(recipe)
+    assert _adapter_changed(run.path)
+    assert read_json(run.path / "merge" / "verify.json")["passed"]
+    model = load_model(str(run.path / "merge" / "model"))
+    tok = load_tokenizer(str(run.path / "merge" / "model"))
+    settings = recipe.generate.model_copy(update={"max_new_tokens": 12, "batch_size": 1})
+    answer = generate(model, tok, [prompt_text(recipe, "What is the capital of France?", tok)], settings)[0]
+    assert "Paris" in answer
+
+
+def test_stages_leave_the_process_as_they_found_it(recipe_factory, monkeypatch):
+    """train installs a SIGTERM handler and sets WANDB_*/TENSORBOARD_LOGGING_DIR; in one `run`,
+    merge must get the default SIGTERM (a stop during merge is a crash, not 'saving a checkpoint')
+    and none of train's environment."""
+    import os
+    import signal
+
+    from sft_pipeline.stages import merge
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for key in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "TENSORBOARD_LOGGING_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    seen = {}
+    real_merge = merge.produce
+
+    def spy(run, out):
+        seen["sigterm"] = signal.getsignal(signal.SIGTERM)
+        seen["env"] = {k for k in os.environ if k.startswith("WANDB_") or k == "TENSORBOARD_LOGGING_DIR"}
+        return real_merge(run, out)
+
+    monkeypatch.setattr(merge, "produce", spy)
+    run = update_stages(recipe_factory(tracking={"wandb": "offline", "tensorboard": True}))
+    assert list((run.path / "train" / "wandb").glob("offline-run-*"))  # train did set W&B up
+    assert seen == {"sigterm": before, "env": set()}
+    assert signal.getsignal(signal.SIGTERM) is before
