@@ -225,4 +225,7 @@ def test_missing_export_or_merge_is_one_line_naming_the_command(tmp_path, tiny_m
     result = runner.invoke(app, ["chat", str(recipe), "--model", "base", "--quant", "Q8_0"], input="Hi\n")
     assert result.exit_code == 2 and "--model gguf" in one_line_error(result)
     result = runner.invoke(app, ["chat", str(recipe), "--model", "llama"], input="Hi\n")
-    assert result.exit_code == 2 and "base, adapter, merged, gguf" in one_line_error(result)
+    assert result.exit_code == 2 and "base, trained, merged, gguf" in one_line_error(result)
+    # 'adapter', trained's earlier name, is still taken: it asks for train's result, not an unknown model
+    result = runner.invoke(app, ["chat", str(recipe), "--model", "adapter"], input="Hi\n")
+    assert result.exit_code == 2 and "stage 'train' has not run" in one_line_error(result)
