@@ -35,7 +35,6 @@ Message = dict[str, Any]
 Result = tuple[list[Message] | None, str | None]
 Notes = Counter  # what kept records lost or carry: "parts_dropped:<type>", "untrained_turns", "reasoning_turns"
 
-FORMATS = ("lima", "deeplake_lima", "alpaca", "messages", "sharegpt", "prompt_completion")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "model": "assistant", "system": "system",
                   # LLaMA-Factory's tool convention: a call is the assistant's turn, its result the tool's
@@ -384,6 +383,7 @@ def from_prompt_completion(rec: dict[str, Any], notes: Notes) -> Result:
     return (None, why) if why else (_exchange(*texts), None)
 
 
+# the record shapes data.format names (config.FORMAT lists the same ones, and "auto")
 CONVERTERS: dict[str, Callable[[dict[str, Any], Notes], Result]] = {
     "lima": from_lima,
     "deeplake_lima": from_deeplake_lima,
