@@ -157,6 +157,25 @@ def test_a_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path, sweep_factor
     assert code == 2 and stage_runs == [("optim_no_such_optimizer", "train")], output
 
 
+def test_a_sweep_checks_each_trial_once_before_the_first_runs(tmp_path, sweep_factory, stage_runs, monkeypatch):
+    """check_trials runs preflight on every trial's stages before the first trial; the stages it
+    runs are not checked again one by one."""
+    from sft_pipeline.orchestration import preflight
+
+    checked: list[tuple[int, list[str]]] = []
+    real = preflight.check
+
+    def counting(recipe, stages, *args, **kwargs):
+        checked.append((recipe.lora.r, list(stages)))
+        return real(recipe, stages, *args, **kwargs)
+
+    monkeypatch.setattr(preflight, "check", counting)
+    code, output = cli("sweep", sweep_factory({"grid": {"lora.r": [4, 8]}, "until": "pack"}))
+    assert code == 0, output
+    assert checked == [(4, list(DATA)), (8, list(DATA))]
+    assert stage_runs == [("r4", s) for s in DATA]  # r8 took them from r4
+
+
 def killed(rule: dict, *args) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, str(KILLPOINT), json.dumps(rule), *map(str, args)],
                           capture_output=True, text=True, timeout=600)
