@@ -100,7 +100,7 @@ def test_a_lora_sweep_prepares_the_data_once_and_each_trial_is_a_run_directory(t
     assert r8.recipe.name == "r8" and r8.recipe.tracking.group == "sw" and r8.recipe.lora.r == 8
     for stage in DATA:
         rec = r8.stage_record(stage)
-        assert rec["shared_from"] == {"trial": "r4", "run_dir": str(sweep / "r4"), "by": "hard links"}
+        assert rec["shared_from"] == {"trial": "r4", "run_dir": str(sweep / "r4"), "by": "hardlinked"}
         assert rec["fingerprint"] == r4.fingerprint(stage) == r8.fingerprint(stage)
         assert (r8.path / stage / COMPLETE).read_text() == rec["fingerprint"]
         mine = sorted(p.relative_to(r8.path) for p in (r8.path / stage).rglob("*"))
