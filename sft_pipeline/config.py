@@ -575,16 +575,23 @@ def recipe_from_dict(tree: dict[str, Any], origin: str = "recipe") -> Recipe:
         raise RecipeError(_format_error(err, origin)) from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    path = Path(path)
+def read_yaml(path: Path, what: str) -> Any:
+    """The parsed file (None when empty); a missing file or broken YAML is a one-line RecipeError
+    naming the file (and the line YAML stopped at), `what` saying which file the command wanted:
+    a recipe, a sweep file and a sweep's base recipe are refused alike."""
     if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found")
+        raise RecipeError(f"{path}: {what} file not found")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise RecipeError(f"{path}{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    tree = read_yaml(path, "recipe") or {}
     if not isinstance(tree, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(tree).__name__}")
     tree.setdefault("name", path.stem)

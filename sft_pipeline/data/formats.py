@@ -35,7 +35,6 @@ Message = dict[str, Any]
 Result = tuple[list[Message] | None, str | None]
 Notes = Counter  # what kept records lost or carry: "parts_dropped:<type>", "untrained_turns", "reasoning_turns"
 
-FORMATS = ("lima", "deeplake_lima", "alpaca", "messages", "sharegpt", "prompt_completion")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "model": "assistant", "system": "system",
                   # LLaMA-Factory's tool convention: a call is the assistant's turn, its result the tool's
@@ -137,12 +136,37 @@ def check_turns(messages: list[Message]) -> str | None:
     return None
 
 
-def from_lima(rec: dict[str, Any], notes: Notes) -> Result:
-    turns = rec.get("conversations")
+def _turn_list(rec: dict[str, Any], key: str) -> tuple[list[Any] | tuple[Any, ...], str | None]:
+    """The record's turns under `key` (LIMA's and ShareGPT's conversations, messages), or the
+    reason they cannot be read: absent, or not a list."""
+    turns = rec.get(key)
     if turns is None:
-        return None, "missing_field:conversations"
+        return (), f"missing_field:{key}"
     if not isinstance(turns, (list, tuple)):
-        return None, "wrong_type:conversations"
+        return (), f"wrong_type:{key}"
+    return turns, None
+
+
+def _read_turns(rec: dict[str, Any], key: str, read_turn: Callable[[Any, str, Notes], Result],
+                notes: Notes) -> tuple[list[list[Message]], str | None]:
+    """Each turn under `key` as `read_turn` normalizes it (a turn may give one or more messages,
+    each turn's list kept apart for the shapes that join turns), or the first turn's reason."""
+    turns, why = _turn_list(rec, key)
+    if why:
+        return [], why
+    read: list[list[Message]] = []
+    for i, turn in enumerate(turns):
+        msg, why = read_turn(turn, f"{key}[{i}]", notes)
+        if why:
+            return [], why
+        read.append(msg or [])
+    return read, None
+
+
+def from_lima(rec: dict[str, Any], notes: Notes) -> Result:
+    turns, why = _turn_list(rec, "conversations")
+    if why:
+        return None, why
     messages = []
     for i, turn in enumerate(turns):
         text, why = _text(turn, "conversations")
@@ -268,18 +292,8 @@ def _message(turn: Any, where: str, notes: Notes) -> Result:
 
 
 def from_messages(rec: dict[str, Any], notes: Notes) -> Result:
-    turns = rec.get("messages")
-    if turns is None:
-        return None, "missing_field:messages"
-    if not isinstance(turns, (list, tuple)):
-        return None, "wrong_type:messages"
-    messages: list[Message] = []
-    for i, turn in enumerate(turns):
-        msg, why = _message(turn, f"messages[{i}]", notes)
-        if why:
-            return None, why
-        messages += msg or []
-    return messages, None
+    read, why = _read_turns(rec, "messages", _message, notes)
+    return (None, why) if why else ([m for msgs in read for m in msgs], None)
 
 
 def _wrapped(tool: dict[str, Any]) -> dict[str, Any]:
@@ -352,17 +366,11 @@ def _system_column(rec: dict[str, Any], messages: list[Message]) -> str | None:
 
 
 def from_sharegpt(rec: dict[str, Any], notes: Notes) -> Result:
-    turns = rec.get("conversations")
-    if turns is None:
-        return None, "missing_field:conversations"
-    if not isinstance(turns, (list, tuple)):
-        return None, "wrong_type:conversations"
+    read, why = _read_turns(rec, "conversations", _sharegpt_turn, notes)
+    if why:
+        return None, why
     messages: list[Message] = []
-    for i, turn in enumerate(turns):
-        msg, why = _sharegpt_turn(turn, f"conversations[{i}]", notes)
-        if why:
-            return None, why
-        assert msg is not None
+    for msg in read:
         prev = messages[-1] if messages else None
         if msg[0].get("tool_calls") and prev and prev["role"] == "assistant" and not prev.get("tool_calls"):
             # the assistant's words, then its call, as two turns: one assistant turn that calls
@@ -384,6 +392,7 @@ def from_prompt_completion(rec: dict[str, Any], notes: Notes) -> Result:
     return (None, why) if why else (_exchange(*texts), None)
 
 
+# the record shapes data.format names (config.FORMAT lists the same ones, and "auto")
 CONVERTERS: dict[str, Callable[[dict[str, Any], Notes], Result]] = {
     "lima": from_lima,
     "deeplake_lima": from_deeplake_lima,

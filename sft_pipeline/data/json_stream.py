@@ -131,30 +131,40 @@ class _Parser:
             w.pos = end
             return obj
 
+    def _opens_empty(self, close: str) -> bool:
+        """Steps past the '[' or '{' at pos; True (and past `close` too) when it is empty."""
+        self.w.pos += 1
+        if self.peek() == close:
+            self.w.pos += 1
+            return True
+        return False
+
+    def _another(self, close: str) -> bool:
+        """After an element or member: True past the ',' before the next, False past `close`."""
+        c = self.peek()
+        self.w.pos += 1
+        if c == close:
+            return False
+        if c != ",":
+            self.w.pos -= 1
+            raise self.error("Expecting ',' delimiter")
+        return True
+
     def array(self) -> Iterator[Any]:
         """The elements of the array whose '[' is at pos, one at a time."""
-        self.w.pos += 1
-        if self.peek() == "]":
-            self.w.pos += 1
+        if self._opens_empty("]"):
             return
         while True:
             if self.peek() == "":
                 raise self.error("Expecting value")
             yield self.value()
-            c = self.peek()
-            self.w.pos += 1
-            if c == "]":
+            if not self._another("]"):
                 return
-            if c != ",":
-                self.w.pos -= 1
-                raise self.error("Expecting ',' delimiter")
 
     def members(self) -> Iterator[tuple[str, str]]:
         """Each key of the object whose '{' is at pos, left with pos at its value's first character
         (the caller reads the value); ends after the closing '}'."""
-        self.w.pos += 1
-        if self.peek() == "}":
-            self.w.pos += 1
+        if self._opens_empty("}"):
             return
         while True:
             if self.peek() != '"':
@@ -166,13 +176,8 @@ class _Parser:
             if self.peek() == "":
                 raise self.error("Expecting value")
             yield key, self.w.buf[self.w.pos]
-            c = self.peek()
-            self.w.pos += 1
-            if c == "}":
+            if not self._another("}"):
                 return
-            if c != ",":
-                self.w.pos -= 1
-                raise self.error("Expecting ',' delimiter")
 
     def end(self) -> bool:
         """True at the end of the input (only whitespace left)."""

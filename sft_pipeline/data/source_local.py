@@ -18,10 +18,11 @@ from .compression import CODECS, CorruptCompressed, codec_of, open_binary
 from .csv_read import read_csv
 from .source_saved import read_arrow_file
 
-FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
-           ".parquet": "parquet", ".arrow": "arrow"}
+# a file's suffix -> how it is read (not data.format, the records' shape: data/formats.py)
+FILE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
+                ".parquet": "parquet", ".arrow": "arrow"}
 STREAMED = {"jsonl", "json", "csv", "tsv"}  # the formats that may be compressed
-SUFFIXES = tuple(FORMATS) + tuple(f + c for f, kind in FORMATS.items() if kind in STREAMED for c in CODECS)
+SUFFIXES = tuple(FILE_FORMATS) + tuple(f + c for f, kind in FILE_FORMATS.items() if kind in STREAMED for c in CODECS)
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 SUPPORTED = ".jsonl, .ndjson, .json, .csv, .tsv (each plain or .gz, .bz2, .xz, .zst), .parquet, .arrow"
 
@@ -46,7 +47,7 @@ def file_format(path: Path) -> str | None:
     """'jsonl', 'csv', ... from the file name, through a compression suffix ('a.jsonl.gz' is
     jsonl); None for anything else (a compressed Parquet file too: Parquet compresses itself)."""
     inner = Path(path.stem) if codec_of(path) else path
-    fmt = FORMATS.get(inner.suffix.lower())
+    fmt = FILE_FORMATS.get(inner.suffix.lower())
     return fmt if fmt in STREAMED or inner is path else None
 
 

@@ -24,6 +24,7 @@ import yaml
 
 from ..config import method_for
 from ..errors import PipelineError
+from ..training.step_scalars import perplexity
 
 GIB = 1024**3
 LORA_FAMILY = ("lora", "qlora")
@@ -124,16 +125,6 @@ def _params(n: Any, of: Any = None) -> str:
 
 def _fmt(value: Any, spec: str) -> str:
     return MISSING if value is None else format(value, spec)
-
-
-def perplexity(loss: float | None) -> float | None:
-    """exp(mean token cross-entropy); None where there is no loss or it overflows."""
-    if loss is None:
-        return None
-    try:
-        return math.exp(loss)
-    except OverflowError:
-        return None
 
 
 def rows(runs: list[RunFacts]) -> list[tuple[str, list[str]]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from typing import Callable
+from typing import Callable, Iterable
 
 from rich.console import Console
 
@@ -22,22 +22,31 @@ def _producer(stage: str) -> Callable:
     return stages.producer(stage)
 
 
-def update_stage(run_dir: RunDirectory, stage: str, force: bool = False) -> bool:
-    """Run one stage unless it is up to date. Returns True when it ran.
+def check_stages(run_dir: RunDirectory, names: Iterable[str], force: bool = False) -> None:
+    """preflight.check for those of `names` that are about to run (every one with force, else
+    those not complete): a bad data file or model ref is refused before anything is written, and
+    a complete stage's inputs are not asked for again (its data source may be gone by now)."""
+    preflight.check(run_dir.recipe, [s for s in names if force or run_dir.stage_state(s) != "complete"])
+
+
+def update_stage(run_dir: RunDirectory, stage: str, force: bool = False, checked: bool = False) -> bool:
+    """Run one stage unless it is up to date. Returns True when it ran. checked: the caller has
+    already run check_stages on it (update_stages and a sweep check every stage they will run
+    once, before the first starts); otherwise it is checked here, so a stage run alone is too.
 
     Everything the stage prints (and, on a failure, its traceback) is also appended to
     logs/<stage>.log under the run directory (logs.py)."""
     try:
-        return _update_stage(run_dir, stage, force)
+        return _update_stage(run_dir, stage, force, checked)
     except BaseException as exc:
         logs.note_failure(exc, stage, None)  # failed before its log opened (preflight, lock)
         raise
 
 
-def _update_stage(run_dir: RunDirectory, stage: str, force: bool) -> bool:
+def _update_stage(run_dir: RunDirectory, stage: str, force: bool, checked: bool) -> bool:
     spec = stages.spec(stage)  # StageError for a name that is not a stage
-    if force or run_dir.stage_state(stage) != "complete":
-        preflight.check(run_dir.recipe, [stage])  # a bad data file or model ref: refused before anything is written
+    if not checked:
+        check_stages(run_dir, [stage], force)
     try:
         # the log opens once the lock is held: a refused second command writes nothing here
         with run_dir.locked(" ".join(sys.argv) or stage), logs.capture(run_dir.path, stage):
@@ -74,12 +83,9 @@ def _update_stage(run_dir: RunDirectory, stage: str, force: bool) -> bool:
 def update_stages(recipe: Recipe, force: bool = False, until: str | None = None) -> RunDirectory:
     run_dir = stages.open_run_directory(recipe.resolved_run_dir(), recipe)
     todo = ORDER[: ORDER.index(until) + 1] if until in ORDER else ORDER
-    # Everything the stages to run will read is checked before the first one starts.
-    preflight.check(recipe, [s for s in todo if force or run_dir.stage_state(s) != "complete"])
-    for stage in ORDER:
-        update_stage(run_dir, stage, force=force)
-        if stage == until:
-            break
+    check_stages(run_dir, todo, force)  # everything the stages to run read, before the first one starts
+    for stage in todo:
+        update_stage(run_dir, stage, force=force, checked=True)
     return run_dir
 
 

@@ -25,8 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..rundir.files import LockedError, exclusive, read_json
-from .pipeline import update_stage
-from . import preflight
+from .pipeline import check_stages, update_stage
 from ..rundir.directory import COMPLETE, RunDirectory
 from ..stages import open_run_directory
 from .sweep_plan import SweepPlan, Trial
@@ -52,8 +51,7 @@ def check_trials(plan: SweepPlan) -> None:
     """What the stages about to run read outside the recipe (data files, the model reference,
     train.extra_args), for every trial, before the first one starts: one line naming the key."""
     for trial in plan.trials:
-        run_dir = open_run_directory(trial.run_dir, trial.recipe)
-        preflight.check(trial.recipe, [s for s in plan.stages if run_dir.stage_state(s) != "complete"])
+        check_stages(open_run_directory(trial.run_dir, trial.recipe), plan.stages)
 
 
 def run_sweep(plan: SweepPlan, describe: Describe = _plain) -> list[dict[str, Any]]:
@@ -101,7 +99,7 @@ def _run_trial(trial: Trial, run_dir: RunDirectory, plan: SweepPlan, runs: dict[
         donor = find_donor(stage, run_dir, [r for name, r in runs.items() if name != trial.name])
         if donor is not None and _take(stage, run_dir, donor):
             continue
-        update_stage(run_dir, stage)
+        update_stage(run_dir, stage, checked=True)  # check_trials checked it before the first trial
 
 
 def find_donor(stage: str, run_dir: RunDirectory, others: list[RunDirectory]) -> RunDirectory | None:

@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import Recipe, RecipeError, _format_error, parse_overrides, recipe_from_dict, set_key
+from ..config import (Recipe, RecipeError, _format_error, _set_dotted, parse_overrides, read_yaml, recipe_from_dict,
+                      set_key)
 from ..stages import ORDER
 
 # the keys a sweep sets itself in every trial
@@ -282,17 +282,6 @@ def trial_names(values: list[dict[str, Any]], keys: list[str]) -> list[str]:
 
 # ---- the plan -------------------------------------------------------------------------------------
 
-def _read_yaml(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise RecipeError(f"{path}: {what} file not found")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise RecipeError(f"{path}{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
-
-
 def _swept_keys(sweep: SweepFile, origin: str) -> list[str]:
     """Every key a trial's values set, once each, in the file's order; each checked against the
     schema, none of them one the sweep sets itself or one `set` fixes."""
@@ -315,7 +304,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, sweep_dir: 
     anything wrong in it, its base recipe or any trial. `overrides` (`--set`) apply to the base."""
     path = Path(path)
     origin = str(path)
-    tree = _read_yaml(path, "sweep")
+    tree = read_yaml(path, "sweep")
     if not isinstance(tree, dict):
         raise RecipeError(f"{origin}: a sweep file is a mapping (base, grid, zip, random, ...)")
     try:
@@ -329,7 +318,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, sweep_dir: 
     if isinstance(sweep.base, str):
         base_path = path.parent / sweep.base
         base_origin = str(base_path)
-        base = _read_yaml(base_path, "base recipe")
+        base = read_yaml(base_path, "base recipe")
         if not isinstance(base, dict):
             raise RecipeError(f"{base_path}: a recipe is a mapping of sections, got {type(base).__name__}")
     else:
@@ -343,7 +332,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, sweep_dir: 
     for key, raw in parse_overrides(overrides):
         if key in keys:
             raise RecipeError(f"--set {key}: a swept key of {origin}")
-        set_key(base, key, yaml.safe_load(raw), f"--set {key}")
+        _set_dotted(base, key, raw)
     recipe_from_dict(base, base_origin)  # the base's own mistakes named as the base's
 
     folder = Path(sweep_dir) if sweep_dir is not None else Path(sweep.sweep_dir or Path("runs") / "sweeps" / name)

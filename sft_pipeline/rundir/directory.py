@@ -23,7 +23,7 @@ from typing import Any, Iterator, Mapping
 
 from ..config import Recipe, recipe_to_yaml
 from ..errors import PipelineError
-from .files import atomic_write_text, exclusive, fsync_dir, fsync_tree, now, read_json, write_json
+from .files import atomic_write_text, exclusive, fsync_dir, fsync_tree, link_tree, now, read_json, write_json
 from .stage_spec import SUMMARY, StageSpec
 
 COMPLETE = ".complete"  # in a stage folder: the fingerprint it was completed for
@@ -172,7 +172,8 @@ class RunDirectory:
         `shared_from`. So every command treats it as this run's output; a kill before the record
         leaves a folder that is not taken as complete (or one adopt() recognises). Stage folders
         are never written in place (a re-run writes a new work folder and swaps it in), so the
-        linked files stay as the source made them. Returns how: "hard links" or "copies"."""
+        linked files stay as the source made them. Returns how, in files.link_tree's words
+        ("hardlinked", "copied", or both with counts), which the record keeps as shared_from["by"]."""
         fingerprint = self.fingerprint(stage)
         if not (source / COMPLETE).is_file() or (source / COMPLETE).read_text() != fingerprint:
             raise StageError(f"{source} is not a complete '{stage}' for this run's inputs ({fingerprint})", stage)
@@ -206,25 +207,6 @@ class RunDirectory:
         seconds = round((_dt.datetime.now() - t0).total_seconds(), 1)
         self._record(stage, self._complete_record(stage, fingerprint, started=started, finished=now(), seconds=seconds,
                                                   **extra))
-
-
-def link_tree(source: Path, target: Path) -> str:
-    """Copy the folder `source` to `target` (not existing yet) as hard links: no data is copied,
-    and the source may be removed later without touching the target. Where the file system
-    refuses links (another device, no link support) the files are copied. Returns which."""
-    how = {"by": "hard links"}
-
-    def link(src: str, dst: str) -> None:
-        if how["by"] == "hard links":
-            try:
-                os.link(src, dst)
-                return
-            except OSError:
-                how["by"] = "copies"
-        shutil.copy2(src, dst)
-
-    shutil.copytree(source, target, symlinks=True, copy_function=link)
-    return how["by"]
 
 
 def versions() -> dict[str, str]:

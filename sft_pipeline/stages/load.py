@@ -34,7 +34,6 @@ SPEC = StageSpec(
     may_write={"eval/": "an eval set: data.eval_source, the source's eval split, or data.eval_size"},
 )
 
-SPLITS = ("train", "eval")
 EXAMPLES_PER_REASON = 3
 
 
@@ -177,11 +176,6 @@ def eval_indices(n_rows: int, size: float, seed: int) -> set[int]:
     order = list(range(n_rows))
     random.Random(seed).shuffle(order)
     return set(order[:n])
-
-
-def carve_eval(rows: list[dict[str, Any]], size: float, seed: int) -> tuple[list, list]:
-    held = eval_indices(len(rows), size, seed)
-    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
 def produce(run_dir: RunDirectory, out: Path) -> None:

@@ -13,14 +13,8 @@ import importlib.util
 import shutil
 from typing import Any
 
-from ..errors import PipelineError
-
 ZERO = {"zero2": 2, "zero3": 3, "zero3_offload": 3}
 SHARDED = ("fsdp2", "zero3", "zero3_offload")  # the weights themselves split across processes
-
-
-class StrategyError(PipelineError, ValueError):
-    pass
 
 
 def world_size(dist: Any) -> int:

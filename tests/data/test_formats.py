@@ -85,6 +85,17 @@ def test_detect_format(columns, expected):
     assert detect_format(columns) == expected
 
 
+def test_the_shapes_a_recipe_may_name_are_the_shapes_converted():
+    """config.FORMAT (what data.format accepts) sits below data/ and cannot import CONVERTERS:
+    a shape added to one and not the other is caught here, not as a KeyError in load."""
+    import typing
+
+    from sft_pipeline.config import FORMAT
+    from sft_pipeline.data.formats import CONVERTERS
+
+    assert set(typing.get_args(FORMAT)) == {"auto", *CONVERTERS}
+
+
 @pytest.mark.parametrize("columns", [["text"], ["question"], ["instruction", "input"], []])
 def test_detect_format_unknown_columns(columns):
     with pytest.raises(FormatError, match=r"cannot tell the record shape from columns") as info:

@@ -73,6 +73,16 @@ def test_side_by_side(tmp_path):
     assert "warning" not in result.output  # different learning rates
 
 
+def test_a_diverged_run_has_infinite_perplexity_not_a_dash(tmp_path):
+    """exp of a loss past what a float holds is inf, as W&B and evaluate's report have it (one
+    perplexity(), training/step_scalars.py): a run that diverged is not one that lacks the figure."""
+    diverged = fake_run(tmp_path, "diverged", evaluated=False, eval_losses=[2.5, 1000.0])
+    result = runner.invoke(app, ["compare", str(diverged)])
+    assert result.exit_code == 0, result.output
+    got = table(result.output)
+    assert got["eval loss"] == ["1000.0000"] and got["perplexity"] == ["inf"]
+
+
 def test_missing_values_are_a_dash(tmp_path):
     bare = fake_run(tmp_path, "bare", trained=False, evaluated=False)
     no_eval = fake_run(tmp_path, "no-eval", evaluated=False)

@@ -5,7 +5,7 @@ import torch
 
 from sft_pipeline.orchestration.pipeline import update_stages
 from sft_pipeline.rundir.files import read_json
-from sft_pipeline.stages import ORDER
+from sft_pipeline.stages import ORDER, open_run_directory
 
 
 def _adapter_changed(run_dir):
@@ -115,3 +115,36 @@ def test_stages_leave_the_process_as_they_found_it(recipe_factory, monkeypatch):
     assert list((run.path / "train" / "wandb").glob("offline-run-*"))  # train did set W&B up
     assert seen == {"sigterm": before, "env": set()}
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_run_checks_what_its_stages_read_once_and_a_stage_alone_is_still_checked(recipe_factory, monkeypatch, tmp_path):
+    """update_stages runs preflight once, on every stage it will run, before the first starts (not
+    again per stage); update_stage on its own checks its stage, so its refusals stay."""
+    from sft_pipeline.config import RecipeError
+    from sft_pipeline.orchestration import preflight
+    from sft_pipeline.orchestration.pipeline import update_stage
+
+    checked: list[list[str]] = []
+    real = preflight.check
+
+    def counting(recipe, stages, *args, **kwargs):
+        checked.append(list(stages))
+        return real(recipe, stages, *args, **kwargs)
+
+    monkeypatch.setattr(preflight, "check", counting)
+    run = update_stages(recipe_factory(), until="pack")
+    assert checked == [["load", "template", "pack"]]
+    assert all(run.stage_state(s) == "complete" for s in ("load", "template", "pack"))
+
+    checked.clear()
+    update_stages(recipe_factory(), until="pack")  # all up to date: nothing of theirs is read again
+    assert checked == [[]]
+
+    checked.clear()
+    assert update_stage(run, "pack", force=True)
+    assert checked == [["pack"]]
+
+    gone = recipe_factory(data={"source": str(tmp_path / "gone.jsonl")}, run_dir=str(tmp_path / "other"))
+    with pytest.raises(RecipeError, match=r"^data\.source: .*gone\.jsonl: no such file or folder$"):
+        update_stage(open_run_directory(gone.resolved_run_dir(), gone), "load")
+    assert not (tmp_path / "other" / "load").exists()

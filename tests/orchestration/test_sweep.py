@@ -100,7 +100,7 @@ def test_a_lora_sweep_prepares_the_data_once_and_each_trial_is_a_run_directory(t
     assert r8.recipe.name == "r8" and r8.recipe.tracking.group == "sw" and r8.recipe.lora.r == 8
     for stage in DATA:
         rec = r8.stage_record(stage)
-        assert rec["shared_from"] == {"trial": "r4", "run_dir": str(sweep / "r4"), "by": "hard links"}
+        assert rec["shared_from"] == {"trial": "r4", "run_dir": str(sweep / "r4"), "by": "hardlinked"}
         assert rec["fingerprint"] == r4.fingerprint(stage) == r8.fingerprint(stage)
         assert (r8.path / stage / COMPLETE).read_text() == rec["fingerprint"]
         mine = sorted(p.relative_to(r8.path) for p in (r8.path / stage).rglob("*"))
@@ -155,6 +155,25 @@ def test_a_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path, sweep_factor
     stage_runs.clear()
     code, output = cli("sweep", path)
     assert code == 2 and stage_runs == [("optim_no_such_optimizer", "train")], output
+
+
+def test_a_sweep_checks_each_trial_once_before_the_first_runs(tmp_path, sweep_factory, stage_runs, monkeypatch):
+    """check_trials runs preflight on every trial's stages before the first trial; the stages it
+    runs are not checked again one by one."""
+    from sft_pipeline.orchestration import preflight
+
+    checked: list[tuple[int, list[str]]] = []
+    real = preflight.check
+
+    def counting(recipe, stages, *args, **kwargs):
+        checked.append((recipe.lora.r, list(stages)))
+        return real(recipe, stages, *args, **kwargs)
+
+    monkeypatch.setattr(preflight, "check", counting)
+    code, output = cli("sweep", sweep_factory({"grid": {"lora.r": [4, 8]}, "until": "pack"}))
+    assert code == 0, output
+    assert checked == [(4, list(DATA)), (8, list(DATA))]
+    assert stage_runs == [("r4", s) for s in DATA]  # r8 took them from r4
 
 
 def killed(rule: dict, *args) -> subprocess.CompletedProcess:

@@ -118,6 +118,21 @@ def test_a_bad_sweep_is_one_line_naming_the_key_before_any_work(tmp_path, body, 
     assert not (tmp_path / "sw").exists()
 
 
+def test_broken_yaml_in_a_sweep_or_its_base_names_file_and_line_as_for_a_recipe(tmp_path):
+    broken = "grid:\n  lora.r: [8]\n  a: b\n    c: d\n"
+    (tmp_path / "s.yaml").write_text(broken)
+    with pytest.raises(RecipeError) as err:
+        load_sweep(tmp_path / "s.yaml")
+    assert str(err.value).startswith(f"{tmp_path / 's.yaml'}:4: not valid YAML: ")
+    (tmp_path / "base.yaml").write_text(broken)
+    with pytest.raises(RecipeError) as err:
+        load_sweep(sweep_file(tmp_path, {"grid": {"lora.r": [8]}, "base": "base.yaml"}))
+    assert str(err.value).startswith(f"{tmp_path / 'base.yaml'}:4: not valid YAML: ")
+    with pytest.raises(RecipeError) as err:
+        load_sweep(tmp_path / "nope.yaml")
+    assert str(err.value) == f"{tmp_path / 'nope.yaml'}: sweep file not found"
+
+
 def test_set_overrides_and_a_base_file_relative_to_the_sweep_file(tmp_path):
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "base.yaml").write_text(yaml.safe_dump({"name": "ignored", "lora": {"r": 2}}))
