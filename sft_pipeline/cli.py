@@ -395,6 +395,7 @@ def export_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run
 
     def go() -> None:
         from .orchestration.pipeline import update_stage
+        from .stages.export import MODELFILE
 
         recipe = resolve_recipe(target, set_, run_dir)
         directory = run_directory_of(recipe)
@@ -402,9 +403,9 @@ def export_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run
         summary = json.loads(directory.artifact("export", SUMMARY).read_text())
         for name, file in summary["files"].items():
             rate = summary["agreement_rate"][name]
-            out.print(f"{directory.path / 'export' / file}  ({summary['sizes_mib'][name]} MiB, "
+            out.print(f"{directory.artifact('export', file)}  ({summary['sizes_mib'][name]} MiB, "
                       f"{rate:.0%} of greedy tokens agree with transformers)", highlight=False, soft_wrap=True)
-        out.print(f"{directory.path / 'export' / 'Modelfile'}  (FROM model-{summary['modelfile_from']}.gguf)",
+        out.print(f"{directory.artifact('export', MODELFILE)}  (FROM model-{summary['modelfile_from']}.gguf)",
                   highlight=False, soft_wrap=True)
 
     guarded(go)
@@ -529,7 +530,9 @@ def push_cmd(target: Path = TargetArg,
 
 
 def print_report(directory: RunDirectory) -> None:
-    report = json.loads(directory.artifact("evaluate", "report.json").read_text())
+    from .stages.evaluate import REPORT
+
+    report = json.loads(directory.artifact("evaluate", REPORT).read_text())
     table = Table(title="before vs after fine-tuning")
     table.add_column("metric")
     table.add_column("before", justify="right")

@@ -133,8 +133,10 @@ def find_gguf(run_dir: Path, quant: str | None, explicit: Path | None, recipe_pa
         if not explicit.is_file():
             raise ChatError(f"--gguf {explicit}: file not found")
         return explicit
-    folder = run_dir / "export"
-    present = {p.name[len("model-"):-len(".gguf")]: p for p in sorted(folder.glob("model-*.gguf"))}
+    from ..stages.export import GGUF_FILES
+
+    folder = run_dir / "export"  # by path: whatever it holds (not checked against the recipe)
+    present = {p.name[len("model-"):-len(".gguf")]: p for p in sorted(folder.glob(GGUF_FILES))}
     if quant is not None:
         from ..model.gguf_tools import canonical_type
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .compression import open_binary
+from .source_errors import SourceError
 
 DELIMITERS = (",", ";", "\t", "|")
 HEAD_LINES = 50
@@ -37,19 +38,13 @@ UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 EXCEL_SEP = re.compile(r"sep=([^\r\n\"])\r?\n?")
 
 
-def _error(msg: str) -> Exception:
-    from .sources import SourceError
-
-    return SourceError(msg)
-
-
 def _lines(path: Path) -> Iterator[str]:
     """Physical lines as text with their endings kept (LF, CRLF, or a lone CR, as classic-Mac
     exports end lines): what csv.reader expects of a file opened with newline=''. A byte that
     is not UTF-8 stops the read at its line (found by a second, line-by-line pass)."""
     with open_binary(path) as fh:
         if fh.peek(2)[:2] in UTF16_BOMS:
-            raise _error(f"{path}:1: UTF-16 text (byte-order mark); save the file as UTF-8")
+            raise SourceError(f"{path}:1: UTF-16 text (byte-order mark); save the file as UTF-8")
         with io.TextIOWrapper(fh, encoding="utf-8-sig", newline="") as text:
             try:
                 yield from text
@@ -67,8 +62,8 @@ def _not_utf8(path: Path) -> Exception:
                 try:
                     piece.removeprefix(codecs.BOM_UTF8 if lineno == 1 else b"").decode("utf-8")
                 except UnicodeDecodeError as err:
-                    return _error(f"{path}:{lineno}: not UTF-8 text (byte {err.start})")
-    return _error(f"{path}: not UTF-8 text")
+                    return SourceError(f"{path}:{lineno}: not UTF-8 text (byte {err.start})")
+    return SourceError(f"{path}: not UTF-8 text")
 
 
 def _fields(line: str, delimiter: str) -> int:
@@ -115,7 +110,7 @@ def _ragged(path: Path, lineno: int, n: int, header: list[str], delimiter: str, 
     alt = max((d for d in DELIMITERS if d != delimiter), key=lambda d: counts[d])
     if counts[alt] > len(header):
         msg += f"; the header splits into {counts[alt]} with {alt!r}: set data.csv_delimiter"
-    return _error(msg)
+    return SourceError(msg)
 
 
 def _header(path: Path, lineno: int, row: list[str], delimiter: str, counts: dict[str, int]) -> list[str]:
@@ -123,12 +118,12 @@ def _header(path: Path, lineno: int, row: list[str], delimiter: str, counts: dic
     read with the wrong one (every row would then be one field too, and the shape unknown)."""
     alt = max(DELIMITERS, key=lambda d: counts[d])
     if len(row) == 1 and counts[alt] > 1 and alt != delimiter:
-        raise _error(f"{path}:{lineno}: the header is one field with delimiter {delimiter!r}; it splits into "
+        raise SourceError(f"{path}:{lineno}: the header is one field with delimiter {delimiter!r}; it splits into "
                      f"{counts[alt]} with {alt!r}: set data.csv_delimiter")
     names = [name.strip() for name in row]
     for i, name in enumerate(names):
         if name and name in names[:i]:
-            raise _error(f"{path}:{lineno}: the header names {name!r} twice (columns {names.index(name) + 1} "
+            raise SourceError(f"{path}:{lineno}: the header names {name!r} twice (columns {names.index(name) + 1} "
                          f"and {i + 1}): rename one")
     return names
 
@@ -160,4 +155,4 @@ def read_csv(path: Path, setting: str = "auto", tsv: bool = False) -> Iterator[t
                 raise _ragged(path, lineno, len(row), header, delimiter, counts)
             yield f"{path}:{lineno}", dict(zip(header, row))
     except csv.Error as err:
-        raise _error(f"{path}:{reader.line_num + skip}: invalid CSV: {err}") from None
+        raise SourceError(f"{path}:{reader.line_num + skip}: invalid CSV: {err}") from None

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from ..rundir.directory import RunDirectory
 from ..rundir.files import read_json
+from ..rundir.stage_spec import STATS
 from .tokens import IGNORE
 
 
@@ -109,7 +110,7 @@ def show(run_dir: RunDirectory, console: Console, samples: int = 2) -> None:
     from .prompts import needs_eos
 
     recipe = run_dir.recipe
-    load_stats = read_json(run_dir.stage_dir("load") / "stats.json")
+    load_stats = read_json(run_dir.artifact("load", STATS))
     table = Table(title="records")
     for col in ("split", "source", "format", "read", "kept", "dropped by reason (first locations)"):
         table.add_column(col)
@@ -123,11 +124,10 @@ def show(run_dir: RunDirectory, console: Console, samples: int = 2) -> None:
     for split, st in load_stats.items():
         if "mixing" in st:
             console.print(f"{split}: {_mixing(st['mixing'])}" + (f", {st['repeated']} drawn again" if st.get("repeated") else ""))
-    template_table(read_json(run_dir.stage_dir("template") / "stats.json"), console)
+    template_table(read_json(run_dir.artifact("template", STATS)), console)
 
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
-    template_dir = run_dir.stage_dir("template")
-    tokens = tokenize_split(template_dir / "train", tokenizer, recipe.pack.loss_on, needs_eos(recipe.template))
+    tokens = tokenize_split(run_dir.artifact("template", "train"), tokenizer, recipe.pack.loss_on, needs_eos(recipe.template))
     lengths = tokens.lengths.tolist()
     hist = Table(title=f"train sample lengths in tokens (seq_length {recipe.pack.seq_length})")
     hist.add_column("tokens")
@@ -146,7 +146,7 @@ def show(run_dir: RunDirectory, console: Console, samples: int = 2) -> None:
             f"{k} {outcome[k]}" for k in OUTCOMES) + f"; tokens cut {outcome['tokens_truncated']}, "
             f"in dropped samples {outcome['tokens_dropped']}")
     if run_dir.stage_state("pack") == "complete":
-        pack_stats = read_json(run_dir.path / "pack" / "stats.json")
+        pack_stats = read_json(run_dir.artifact("pack", STATS))
         console.print(f"pack ({pack_stats['strategy']}) made: " + "; ".join(
             f"{k}: {v['blocks']} blocks, {v['trained_tokens']}/{v['tokens']} tokens trained, "
             f"padding {v['padding_share']:.1%}, control text {_control(v.get('control_text', {}))}"

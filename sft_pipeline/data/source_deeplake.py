@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
+from .source_errors import SourceError
+
 SCHEMES = ("hub://", "al://", "file://", "s3://", "gcs://", "gs://", "azure://", "mem://")
 
 
@@ -30,8 +32,6 @@ def _open(source: str) -> Any:
 
 
 def read(source: str) -> Iterator[tuple[str, Any]]:
-    from .sources import SourceError
-
     try:
         ds = _open(source)
         columns = [c.name for c in ds.schema.columns]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+from .source_errors import SourceError
+
 
 def _name_config(source: str) -> tuple[str, str]:
     if ":" in source and not source.startswith(("/", ".")):
@@ -14,8 +16,6 @@ def _name_config(source: str) -> tuple[str, str]:
 
 def read(source: str, split: str) -> Iterator[tuple[str, Any]]:
     import datasets
-
-    from .sources import SourceError
 
     name, config = _name_config(source)
     try:

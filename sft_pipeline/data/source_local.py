@@ -16,6 +16,7 @@ from typing import Any, Iterator
 from . import json_stream
 from .compression import CODECS, CorruptCompressed, codec_of, open_binary
 from .csv_read import read_csv
+from .source_errors import SourceError
 from .source_saved import read_arrow_file
 
 # a file's suffix -> how it is read (not data.format, the records' shape: data/formats.py)
@@ -35,12 +36,6 @@ def looks_local(source: str) -> bool:
         or source.lower().endswith(SUFFIXES)
         or "{split}" in source
     )
-
-
-def _error(msg: str) -> Exception:
-    from .sources import SourceError
-
-    return SourceError(msg)
 
 
 def file_format(path: Path) -> str | None:
@@ -75,15 +70,15 @@ def resolve_files(source: str, split: str) -> list[Path]:
         files = _split_files(folder, split)
         if not files:
             have = [p.name for p in _split_files(folder, None)]
-            raise _error(f"{folder}: no file for split '{split}' (expected {split}.jsonl or similar; found {have})")
+            raise SourceError(f"{folder}: no file for split '{split}' (expected {split}.jsonl or similar; found {have})")
         return files
     files = sorted(Path(p) for p in glob.glob(pattern)) if any(c in pattern for c in "*?[") else [folder]
     files = [f for f in files if f.is_file()]
     if not files:
-        raise _error(f"data.source: {pattern}: no such file")
+        raise SourceError(f"data.source: {pattern}: no such file")
     for f in files:
         if file_format(f) is None:
-            raise _error(f"{f}: unsupported file type '{data_suffix(f)}' (use {SUPPORTED})")
+            raise SourceError(f"{f}: unsupported file type '{data_suffix(f)}' (use {SUPPORTED})")
     return files
 
 
@@ -101,19 +96,19 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     with open_binary(path) as fh:
         for lineno, raw in enumerate(fh, 1):
             if lineno == 1 and raw.startswith(UTF16_BOMS):
-                raise _error(f"{path}:1: UTF-16 text (byte-order mark); save the file as UTF-8")
+                raise SourceError(f"{path}:1: UTF-16 text (byte-order mark); save the file as UTF-8")
             try:
                 text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as err:
-                raise _error(f"{path}:{lineno}: not UTF-8 text (byte {err.start})") from None
+                raise SourceError(f"{path}:{lineno}: not UTF-8 text (byte {err.start})") from None
             if not text.strip():
                 continue
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as err:
-                raise _error(f"{path}:{lineno}: invalid JSON: {err.msg} (column {err.colno}){_one_document(lineno, text)}") from None
+                raise SourceError(f"{path}:{lineno}: invalid JSON: {err.msg} (column {err.colno}){_one_document(lineno, text)}") from None
             except (ValueError, RecursionError) as err:  # 5000-digit numbers, 100k-deep nesting
-                raise _error(f"{path}:{lineno}: unreadable JSON: {str(err).splitlines()[0][:120]}") from None
+                raise SourceError(f"{path}:{lineno}: unreadable JSON: {str(err).splitlines()[0][:120]}") from None
             yield f"{path}:{lineno}", record
 
 
@@ -132,7 +127,7 @@ def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
             for loc, rec in json_stream.records(fh):
                 yield f"{path}{loc}", rec
     except json_stream.JsonStreamError as err:
-        raise _error(f"{path}{err}") from None
+        raise SourceError(f"{path}{err}") from None
     except json_stream.JsonLinesInstead:
         yield from _read_jsonl(path)
 
@@ -143,7 +138,7 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
     try:
         table = pq.ParquetFile(path)
     except Exception as err:  # pyarrow raises several types for a damaged file
-        raise _error(f"{path}: cannot read parquet: {str(err).splitlines()[0]}") from None
+        raise SourceError(f"{path}: cannot read parquet: {str(err).splitlines()[0]}") from None
     row = 0
     batches = table.iter_batches(batch_size=4096)
     while True:
@@ -152,7 +147,7 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
         except StopIteration:
             return
         except Exception as err:  # damaged data pages behind an intact footer
-            raise _error(f"{path} row {row}: cannot read parquet: {str(err).splitlines()[0]}") from None
+            raise SourceError(f"{path} row {row}: cannot read parquet: {str(err).splitlines()[0]}") from None
         for rec in batch.to_pylist():
             yield f"{path} row {row}", rec
             row += 1
@@ -183,5 +178,5 @@ def _stop_on_damage(path: Path, records: Iterator[tuple[str, Any]]) -> Iterator[
             yield item
             n += 1
     except CorruptCompressed as err:
-        raise _error(f"{path}: corrupt {err.codec} data after {n} records ({err.bytes_out} bytes "
+        raise SourceError(f"{path}: corrupt {err.codec} data after {n} records ({err.bytes_out} bytes "
                      f"decompressed): {err.reason}") from None

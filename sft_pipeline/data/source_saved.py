@@ -17,14 +17,10 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+from .source_errors import SourceError
+
 STATE = "state.json"
 DICT = "dataset_dict.json"
-
-
-def _error(msg: str) -> Exception:
-    from .sources import SourceError
-
-    return SourceError(msg)
 
 
 def _split_folders(folder: Path) -> list[str]:
@@ -47,7 +43,7 @@ def splits(folder: Path) -> list[str] | None:
         try:
             names = json.loads((folder / DICT).read_text(encoding="utf-8"))["splits"]
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
-            raise _error(f"{folder / DICT}: not a DatasetDict description ({type(err).__name__}: {err})") from None
+            raise SourceError(f"{folder / DICT}: not a DatasetDict description ({type(err).__name__}: {err})") from None
         return [str(n) for n in names]
     return _split_folders(folder)
 
@@ -62,7 +58,7 @@ def read(source: str, split: str) -> Iterator[tuple[str, Any]]:
     names = splits(folder)
     if names is not None:
         if split not in names:
-            raise _error(f"{folder}: no split '{split}' in this saved dataset (splits: {names})")
+            raise SourceError(f"{folder}: no split '{split}' in this saved dataset (splits: {names})")
         folder = folder / split
     yield from _read_dataset(folder)
 
@@ -73,16 +69,16 @@ def _data_files(folder: Path) -> list[Path]:
         files = json.loads(state.read_text(encoding="utf-8"))["_data_files"]
         return [folder / f["filename"] for f in files]
     except FileNotFoundError:
-        raise _error(f"{folder}: no {STATE}: not a save_to_disk folder") from None
+        raise SourceError(f"{folder}: no {STATE}: not a save_to_disk folder") from None
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
-        raise _error(f"{state}: not a saved dataset's state ({type(err).__name__}: {err})") from None
+        raise SourceError(f"{state}: not a saved dataset's state ({type(err).__name__}: {err})") from None
 
 
 def _read_dataset(folder: Path) -> Iterator[tuple[str, Any]]:
     row = 0
     for path in _data_files(folder):
         if not path.is_file():
-            raise _error(f"{path}: missing (listed in {folder / STATE})")
+            raise SourceError(f"{path}: missing (listed in {folder / STATE})")
         for batch in _batches(path):
             for rec in batch.to_pylist():
                 yield f"{folder} row {row}", rec
@@ -117,7 +113,7 @@ def _batches(path: Path) -> Iterator[Any]:
         try:
             batches = iter(_open(fh))
         except (pa.ArrowException, OSError) as err:
-            raise _error(f"{path}: cannot read Arrow data: {str(err).splitlines()[0]}") from None
+            raise SourceError(f"{path}: cannot read Arrow data: {str(err).splitlines()[0]}") from None
         rows = 0
         while True:
             try:
@@ -125,6 +121,6 @@ def _batches(path: Path) -> Iterator[Any]:
             except StopIteration:
                 return
             except (pa.ArrowException, OSError) as err:
-                raise _error(f"{path} row {rows}: cannot read Arrow data: {str(err).splitlines()[0]}") from None
+                raise SourceError(f"{path} row {rows}: cannot read Arrow data: {str(err).splitlines()[0]}") from None
             rows += batch.num_rows
             yield batch

@@ -6,17 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import PipelineError
 from . import source_deeplake as deeplake_source
 from . import source_hf as hf
 from . import source_local as local
 from . import source_saved as saved
+from .source_errors import SourceError  # raised here too; importers of sources.SourceError keep working
 
 Record = tuple[str, Any]
-
-
-class SourceError(PipelineError, ValueError):
-    """A source that cannot be read at all; one line with the file/line or dataset and reason."""
 
 
 BUNDLED_DATA = Path(__file__).resolve().parent.parent / "bundled"

@@ -54,32 +54,34 @@ def load_for_inference(run_dir: RunDirectory, which: str) -> tuple[Any, Any]:
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
     trained_whole = which == "trained" and recipe.method == "full"
     if which == "merged" or trained_whole:
-        path = run_dir.stage_dir("train") / "model" if trained_whole else merged_dir(run_dir) / "model"
+        path = run_dir.artifact("train", "model") if trained_whole else merged_model(run_dir)
         model = load_model(str(path), dtype=dtype, trust_remote_code=recipe.model.trust_remote_code)
     else:
         model = load_model(recipe.model.ref, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code,
                            allow_pickle=recipe.model.allow_pickle)
         if which == "trained":
-            model = PeftModel.from_pretrained(model, str(run_dir.stage_dir("train") / "adapter"))
+            model = PeftModel.from_pretrained(model, str(run_dir.artifact("train", "adapter")))
     model.eval()
     return model, tokenizer
 
 
-def merged_dir(run_dir: RunDirectory) -> Path:
-    """merge's folder, also where it is stale only because the recipe's generate settings
+def merged_model(run_dir: RunDirectory) -> Path:
+    """merge's model folder, also where merge is stale only because the recipe's generate settings
     changed since: its weights do not depend on them, and readers pass the recipe's settings
     explicitly, so `chat --model merged --set generate.temperature=0.7` needs no new merge.
     Only the saved generation_config.json is then behind, which is said once."""
     from .sampling import RECORD
 
-    if run_dir.stage_state("merge") == "stale" and (run_dir.path / "merge" / RECORD).is_file():
-        made = json.loads((run_dir.path / "merge" / RECORD).read_text(encoding="utf-8"))
-        as_made = run_dir.recipe.model_copy(update={"generate": run_dir.recipe.generate.model_copy(update=made)})
-        if run_dir.with_recipe(as_made).stage_state("merge") == "complete":
+    made_for = run_dir.artifact("merge", RECORD, fresh=False)  # merge may be stale: that is the case here
+    if run_dir.stage_state("merge") == "stale" and made_for.is_file():
+        made = json.loads(made_for.read_text(encoding="utf-8"))
+        as_made = run_dir.with_recipe(run_dir.recipe.model_copy(
+            update={"generate": run_dir.recipe.generate.model_copy(update=made)}))
+        if as_made.stage_state("merge") == "complete":
             console.print("[yellow]note: merge/model/generation_config.json was written for other generate settings "
                           "than these (used here); `sft-pipeline merge` rewrites it", highlight=False)
-            return run_dir.path / "merge"
-    return run_dir.stage_dir("merge")
+            return as_made.artifact("merge", "model")
+    return run_dir.artifact("merge", "model")
 
 
 def prompt_text(recipe: Recipe, question: str, tokenizer: Any) -> str:

@@ -1,6 +1,6 @@
 """Run directories side by side: what `sft-pipeline compare RUN_DIR ...` prints.
 
-It reads only what the stages wrote (prepare.json, train/metrics.json, evaluate/report.json, the
+It reads only what the stages wrote (prepare's record, train's metrics, evaluate's report, the
 frozen recipe.yaml), never a model, so it answers in a second for runs trained anywhere. A value a
 run does not have (a stage not run, a run from before a field existed, a file cut off) prints as
 '-': a sweep's half-finished trials compare as well as finished ones. Only a folder that is not a
@@ -24,6 +24,7 @@ import yaml
 
 from ..config import method_for
 from ..errors import PipelineError
+from ..rundir.stage_spec import METRICS, PREPARED
 from ..training.step_scalars import perplexity
 
 GIB = 1024**3
@@ -82,6 +83,8 @@ def _number(value: Any) -> float | None:
 
 def read_run(path: Path) -> RunFacts:
     """The facts of one run directory (CompareError when `path` is not one)."""
+    from ..stages.evaluate import REPORT
+
     path = Path(path)
     if not path.is_dir():
         raise CompareError(f"compare: {path}: no such folder")
@@ -89,9 +92,10 @@ def read_run(path: Path) -> RunFacts:
         raise CompareError(f"compare: {path}: not a run directory (no recipe.yaml or manifest.json)")
     facts = RunFacts(path)
     recipe = _read(path / "recipe.yaml", facts, yaml.safe_load) or _get(_read(path / "manifest.json", facts), "recipe") or {}
-    prepare = _read(path / "prepare" / "prepare.json", facts)
-    metrics = _read(path / "train" / "metrics.json", facts)
-    report = _read(path / "evaluate" / "report.json", facts)
+    # by path: a run directory from anywhere, with no recipe to check its stages' state against
+    prepare = _read(path / "prepare" / PREPARED, facts)
+    metrics = _read(path / "train" / METRICS, facts)
+    report = _read(path / "evaluate" / REPORT, facts)
 
     # a run from before `method` existed says it through model.quantization
     facts.method = metrics.get("method") or prepare.get("method") or recipe.get("method") \

@@ -26,6 +26,7 @@ import sys
 import threading
 import traceback
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -189,15 +190,30 @@ def _retarget(pairs: list[tuple[Any, _Tee]]) -> list[tuple[logging.StreamHandler
     return swapped
 
 
-# Exceptions that left a captured stage (or a stage before its log opened): which stage, which log.
-_failures: list[tuple[BaseException, str, Optional[Path]]] = []
+# The stage an exception left, and the log holding its traceback, travel on the exception itself:
+# no module state, so nothing outlives the command, keeps an old exception alive, or is seen by
+# another command run in the same process (tests, a sweep).
+FAILURE = "sft_pipeline_failure"  # the attribute note_failure sets: a StageFailure
+
+
+@dataclass(frozen=True)
+class StageFailure:
+    stage: str
+    log: Optional[Path]  # the log holding the traceback; None when none was written
 
 
 def note_failure(exc: BaseException, stage: str, path: Optional[Path]) -> None:
-    if any(seen is exc for seen, _, _ in _failures):
+    """Mark `exc` as having left `stage` (traceback in `path`). The first mark stays: capture()
+    marks it with the log before update_stage, around it, sees it without one. PipelineError
+    carries its stage as `.stage` too (for its own line); this mark is what any exception carries.
+    An exception that refuses attributes (a custom __setattr__) stays unmarked: its line then names
+    no stage, nothing else changes."""
+    if isinstance(getattr(exc, FAILURE, None), StageFailure):
         return
-    _failures.append((exc, stage, path))
-    del _failures[:-16]
+    try:
+        setattr(exc, FAILURE, StageFailure(stage, path))
+    except (AttributeError, TypeError):
+        pass
 
 
 def failure_of(exc: BaseException) -> tuple[Optional[str], Optional[Path]]:
@@ -206,9 +222,9 @@ def failure_of(exc: BaseException) -> tuple[Optional[str], Optional[Path]]:
     item: Optional[BaseException] = exc
     while item is not None and id(item) not in seen:
         seen.add(id(item))
-        for noted, stage, path in reversed(_failures):
-            if noted is item:
-                return stage, path
+        failure = getattr(item, FAILURE, None)
+        if isinstance(failure, StageFailure):
+            return failure.stage, failure.log
         item = item.__cause__ or item.__context__
     return None, None
 

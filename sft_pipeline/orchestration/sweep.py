@@ -27,6 +27,7 @@ from rich.markup import escape
 from ..rundir.files import LockedError, exclusive, read_json
 from .pipeline import check_stages, update_stage
 from ..rundir.directory import COMPLETE, RunDirectory
+from ..rundir.stage_spec import METRICS
 from ..stages import open_run_directory
 from .sweep_plan import SweepPlan, Trial
 from .sweep_results import read_records, write_records
@@ -162,14 +163,16 @@ def _finished(trial: Trial, run_dir: RunDirectory, plan: SweepPlan) -> dict[str,
 def eval_numbers(run_dir: RunDirectory, plan: SweepPlan) -> dict[str, Any]:
     """The trial's eval loss: evaluate's 'after' loss on the eval blocks where evaluate ran,
     else train's last evaluation (none when train.eval_strategy is no); and evaluate's style share."""
-    out: dict[str, Any] = {"eval_loss": None}
-    if "evaluate" in plan.stages and (run_dir.path / "evaluate" / "report.json").is_file():
-        report = read_json(run_dir.path / "evaluate" / "report.json")
+    from ..stages.evaluate import REPORT
+
+    out: dict[str, Any] = {"eval_loss": None}  # every stage of the plan is complete here
+    if "evaluate" in plan.stages and run_dir.artifact("evaluate", REPORT).is_file():
+        report = read_json(run_dir.artifact("evaluate", REPORT))
         out["eval_loss"] = report.get("after", {}).get("loss", {}).get("eval")
         if "style_share" in report.get("after", {}):
             out["style_share"] = report["after"]["style_share"]
-    if out["eval_loss"] is None and "train" in plan.stages and (run_dir.path / "train" / "metrics.json").is_file():
-        losses = read_json(run_dir.path / "train" / "metrics.json").get("eval_losses") or []
+    if out["eval_loss"] is None and "train" in plan.stages and run_dir.artifact("train", METRICS).is_file():
+        losses = read_json(run_dir.artifact("train", METRICS)).get("eval_losses") or []
         out["eval_loss"] = losses[-1] if losses else None
     return out
 

@@ -17,6 +17,7 @@ from ..data.sources import source_kind
 from ..model.loader import HUB_ID
 from ..rundir.files import read_json
 from ..rundir.directory import RunDirectory
+from ..rundir.stage_spec import METRICS, STATS, SUMMARY
 
 # The bundled model is a GGUF copy of a Hub model: the card names the Hub model, whose card says
 # where the weights came from, and its licence (HuggingFaceTB/SmolLM2-135M-Instruct: apache-2.0)
@@ -37,31 +38,39 @@ class RunFacts:
     recipe_yaml: str
     load_stats: dict[str, Any] | None
     train_metrics: dict[str, Any] | None
-    evaluation: dict[str, Any] | None  # evaluate's summary.json
-    eval_split: str | None  # the split evaluate answered (report.json), for the model-index
+    evaluation: dict[str, Any] | None  # evaluate's SUMMARY
+    eval_split: str | None  # the split evaluate answered (its REPORT), for the model-index
     wandb: dict[str, Any] | None  # run_id, project, url (url only when the run was online)
 
 
-def _complete(run_dir: RunDirectory, stage: str) -> Path | None:
-    return run_dir.path / stage if run_dir.stage_state(stage) == "complete" else None
+def _read(run_dir: RunDirectory, stage: str, name: str) -> dict[str, Any] | None:
+    """The stage's JSON file `name`; None where the stage is not complete for this recipe or
+    (a run from before the file existed) the file is not there."""
+    if run_dir.stage_state(stage) != "complete":
+        return None
+    path = run_dir.artifact(stage, name)
+    return read_json(path) if path.is_file() else None
 
 
 def read_facts(run_dir: RunDirectory) -> RunFacts:
+    from ..stages.evaluate import REPORT
+    from ..training.trackers import IDENTITY
+
     recipe = run_dir.recipe
-    load, train, evaluate = _complete(run_dir, "load"), _complete(run_dir, "train"), _complete(run_dir, "evaluate")
     wandb = None
-    if train is not None and (train / "tracking.json").is_file() and recipe.tracking.wandb != "off":
-        ident = read_json(train / "tracking.json")
+    ident = _read(run_dir, "train", IDENTITY) if recipe.tracking.wandb != "off" else None
+    if ident is not None:
         wandb = {"run_id": ident.get("wandb_run_id"), "project": recipe.tracking.project, "url": ident.get("wandb_url")}
+    report = _read(run_dir, "evaluate", REPORT)
     frozen = run_dir.path / "recipe.yaml"
     return RunFacts(
         name=recipe.name, method=recipe.method, model_ref=recipe.model.ref, data_source=recipe.data.source,
         eval_source=recipe.data.eval_source,
         recipe_yaml=frozen.read_text(encoding="utf-8") if frozen.is_file() else "",
-        load_stats=read_json(load / "stats.json") if load else None,
-        train_metrics=read_json(train / "metrics.json") if train and (train / "metrics.json").is_file() else None,
-        evaluation=read_json(evaluate / "summary.json") if evaluate else None,
-        eval_split=read_json(evaluate / "report.json").get("split") if evaluate else None,
+        load_stats=_read(run_dir, "load", STATS),
+        train_metrics=_read(run_dir, "train", METRICS),
+        evaluation=_read(run_dir, "evaluate", SUMMARY),
+        eval_split=report.get("split") if report is not None else None,
         wandb=wandb,
     )
 

@@ -44,17 +44,20 @@ def artifact(run_dir: RunDirectory, what: str) -> tuple[Path, list[Path]]:
     model; gguf: the export folder's GGUF files and Modelfile."""
     if what not in WHAT:
         raise PushError(f"push --what {what}: expected one of {', '.join(WHAT)}")
-    if what == "gguf":
-        export = run_dir.path / "export"
-        ggufs = sorted(export.glob("model-*.gguf")) if export.is_dir() else []
+    if what == "gguf":  # whatever the export folder holds (it is not checked against the recipe)
+        from ..stages.export import GGUF_FILES, MODELFILE
+
+        pattern = run_dir.artifact("export", GGUF_FILES, fresh=False)
+        export = pattern.parent
+        ggufs = sorted(export.glob(pattern.name)) if export.is_dir() else []
         if not ggufs:
             raise PushError(f"push --what gguf: no {export}/model-<TYPE>.gguf: run `sft-pipeline export {run_dir.path}` first")
-        modelfile = export / "Modelfile"
+        modelfile = run_dir.artifact("export", MODELFILE, fresh=False)
         return export, ggufs + ([modelfile] if modelfile.is_file() else [])
     if what == "merged":
-        folder = run_dir.stage_dir("merge") / "model"  # refused in one line when merge has not run
+        folder = run_dir.artifact("merge", "model")  # refused in one line when merge has not run
     else:
-        folder = run_dir.stage_dir("train") / ("model" if run_dir.recipe.method == "full" else "adapter")
+        folder = run_dir.artifact("train", "model" if run_dir.recipe.method == "full" else "adapter")
     return folder, sorted(p for p in folder.rglob("*") if p.is_file())
 
 

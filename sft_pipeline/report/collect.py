@@ -9,6 +9,7 @@ from typing import Any
 
 from ..rundir.directory import RunDirectory, StageError
 from ..rundir.files import read_json
+from ..rundir.stage_spec import METRICS
 
 
 @dataclass
@@ -18,8 +19,8 @@ class Contents:
     scalars: list[dict[str, Any]]
     metrics: dict[str, Any]
     stages: list[tuple[str, str, str, str]]
-    evaluation: dict[str, Any] | None  # evaluate's report.json
-    answers: list[dict[str, Any]]  # the last evaluation's rows of answers.json
+    evaluation: dict[str, Any] | None  # evaluate's REPORT
+    answers: list[dict[str, Any]]  # the last evaluation's rows of evaluate's ANSWERS
     notes: list[str] = field(default_factory=list)  # what is missing, one line each
 
 
@@ -33,20 +34,22 @@ def series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]
 
 def collect(run_dir: RunDirectory) -> Contents:
     from ..orchestration.pipeline import status_rows
+    from ..stages.evaluate import ANSWERS, REPORT
     from ..training.trackers import SCALARS, read_scalars
 
-    train = run_dir.stage_dir("train")  # refused in one line when train has not run
-    if not (train / SCALARS).is_file():
-        raise StageError(f"{train / SCALARS} is missing (trained before per-step scalars were kept): "
+    scalars = run_dir.artifact("train", SCALARS)  # refused in one line when train has not run
+    if not scalars.is_file():
+        raise StageError(f"{scalars} is missing (trained before per-step scalars were kept): "
                          f"run `sft-pipeline train {run_dir.path} --force`")
     notes = []
     evaluation, answers = None, []
     if run_dir.stage_state("evaluate") == "complete":
-        evaluation = read_json(run_dir.path / "evaluate" / "report.json")
-        rows = read_json(run_dir.path / "evaluate" / "answers.json")["rows"] if (run_dir.path / "evaluate" / "answers.json").is_file() else []
+        evaluation = read_json(run_dir.artifact("evaluate", REPORT))
+        kept = run_dir.artifact("evaluate", ANSWERS)
+        rows = read_json(kept)["rows"] if kept.is_file() else []
         last = max((r["evaluation"] for r in rows), default=None)
         answers = [r for r in rows if r["evaluation"] == last]
     else:
         notes.append(f"evaluate has not run (or is stale): `sft-pipeline evaluate {run_dir.path}` adds before/after answers")
-    return Contents(run_dir.recipe.name, str(run_dir.path.resolve()), read_scalars(train / SCALARS),
-                    read_json(train / "metrics.json"), status_rows(run_dir), evaluation, answers, notes)
+    return Contents(run_dir.recipe.name, str(run_dir.path.resolve()), read_scalars(scalars),
+                    read_json(run_dir.artifact("train", METRICS)), status_rows(run_dir), evaluation, answers, notes)

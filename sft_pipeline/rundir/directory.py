@@ -97,13 +97,18 @@ class RunDirectory:
             raise StageError(f"stage '{stage}' {what} in {self.path}: run `sft-pipeline {stage} <recipe>` first")
         return self.path / stage
 
-    def artifact(self, stage: str, name: str) -> Path:
+    def artifact(self, stage: str, name: str, fresh: bool = True) -> Path:
         """The path of `name` ("stats.json", "adapter", "model/config.json") in a complete, fresh
         stage folder: the one way code outside a stage reads what the stage wrote. `name` must be
         something the stage declares it writes (StageSpec.writes / may_write), so a renamed or
-        misspelt artifact fails here, naming both, rather than as a missing file later."""
+        misspelt artifact fails here, naming both, rather than as a missing file later.
+
+        fresh=False drops the state check, not the name check: the path in the stage's folder
+        whatever that holds now (an output made for another recipe, or nothing), for the readers
+        that want an earlier output on purpose and look for it themselves (evaluate's history of
+        answers; a merge stale only in its sampling settings; push's GGUF files)."""
         self.declaration(stage).check_artifact(name)
-        return self.stage_dir(stage) / name
+        return (self.stage_dir(stage) if fresh else self.path / stage) / name
 
     def adopt(self, stage: str) -> bool:
         """Record a stage killed after its folder was renamed into place but before the manifest

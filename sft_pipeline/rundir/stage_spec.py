@@ -18,8 +18,14 @@ from types import MappingProxyType
 from typing import Iterable, Mapping
 
 
+# Artifact names read outside the stage that writes them are constants, shared by the writer's
+# SPEC and every reader (RunDirectory.artifact checks a name against the SPEC). Those that one stage
+# reads from another's folder are here, the layer every stage imports (a stage may not import
+# another stage); those read only from above the stages sit beside their stage's SPEC.
 SUMMARY = "summary.json"  # every stage writes one: the manifest and `status` show it
 STATS = "stats.json"  # the data stages' counts: read, kept, dropped by reason
+PREPARED = "prepare.json"  # prepare's record (method, counts, memory plan): train starts from it
+METRICS = "metrics.json"  # what train measured: evaluate's W&B step, report, compare, sweep, push
 
 
 def within(key: str, declared: str) -> bool:

@@ -23,9 +23,12 @@ from typing import Any, Iterator
 from ..progress import progress
 from ..rundir.directory import RunDirectory
 from ..rundir.files import read_json, write_json
-from ..rundir.stage_spec import StageSpec
+from ..rundir.stage_spec import SUMMARY, StageSpec
 from ..training.step_scalars import perplexity
 from ..training.trackers import IDENTITY, log_evaluation
+
+REPORT = "report.json"  # both passes: losses, perplexities, answers, style share, harness metrics
+ANSWERS = "answers.json"  # every evaluation's answers of the same trained adapter (the report's table)
 
 SPEC = StageSpec(
     # method: what "before" and "after" are; train.precision: inference computes as training did;
@@ -34,7 +37,7 @@ SPEC = StageSpec(
     name="evaluate", reads=("method", "evaluate", "generate.max_new_tokens", "generate.batch_size", "model",
                             "train.precision", "train.per_device_eval_batch_size"),
     upstream=("template", "pack", "train"),
-    writes=("report.json", "summary.json", "answers.json"),  # answers.json: every evaluation's answers
+    writes=(REPORT, SUMMARY, ANSWERS),
     may_write={"wandb/": "tracking.wandb is not off (the before/after table joins train's run)"},
     ignores={"tracking": "where the before/after results are reported (train's W&B run), not what is measured",
              "name": "the W&B / TensorBoard run name"},
@@ -126,10 +129,10 @@ def produce(run_dir: RunDirectory, out: Path) -> None:
 
     recipe = run_dir.recipe
     cfg = recipe.evaluate
-    template_dir, pack_dir, train_dir = run_dir.stage_dir("template"), run_dir.stage_dir("pack"), run_dir.stage_dir("train")
+    split = "eval" if run_dir.artifact("template", "eval").is_dir() else "train"
+    pack_dir, train_dir = run_dir.stage_dir("pack"), run_dir.stage_dir("train")
     compute = inference_precision(recipe)
-    split = "eval" if (template_dir / "eval").is_dir() else "train"
-    prompts_ds = datasets.load_from_disk(str(template_dir / split))
+    prompts_ds = datasets.load_from_disk(str(run_dir.artifact("template", split)))
     n = len(prompts_ds) if cfg.max_prompts is None else min(cfg.max_prompts, len(prompts_ds))
     prompts, references = prompts_ds["prompt"][:n], prompts_ds["reference"][:n]
     bs = recipe.train.per_device_eval_batch_size
@@ -145,7 +148,7 @@ def produce(run_dir: RunDirectory, out: Path) -> None:
         losses = {}
         packed = attention.use(causal, for_loss) in attention.PER_SAMPLE
         for name in scored_splits(pack_dir, cfg.train_loss):
-            blocks = datasets.load_from_disk(str(pack_dir / name))
+            blocks = datasets.load_from_disk(str(run_dir.artifact("pack", name)))
             losses[name] = mean_loss(model, blocks, tokenizer.pad_token_id, bs, f"loss {name} ({phase})",
                                      padding_free=packed, autocast=lambda: precision.autocast(compute, device))
         attention.use(causal, own)
@@ -164,16 +167,18 @@ def produce(run_dir: RunDirectory, out: Path) -> None:
          "before": report["before"]["answers"][i], "after": report["after"]["answers"][i]}
         for i in range(min(cfg.pairs, n))
     ]
-    ident = train_dir / IDENTITY
+    ident = run_dir.artifact("train", IDENTITY)
     train_run = read_json(ident)["wandb_run_id"] if ident.is_file() else None
-    history = answer_rows(run_dir.path / "evaluate" / "answers.json", train_run, prompts_ds["question"][:n], report,
-                          cfg.style_regex)
-    write_json(out / "report.json", report)
-    write_json(out / "answers.json", history)
+    # the last evaluation's answers, in place until this one is swapped in (made for any recipe:
+    # answer_rows keeps them only for the same trained adapter)
+    previous = run_dir.artifact(SPEC.name, ANSWERS, fresh=False)
+    history = answer_rows(previous, train_run, prompts_ds["question"][:n], report, cfg.style_regex)
+    write_json(out / REPORT, report)
+    write_json(out / ANSWERS, history)
     summary = {p: {k: report[p].get(k) for k in ("loss", "perplexity", "style_share")} for p in ("before", "after")}
-    if cfg.harness.tasks:  # each task's main metric; report.json has every metric
+    if cfg.harness.tasks:  # each task's main metric; REPORT has every metric
         for p in ("before", "after"):
             summary[p]["harness"] = headline(report[p]["harness"])
-    write_json(out / "summary.json", summary)
+    write_json(out / SUMMARY, summary)
     log_evaluation(recipe, out, train_dir, summary, history["rows"])
 

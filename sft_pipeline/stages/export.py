@@ -23,19 +23,23 @@ from rich.console import Console
 
 from ..errors import PipelineError
 from ..model import gguf_tools
+from ..model.sampling import GENERATION_CONFIG
 from ..rundir.files import link_tree
 from ..rundir.directory import RunDirectory
 from ..rundir.files import write_json
-from ..rundir.stage_spec import StageSpec
+from ..rundir.stage_spec import SUMMARY, StageSpec
+
+GGUF_FILES = "model-*.gguf"  # model-<TYPE>.gguf, TYPE as llama.cpp spells it (model/gguf_tools.gguf_name)
+MODELFILE = "Modelfile"  # Ollama's: `ollama create NAME -f Modelfile` in this folder
 
 SPEC = StageSpec(
     # template: the chat template the files carry and the verification prompts; generate: the
     # Modelfile's sampling parameters
     name="export", reads=("export", "template", "generate"),
     upstream=("template", "merge"),
-    writes=("Modelfile", "verify.json", "summary.json", "tools.log"),
-    may_write={"model-*.gguf": "one per type in export.types (model-F16.gguf, model-Q8_0.gguf, model-Q4_K_M.gguf)",
-               "generation_config.json": "merge/model has one (the recipe's sampling settings)"},
+    writes=(MODELFILE, "verify.json", SUMMARY, "tools.log"),
+    may_write={GGUF_FILES: "one per type in export.types (model-F16.gguf, model-Q8_0.gguf, model-Q4_K_M.gguf)",
+               GENERATION_CONFIG: "merge/model has one (the recipe's sampling settings)"},
 )
 # F16 is always converted (every other type is quantized from it): written, removed at the end when
 # export.types does not list it
@@ -55,8 +59,7 @@ def produce(run_dir: RunDirectory, out: Path) -> None:
     from ..model.chat_template import chat_layout, gguf_chat_template
 
     recipe, cfg = run_dir.recipe, run_dir.recipe.export
-    merged = run_dir.stage_dir("merge") / "model"
-    template_dir = run_dir.stage_dir("template")
+    merged = run_dir.artifact("merge", "model")
     problem = gguf_tools.unsupported(gguf_tools.architectures(merged / "config.json"), str(merged / "config.json"))
     if problem:
         raise ExportError(problem)
@@ -84,7 +87,7 @@ def produce(run_dir: RunDirectory, out: Path) -> None:
         console.print(f"quantizing to {name} (llama.cpp's llama_model_quantize)")
         costs[name] = {"by": "llama_model_quantize from F16", **gguf_tools.quantize(source, out / gguf_tools.gguf_name(name),
                                                                                     name, log)}
-    record = verify(run_dir, merged, template_dir, out, types)
+    record = verify(run_dir, merged, out, types)
     for name in types:
         carried = record["files"][name].pop("chat_template")
         if carried != chat_template:
@@ -94,14 +97,14 @@ def produce(run_dir: RunDirectory, out: Path) -> None:
         source.unlink()
     files = {name: {"file": gguf_tools.gguf_name(name), "bytes": (out / gguf_tools.gguf_name(name)).stat().st_size,
                     **costs[name]} for name in types}
-    if (merged / "generation_config.json").is_file():
-        shutil.copyfile(merged / "generation_config.json", out / "generation_config.json")
+    if (merged / GENERATION_CONFIG).is_file():
+        shutil.copyfile(merged / GENERATION_CONFIG, out / GENERATION_CONFIG)
     from_type = write_modelfile(run_dir, out, files, layout, tokenizer)
     record["files"] = {name: {**files[name], **record["files"][name]} for name in types}
     write_json(out / "verify.json", {**record, "chat_template": chat_template,
                                      "ollama_template": "from the recipe's template" if layout else
                                      "none (Ollama uses the GGUF's tokenizer.chat_template)"})
-    write_json(out / "summary.json", {
+    write_json(out / SUMMARY, {
         "files": {n: f["file"] for n, f in files.items()}, "modelfile_from": from_type,
         "f16_greedy_equal": record["f16_greedy_equal"],
         "agreement_rate": {n: record["files"][n]["agreement_rate"] for n in types},
@@ -125,16 +128,16 @@ def stage_model(merged: Path, staging: Path, chat_template: str) -> None:
     config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
-def eval_prompts(template_dir: Path, limit: int | None) -> list[str]:
-    """The rendered prompts evaluate answers (the eval split, else train's)."""
+def eval_prompts(run_dir: RunDirectory, limit: int | None) -> list[str]:
+    """The rendered prompts evaluate answers (template's eval split, else its train split)."""
     import datasets
 
-    split = "eval" if (template_dir / "eval").is_dir() else "train"
-    prompts = datasets.load_from_disk(str(template_dir / split))["prompt"]
+    split = "eval" if run_dir.artifact("template", "eval").is_dir() else "train"
+    prompts = datasets.load_from_disk(str(run_dir.artifact("template", split)))["prompt"]
     return list(prompts if limit is None else prompts[:limit])
 
 
-def verify(run_dir: RunDirectory, merged: Path, template_dir: Path, out: Path, types: list[str]) -> dict[str, Any]:
+def verify(run_dir: RunDirectory, merged: Path, out: Path, types: list[str]) -> dict[str, Any]:
     """Every file answers the eval prompts; F16's greedy tokens equal transformers' (near-ties
     excepted, recorded); every file's agreement rate. Fails on a real F16 disagreement, or on a
     file answering nothing where the merged model answers."""
@@ -144,7 +147,7 @@ def verify(run_dir: RunDirectory, merged: Path, template_dir: Path, out: Path, t
     from ..model.gguf_verify import check_file, reference_answers, stop_ids
 
     cfg = run_dir.recipe.export
-    prompts = eval_prompts(template_dir, cfg.verify_prompts)
+    prompts = eval_prompts(run_dir, cfg.verify_prompts)
     tokenizer = AutoTokenizer.from_pretrained(str(merged))
     model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32).eval()
     stops = stop_ids(tokenizer, model)
@@ -190,7 +193,7 @@ def write_modelfile(run_dir: RunDirectory, out: Path, files: dict[str, dict[str,
     stops = end_tokens(out, tokenizer)
     header = (f"Written by `sft-pipeline export` (template.kind {run_dir.recipe.template.kind}).\n"
               "Create the model from this folder: ollama create NAME -f Modelfile")
-    (out / "Modelfile").write_text(modelfile_text(files[chosen]["file"], layout, system, stops, run_dir.recipe.generate,
+    (out / MODELFILE).write_text(modelfile_text(files[chosen]["file"], layout, system, stops, run_dir.recipe.generate,
                                                   header), encoding="utf-8")
     return chosen
 
@@ -199,7 +202,7 @@ def end_tokens(out: Path, tokenizer: Any) -> list[str]:
     """The end-of-turn tokens' texts (Ollama stops on text): the tokenizer's EOS and those the
     generation config names."""
     ids = {tokenizer.eos_token_id} - {None}
-    config = out / "generation_config.json"
+    config = out / GENERATION_CONFIG
     if config.is_file():
         eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token_id")
         ids |= set(eos if isinstance(eos, list) else [] if eos is None else [eos])

@@ -25,12 +25,12 @@ from ..data.turn_weights import TurnWeightError
 from ..progress import progress
 from ..rundir.directory import RunDirectory
 from ..rundir.files import write_json
-from ..rundir.stage_spec import StageSpec
+from ..rundir.stage_spec import STATS, SUMMARY, StageSpec
 from ..data.sources import SourceError, has_split, read_records
 
 SPEC = StageSpec(
     name="load", reads=("data",),
-    writes=("train/", "stats.json", "summary.json"),
+    writes=("train/", STATS, SUMMARY),
     may_write={"eval/": "an eval set: data.eval_source, the source's eval split, or data.eval_size"},
 )
 
@@ -201,8 +201,8 @@ def produce(run_dir: RunDirectory, out: Path) -> None:
 
 
 def _write_stats(out: Path, stats: dict[str, Any]) -> None:
-    write_json(out / "stats.json", stats)
-    write_json(out / "summary.json", {s: {"kept": v["kept"], "dropped": sum(v["dropped"].values())} for s, v in stats.items()})
+    write_json(out / STATS, stats)
+    write_json(out / SUMMARY, {s: {"kept": v["kept"], "dropped": sum(v["dropped"].values())} for s, v in stats.items()})
 
 
 # ---- several sources (data.sources) -------------------------------------------------------------

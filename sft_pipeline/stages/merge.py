@@ -38,14 +38,14 @@ from ..config import Recipe
 from ..rundir.files import link_tree
 from ..rundir.directory import RunDirectory
 from ..rundir.files import write_json
-from ..rundir.stage_spec import StageSpec
+from ..rundir.stage_spec import SUMMARY, StageSpec
 
 SPEC = StageSpec(
     # method: full has nothing to merge; train.precision: the NF4 reference model's compute dtype (QLoRA);
     # generate.*: model/generation_config.json (batch_size is how many prompts one call takes: not in it)
     name="merge", reads=("method", "merge", "model", "train.precision", *GENERATION_KEYS),
     upstream=("template", "train"),  # template: the probe texts (prepare comes in through train)
-    writes=("model/", "verify.json", "summary.json", RECORD),
+    writes=("model/", "verify.json", SUMMARY, RECORD),
 )
 
 console = Console(stderr=True)
@@ -59,9 +59,9 @@ def produce(run_dir: RunDirectory, out: Path) -> None:
 
     recipe, cfg = run_dir.recipe, run_dir.recipe.merge
     if recipe.method == "full":
-        export_trained_model(run_dir.stage_dir("train") / "model", out, recipe)
+        export_trained_model(run_dir.artifact("train", "model"), out, recipe)
         return
-    adapter = run_dir.stage_dir("train") / "adapter"
+    adapter = run_dir.artifact("train", "adapter")
     dtype = getattr(torch, cfg.dtype)
     tokenizer = load_tokenizer(recipe.model.ref, recipe.model.trust_remote_code)
     texts = probe_texts(run_dir)
@@ -105,7 +105,7 @@ def produce(run_dir: RunDirectory, out: Path) -> None:
     write_generation_config(recipe.generate, tokenizer, merged.generation_config, out)
     console.print(f"merged model saved to {out / 'model'}; max |logit gap| vs adapter = {gap:.3g}")
     write_json(out / "verify.json", record)
-    write_json(out / "summary.json", {k: record[k] for k in ("base", "max_abs_logit_gap", "passed")})
+    write_json(out / SUMMARY, {k: record[k] for k in ("base", "max_abs_logit_gap", "passed")})
 
 
 def export_trained_model(trained: Path, out: Path, recipe: Recipe) -> None:
@@ -135,7 +135,7 @@ def export_trained_model(trained: Path, out: Path, recipe: Recipe) -> None:
     }
     console.print(f"method full: nothing to merge; merge/model is the trained model ({how})")
     write_json(out / "verify.json", record)
-    write_json(out / "summary.json", {"export": f"the trained model ({how})", "passed": True})
+    write_json(out / SUMMARY, {"export": f"the trained model ({how})", "passed": True})
 
 
 def probe_texts(run_dir: RunDirectory) -> list[str]:
@@ -145,9 +145,8 @@ def probe_texts(run_dir: RunDirectory) -> list[str]:
 
     if run_dir.stage_state("template") != "complete":
         return ["What is the capital of France?", "Explain gradient descent in one paragraph."]
-    template_dir = run_dir.stage_dir("template")
-    split = "eval" if (template_dir / "eval").is_dir() else "train"
-    return datasets.load_from_disk(str(template_dir / split))["text"][:4]
+    split = "eval" if run_dir.artifact("template", "eval").is_dir() else "train"
+    return datasets.load_from_disk(str(run_dir.artifact("template", split)))["text"][:4]
 
 
 def nf4_reference(recipe: Recipe, adapter: Path, batch: dict[str, Any], mask: Any,

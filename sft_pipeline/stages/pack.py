@@ -16,12 +16,12 @@ from ..data.tokens import tokenize_split
 from ..errors import PipelineError
 from ..rundir.directory import RunDirectory
 from ..rundir.files import write_json
-from ..rundir.stage_spec import StageSpec
+from ..rundir.stage_spec import STATS, SUMMARY, StageSpec
 
 SPEC = StageSpec(
     # template.kind: whether EOS is added; model.*: the tokenizer, and bfd's attention check
     name="pack", reads=("pack", "template.kind", "model.ref", "model.trust_remote_code", "model.attn_implementation"),
-    upstream=("template",), writes=("train/", "stats.json", "summary.json"),
+    upstream=("template",), writes=("train/", STATS, SUMMARY),
     may_write={"eval/": "template has an eval split"},
 )
 
@@ -59,5 +59,5 @@ def produce(run_dir: RunDirectory, out: Path) -> None:
         stats[split_dir.name] = {**split_stats, "control_text": split_counts(split_dir)}
     stats["strategy"] = cfg.strategy
     stats["seq_length"] = cfg.seq_length
-    write_json(out / "stats.json", stats)
-    write_json(out / "summary.json", {k: v["blocks"] for k, v in stats.items() if isinstance(v, dict)})
+    write_json(out / STATS, stats)
+    write_json(out / SUMMARY, {k: v["blocks"] for k, v in stats.items() if isinstance(v, dict)})

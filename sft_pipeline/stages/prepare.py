@@ -21,7 +21,7 @@ from ..model.build import build_model, count_params
 from ..model.hardware import detect
 from ..rundir.directory import RunDirectory
 from ..rundir.files import write_json
-from ..rundir.stage_spec import StageSpec
+from ..rundir.stage_spec import PREPARED, SUMMARY, StageSpec
 from ..training.memory import GIB
 from ..training.memory_plan import memory_report, plan_memory
 
@@ -32,7 +32,7 @@ SPEC = StageSpec(
     name="prepare", reads=("method", "model", "lora", "pack.seq_length", "pack.strategy",
                            "train.per_device_train_batch_size", "train.per_device_eval_batch_size",
                            "train.eval_strategy", "train.seed", "train.precision"),
-    writes=("prepare.json", "summary.json"),
+    writes=(PREPARED, SUMMARY),
     may_write={"adapter/": "method lora or qlora (full fine-tuning starts from model.ref itself)"},
 )
 
@@ -89,6 +89,6 @@ def produce(run_dir: RunDirectory, out: Path) -> None:
         "memory_estimate_gib": round(est.total(checkpointing) / GIB, 3),
         "hardware": {"device": hw.device, "bf16_fast": hw.bf16_fast, "reason": hw.reason, "cpus": hw.cpu_count},
     }
-    write_json(out / "prepare.json", record)
-    write_json(out / "summary.json", {k: record[k] for k in ("method", "trainable_params", "total_params", "dtype",
+    write_json(out / PREPARED, record)
+    write_json(out / SUMMARY, {k: record[k] for k in ("method", "trainable_params", "total_params", "dtype",
                                                              "gradient_checkpointing", "memory_estimate_gib")})

@@ -21,11 +21,11 @@ from ..data.samples import Context, make_row
 from ..progress import progress
 from ..rundir.directory import RunDirectory
 from ..rundir.files import write_json
-from ..rundir.stage_spec import StageSpec
+from ..rundir.stage_spec import STATS, SUMMARY, StageSpec
 
 SPEC = StageSpec(
     name="template", reads=("template", "model.ref", "model.trust_remote_code"),  # model: the chat template's tokenizer
-    upstream=("load",), writes=("train/", "stats.json", "summary.json"), may_write={"eval/": "load has an eval split"},
+    upstream=("load",), writes=("train/", STATS, SUMMARY), may_write={"eval/": "load has an eval split"},
 )
 
 EXAMPLES_PER_REASON = 3
@@ -106,7 +106,7 @@ def produce(run_dir: RunDirectory, out: Path) -> None:
     stats: dict[str, Any] = {"kind": cfg.kind, "tool_calls": ctx.support.calls, "tool_definitions": ctx.support.definitions}
     for split_dir in split_dirs(run_dir.stage_dir("load")):
         stats[split_dir.name] = template_split(split_dir, out / split_dir.name, ctx)
-    write_json(out / "stats.json", stats)
-    write_json(out / "summary.json", {"kind": cfg.kind, **{
+    write_json(out / STATS, stats)
+    write_json(out / SUMMARY, {"kind": cfg.kind, **{
         k: {"samples": v["kept"], "dropped": sum(v["dropped"].values()), "chars": v["chars"]}
         for k, v in stats.items() if isinstance(v, dict)}})

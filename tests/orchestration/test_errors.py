@@ -324,3 +324,24 @@ def test_importing_bitsandbytes_from_a_command_prints_no_kernels_notice():
                           text=True, env=ENV, timeout=120)
     assert ours.returncode == 0, ours.stderr
     assert NOTICE not in ours.stderr, ours.stderr
+
+
+def test_the_failed_stage_travels_on_the_exception(tmp_path):
+    """The CLI's line names the stage and log from the exception itself (or one raised from it),
+    not from module state: no list of past failures in logs.py, one command's failure is not
+    another's, and the first mark (the one with the log) stays."""
+    with pytest.raises(ValueError) as info:
+        with logs.capture(tmp_path, "first"):
+            raise ValueError("boom")
+    log = tmp_path / "logs" / "first.log"
+    assert getattr(info.value, logs.FAILURE) == logs.StageFailure("first", log)
+    logs.note_failure(info.value, "first", None)  # update_stage, around capture, sees it next
+    assert logs.failure_of(info.value) == ("first", log)
+    try:
+        raise RuntimeError("while reporting") from info.value
+    except RuntimeError as outer:
+        assert logs.failure_of(outer) == ("first", log)
+    assert logs.failure_of(ValueError("boom")) == (None, None)
+    state = [name for name, value in vars(logs).items() if isinstance(value, (list, dict, set)) and name != "__builtins__"]
+    assert not state, state
+

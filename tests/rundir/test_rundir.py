@@ -9,6 +9,7 @@ from sft_pipeline.config import Recipe
 from sft_pipeline.rundir.directory import RunDirectory, StageError
 from sft_pipeline.stages import open_run_directory
 from sft_pipeline.rundir.files import LockedError, write_json
+from sft_pipeline.rundir.stage_spec import STATS
 from sft_pipeline.stages import ORDER
 
 
@@ -80,6 +81,57 @@ def test_stage_dir_refuses_missing_upstream_with_the_command_to_run(tmp_path):
     run = open_run_directory(tmp_path, Recipe())
     with pytest.raises(StageError, match=r"stage 'pack' has not run .*sft-pipeline pack"):
         run.stage_dir("pack")
+
+
+def test_artifact_is_a_declared_file_of_a_complete_stage(tmp_path):
+    run = open_run_directory(tmp_path, Recipe())
+    _complete(run, "load")
+    assert run.artifact("load", STATS) == tmp_path / "load" / "stats.json"
+    assert run.artifact("load", "train") == tmp_path / "load" / "train"  # a declared folder ("train/")
+
+
+def test_artifact_reaches_under_a_declared_folder(tmp_path):
+    run = open_run_directory(tmp_path, Recipe())
+    _complete(run, "merge")
+    assert run.artifact("merge", "model/config.json") == tmp_path / "merge" / "model" / "config.json"
+    with pytest.raises(KeyError, match=r"stage merge declares no artifact 'adapter/adapter_config.json'"):
+        run.artifact("merge", "adapter/adapter_config.json")  # train's folder, not merge's
+
+
+def test_artifact_matches_a_may_write_pattern(tmp_path):
+    run = open_run_directory(tmp_path, Recipe())
+    _complete(run, "export")
+    assert run.artifact("export", "model-Q4_K_M.gguf") == tmp_path / "export" / "model-Q4_K_M.gguf"  # "model-*.gguf"
+    with pytest.raises(KeyError, match=r"stage export declares no artifact 'model-Q4_K_M.bin'"):
+        run.artifact("export", "model-Q4_K_M.bin")
+
+
+def test_artifact_refuses_an_undeclared_name_naming_the_stage_and_the_name(tmp_path):
+    """A misspelt or renamed artifact is the reader's bug: said first, whatever the stage's state."""
+    run = open_run_directory(tmp_path, Recipe())
+    _complete(run, "prepare")
+    with pytest.raises(KeyError, match=r"stage prepare declares no artifact 'prepared.json' \(it writes: prepare.json, "):
+        run.artifact("prepare", "prepared.json")
+    with pytest.raises(KeyError, match=r"stage pack declares no artifact 'metrics.json'"):
+        run.artifact("pack", "metrics.json")  # pack has not run: the name is still what is wrong
+
+
+def test_artifact_of_a_missing_or_stale_stage_is_refused_as_stage_dir_refuses(tmp_path):
+    run = open_run_directory(tmp_path, Recipe())
+    with pytest.raises(StageError, match=r"^stage 'pack' has not run in .*: run `sft-pipeline pack <recipe>` first$"):
+        run.artifact("pack", STATS)
+    changed = _completed_then_changed(tmp_path, "pack.seq_length=128")
+    with pytest.raises(StageError, match=r"^stage 'pack' is stale \(the recipe changed\) in "):
+        changed.artifact("pack", STATS)
+    with pytest.raises(StageError) as from_stage_dir:
+        changed.stage_dir("pack")
+    with pytest.raises(StageError) as from_artifact:
+        changed.artifact("pack", "train")
+    assert str(from_artifact.value) == str(from_stage_dir.value)
+    # fresh=False: the folder as it is, for readers that want an earlier output; the name still checked
+    assert changed.artifact("pack", STATS, fresh=False) == tmp_path / "pack" / "stats.json"
+    with pytest.raises(KeyError, match=r"stage pack declares no artifact 'stat.json'"):
+        changed.artifact("pack", "stat.json", fresh=False)
 
 
 def test_manifest_records_fingerprint_and_versions(tmp_path):

@@ -109,9 +109,9 @@ class StageView:
         self._run, self._seen = run, seen
         self.recipe = RecipeView(run.recipe, "", seen.reads)
 
-    def artifact(self, stage: str, name: str) -> Path:
+    def artifact(self, stage: str, name: str, fresh: bool = True) -> Path:
         self._seen.upstream.add(stage)
-        return self._run.artifact(stage, name)
+        return self._run.artifact(stage, name, fresh=fresh)
 
     def stage_dir(self, stage: str) -> Path:
         self._seen.upstream.add(stage)
