@@ -3,8 +3,9 @@ started by torchrun or accelerate (training/launch.py), never by hand.
 
 The launching command holds the run directory's lock and wrote the recipe (RUN_DIR/recipe.yaml)
 and the work folder's fingerprint before launching; a worker checks that both still agree, so
-it cannot train for a recipe other than the one the folder is for. Each worker runs the train
-stage's own run() with torch.distributed set up by the launcher; only rank 0 writes.
+it cannot train for a recipe other than the one the folder is for. Each worker calls the training
+itself (training/session.py's train) with torch.distributed set up by the launcher, never the train
+stage, which is what launched it; only node 0's first process writes.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ def main(argv: list[str]) -> None:
     from .config import load_recipe
     from .errors import PipelineError
     from .model.hardware import configure_threads
-    from .training.launch import WORKER_ENV
+    from .training.launch import in_worker
+    from .training.session import train
 
     run_dir, out = Path(argv[0]), Path(argv[1])
-    if os.environ.get(WORKER_ENV) != "1" or "RANK" not in os.environ:
+    if not in_worker() or "RANK" not in os.environ:
         fail("not started by the train stage's launcher (no RANK or SFT_PIPELINE_WORKER in the environment)")
     run_dir = stages.open_run_directory(run_dir, load_recipe(run_dir / "recipe.yaml"))
     marker = out / ".fingerprint"
@@ -42,7 +44,7 @@ def main(argv: list[str]) -> None:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     configure_threads()
     try:
-        stages.producer("train")(run_dir, out)
+        train(run_dir, out)
     except PipelineError as err:
         fail(str(err))
 

@@ -1,4 +1,9 @@
-"""Running stages: the lock, the up-to-date check, and the atomic swap, around each stage's run()."""
+"""Running stages: the lock, the up-to-date check, and the atomic swap, around each stage's produce().
+
+A stage whose output is recorded on another machine (train on a node other than 0) says so by
+returning RecordedElsewhere (rundir/stage_spec.py) from produce(): its work folder is then left as
+it is (neither swapped in nor recorded, the same as a stage that stopped), `update_stage` prints
+where the output is, and `update_stages` runs no later stage, since each would read it."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from .. import stages  # the registry: order and declarations; stage modules loa
 from ..config import Recipe
 from ..errors import PipelineError
 from ..rundir.directory import RunDirectory, StageError
+from ..rundir.stage_spec import RecordedElsewhere
 from ..stages import ORDER
 
 console = Console(stderr=True)
@@ -29,9 +35,21 @@ def check_stages(run_dir: RunDirectory, names: Iterable[str], force: bool = Fals
     preflight.check(run_dir.recipe, [s for s in names if force or run_dir.stage_state(s) != "complete"])
 
 
+class _NotRecordedHere(BaseException):
+    """Leaves run_dir.stage_output's `with` without its swap and record, for a stage that returned
+    RecordedElsewhere (a `with` body tells its context manager only how it ended: normally, which
+    swaps, or by an exception). Raised and caught in _update_stage alone, inside the stage's log
+    and lock, so nothing outside sees it; a BaseException, as GeneratorExit is, since it is no error."""
+
+    def __init__(self, elsewhere: RecordedElsewhere):
+        super().__init__(elsewhere.where)
+        self.elsewhere = elsewhere
+
+
 def update_stage(run_dir: RunDirectory, stage: str, force: bool = False, checked: bool = False) -> bool:
-    """Run one stage unless it is up to date. Returns True when it ran. checked: the caller has
-    already run check_stages on it (update_stages and a sweep check every stage they will run
+    """Run one stage unless it is up to date. Returns True when it ran (here, though its output
+    may be recorded on another machine: then the stage is not complete here). checked: the caller
+    has already run check_stages on it (update_stages and a sweep check every stage they will run
     once, before the first starts); otherwise it is checked here, so a stage run alone is too.
 
     Everything the stage prints (and, on a failure, its traceback) is also appended to
@@ -57,12 +75,18 @@ def _update_stage(run_dir: RunDirectory, stage: str, force: bool, checked: bool)
                 console.print(f"[green]{stage}[/]: up to date")
                 return False
             console.rule(f"[bold]{stage}")
-            with run_dir.stage_output(stage, keep_partial=spec.resumes) as out:
-                from ..model.hardware import configure_threads
+            try:
+                with run_dir.stage_output(stage, keep_partial=spec.resumes) as out:
+                    from ..model.hardware import configure_threads
 
-                configure_threads()  # one per physical core, or SFT_PIPELINE_THREADS / OMP_NUM_THREADS
-                with process_state.restored():  # signal handlers and environment, for the stages after it
-                    _producer(stage)(run_dir, out)
+                    configure_threads()  # one per physical core, or SFT_PIPELINE_THREADS / OMP_NUM_THREADS
+                    with process_state.restored():  # signal handlers and environment, for the stages after it
+                        made = _producer(stage)(run_dir, out)
+                    if isinstance(made, RecordedElsewhere):
+                        raise _NotRecordedHere(made)
+            except _NotRecordedHere as here:
+                console.print(f"[green]{stage}[/]: ran here; recorded in {here.elsewhere.where}, not in {run_dir.path}")
+                return True
             rec = run_dir.stage_record(stage) or {}
             console.print(f"[green]{stage}[/]: done in {rec.get('seconds', '?')} s -> {run_dir.path / stage}")
     except Exception as exc:
@@ -86,6 +110,8 @@ def update_stages(recipe: Recipe, force: bool = False, until: str | None = None)
     check_stages(run_dir, todo, force)  # everything the stages to run read, before the first one starts
     for stage in todo:
         update_stage(run_dir, stage, force=force, checked=True)
+        if run_dir.stage_state(stage) != "complete":  # ran here, recorded on another machine (node 0)
+            break
     return run_dir
 
 

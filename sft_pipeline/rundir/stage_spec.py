@@ -28,6 +28,17 @@ PREPARED = "prepare.json"  # prepare's record (method, counts, memory plan): tra
 METRICS = "metrics.json"  # what train measured: evaluate's W&B step, report, compare, sweep, push
 
 
+@dataclass(frozen=True)
+class RecordedElsewhere:
+    """What a stage's produce() returns when its output is recorded on another machine: train on a
+    node other than 0 of a multi-node job, whose processes trained while node 0's first process
+    wrote the result into node 0's run directory. The pipeline then neither swaps the work folder
+    in nor records the stage here, and runs no stage after it (they read its output, which is
+    there). produce() returns None otherwise."""
+
+    where: str  # whose run directory records it, for the line the pipeline prints
+
+
 def within(key: str, declared: str) -> bool:
     """True when `key` is `declared` or lies under it ("train.seed" within "train")."""
     return key == declared or key.startswith(declared + ".")

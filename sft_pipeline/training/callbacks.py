@@ -15,8 +15,8 @@ console = Console(stderr=True)
 
 class StopOnSignal:
     """SIGTERM (spot-VM preemption, `docker stop`, Ctrl-C's polite cousin): finish the current
-    step, save a checkpoint, and stop; the stage then exits without being recorded complete, and
-    the next run resumes from that checkpoint."""
+    step, save a checkpoint, and stop; the process then exits 128+signum (StoppedBySignal) without
+    the stage being recorded complete, and the next run resumes from that checkpoint."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -47,8 +47,14 @@ class StopOnSignal:
         return _Callback()
 
 
-class Interrupted(SystemExit):
-    pass
+class StoppedBySignal(SystemExit):
+    """Training stopped by a signal (SIGTERM, after the step in progress and its checkpoint): the
+    process exits 128+signum, the status a shell reports for a process the signal ended, so a
+    scheduler sees the stop. Only that: an ending that is not a stop returns, as any other."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + int(signum))
+        self.signum = int(signum)
 
 
 class StepTimer:

@@ -25,12 +25,12 @@ from typing import Any, Mapping
 from rich.console import Console
 
 from ..errors import PipelineError
-from .callbacks import Interrupted
+from .callbacks import StoppedBySignal
 from .strategy import world_size
 
 console = Console(stderr=True)
 
-WORKER_ENV = "SFT_PIPELINE_WORKER"  # set in each worker: it trains, it does not launch again
+WORKER_ENV = "SFT_PIPELINE_WORKER"  # set in each worker: train_worker.py refuses to start without it
 DEFAULT_PORT = 29500  # torchrun's own default
 
 
@@ -48,15 +48,14 @@ class Rendezvous:
 
 
 def in_worker(env: Mapping[str, str] = os.environ) -> bool:
+    """Was this process started by run_workers (through torchrun or accelerate)?"""
     return env.get(WORKER_ENV) == "1"
 
 
 def needs_launch(dist: Any, env: Mapping[str, str] = os.environ) -> bool:
-    """Several processes are asked for and this is the launching command, not a worker. A
-    command started under someone else's torchrun (WORLD_SIZE set) is refused: every copy of it
-    would take the run directory's lock and run the data stages."""
-    if in_worker(env):
-        return False
+    """Several processes are asked for. A command started under someone else's torchrun
+    (WORLD_SIZE set) is refused: every copy of it would take the run directory's lock and run the
+    data stages. Only the stage asks; a worker trains without asking (train_worker.py)."""
     if env.get("WORLD_SIZE", "1") not in ("", "1"):
         raise LaunchError("sft-pipeline is running under a distributed launcher (WORLD_SIZE="
                           f"{env['WORLD_SIZE']}); run it as one command and set distributed.nproc_per_node / "
@@ -236,18 +235,18 @@ def run_workers(cmd: list[str], env: dict[str, str], here: int, world: int) -> N
                 proc.wait()
     if received:
         console.print("[yellow]stopped by SIGTERM; the workers saved a checkpoint; run train again to resume")
-        raise Interrupted(128 + received[0])
+        raise StoppedBySignal(received[0])
     if code != 0:
         raise LaunchError(f"a training process failed ({cmd[2] if cmd[1] == '-m' else cmd[0]} exit status {code}; "
                           "its output is above and in logs/train.log); nothing is recorded complete: run train "
                           "again to resume from the last checkpoint")
 
 
-def train_in_processes(run_dir: Any, out: Path, device: str) -> None:
-    """The train stage in distributed.nproc_per_node x nnodes processes. Refused in one line,
-    before anything starts, where the strategy is known to fail; afterwards node 0's first
-    process has written the results into `out`, and on nodes other than 0 this command ends without recording train complete (node
-    0's run directory holds the result)."""
+def train_in_processes(run_dir: Any, out: Path, device: str) -> int:
+    """Training in distributed.nproc_per_node x nnodes processes, to their end. Refused in one
+    line, before anything starts, where the strategy is known to fail. Returns this node's rank:
+    on node 0, its first process has written the results into `out`; on any other node `out` holds
+    none of them (they are in node 0's run directory), and the caller records nothing here."""
     from .strategy import refusal
 
     recipe = run_dir.recipe
@@ -262,6 +261,7 @@ def train_in_processes(run_dir: Any, out: Path, device: str) -> None:
     if rdzv.node_rank != 0:
         console.print(f"[green]node {rdzv.node_rank} of {dist.nnodes}[/]: its processes finished; the trained "
                       "result is in node 0's run directory (only node 0 records train)")
-        raise Interrupted(0)
+        return rdzv.node_rank
     if not (out / "metrics.json").is_file():
         raise LaunchError(f"the training processes ended without node 0's first process writing {out / 'metrics.json'}")
+    return 0

@@ -22,7 +22,7 @@ NAMED = {"RecipeError", "StageError", "LockedError", "FormatError", "SourceError
 def _package_error_classes() -> list[type[Exception]]:
     """Every Exception subclass defined in a module of the package (imported here: a module that
     cannot be imported fails the test, since its classes would go unchecked). A deliberate exit
-    (train's Interrupted, a SystemExit) is a BaseException, not an Exception: not an error."""
+    (train's StoppedBySignal, a SystemExit) is a BaseException, not an Exception: not an error."""
     found = []
     for info in pkgutil.walk_packages(sft_pipeline.__path__, "sft_pipeline."):
         module = importlib.import_module(info.name)

@@ -1,4 +1,5 @@
-"""Crash safety of train: SIGKILL or SIGTERM mid-run, run again, same adapter as an uninterrupted run."""
+"""Crash safety of train: SIGKILL or SIGTERM mid-run, run again, same adapter as an uninterrupted run;
+and a node other than 0, whose train ends unrecorded (node 0 records it) with its checkpoints kept."""
 
 import json
 import os
@@ -6,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,3 +91,40 @@ def test_train_resumed_from_its_final_checkpoint_runs_no_extra_step(tmp_path, re
     assert want.keys() == got.keys()
     for key in want:
         assert torch.equal(want[key], got[key]), key
+
+
+def test_a_node_other_than_0_records_nothing_keeps_its_checkpoints_and_exits_0(tmp_path, recipe_factory, monkeypatch):
+    """Node 1 of a two-node train: its processes trained, node 0 records the result. Here the stage
+    returns (no SystemExit), nothing is recorded or swapped in, the work folder with its checkpoints
+    stays for a resume, no stage after train runs, and `run` ends with status 0."""
+    from typer.testing import CliRunner
+
+    from sft_pipeline.cli import app
+    from sft_pipeline.orchestration.pipeline import update_stages
+    from sft_pipeline.training import launch
+
+    recipe = recipe_factory(distributed={"nproc_per_node": 1, "nnodes": 2, "node_rank": 1,
+                                         "rdzv_endpoint": "127.0.0.1:29400"})
+    launched = []
+
+    def workers(cmd, env, here, world):  # what node 1's workers leave: checkpoints, no results
+        launched.append(cmd)
+        (Path(cmd[-1]) / "checkpoints" / f"checkpoint-{len(launched)}").mkdir(parents=True)
+
+    monkeypatch.setattr(launch, "run_workers", workers)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    run = update_stages(recipe, until="merge")  # returns: a SystemExit would fail the test here
+    assert len(launched) == 1
+    assert run.stage_state("prepare") == "complete"
+    assert run.stage_state("train") == "missing" and not (run.path / "train").exists()
+    assert set(json.loads((run.path / "manifest.json").read_text())["stages"]) == {"load", "template", "pack", "prepare"}
+    assert (run.work_dir("train") / "checkpoints" / "checkpoint-1").is_dir()  # kept: swapped in nowhere
+    assert not (run.path / "logs" / "merge.log").exists()  # merge reads train's output: it is on node 0
+
+    path = _recipe_file(tmp_path, recipe, "run")  # the same run directory, through the command
+    result = CliRunner().invoke(app, ["run", str(path), "--until", "merge"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "node 1 of 2: its processes finished" in said and "recorded in node 0's run directory" in said
+    assert len(launched) == 2 and run.stage_state("train") == "missing"
+    assert (run.work_dir("train") / "checkpoints" / "checkpoint-1").is_dir()  # the same folder, resumed into

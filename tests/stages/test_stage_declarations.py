@@ -217,9 +217,9 @@ class Observed:
 
 def _recording_runner(seen: dict[str, Seen], real: Callable[[str], Callable]) -> Callable[[str], Callable]:
     def runner(stage: str) -> Callable:
-        def run(run_dir: RunDirectory, out: Path) -> None:
+        def run(run_dir: RunDirectory, out: Path) -> Any:
             seen[stage] = Seen()
-            real(stage)(StageView(run_dir, seen[stage]), out)
+            return real(stage)(StageView(run_dir, seen[stage]), out)  # what it returns: RecordedElsewhere or None
         return run
     return runner
 

@@ -99,7 +99,87 @@ def test_a_command_under_someone_elses_torchrun_is_refused():
         launch.needs_launch(_dist(nproc_per_node=2), env={"WORLD_SIZE": "2"})
     assert launch.needs_launch(_dist(nproc_per_node=2), env={}) is True
     assert launch.needs_launch(_dist(), env={}) is False
-    assert launch.needs_launch(_dist(nproc_per_node=2), env={launch.WORKER_ENV: "1", "WORLD_SIZE": "2"}) is False
+    # the worker variable chooses nothing: a worker trains without asking (train_worker.py), and a
+    # command that finds itself in a worker's environment is refused like any other under torchrun
+    with pytest.raises(launch.LaunchError, match="launches the workers itself"):
+        launch.needs_launch(_dist(nproc_per_node=2), env={launch.WORKER_ENV: "1", "WORLD_SIZE": "2"})
+
+
+def _worker_run_dir(tmp_path: Path):
+    """A run directory and a train work folder as the launching command leaves them for its
+    workers: the recipe written, the folder's fingerprint that recipe's."""
+    from sft_pipeline import stages
+    from sft_pipeline.config import recipe_to_yaml
+
+    recipe = recipe_from_dict({"run_dir": str(tmp_path / "run"), "distributed": {"nproc_per_node": 2}})
+    run_dir = stages.open_run_directory(tmp_path / "run", recipe)
+    run_dir.path.mkdir()
+    (run_dir.path / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    out = run_dir.work_dir("train")
+    out.mkdir(parents=True)
+    (out / ".fingerprint").write_text(run_dir.fingerprint("train"))
+    return run_dir, out
+
+
+def test_a_worker_calls_the_training_not_the_stage(tmp_path, monkeypatch):
+    """The worker trains; the stage, which decides whether to launch, is never entered again."""
+    from sft_pipeline import stages, train_worker
+    from sft_pipeline.stages import train as train_stage
+    from sft_pipeline.training import session
+
+    def stage_entered(*args):
+        raise AssertionError("the train worker entered the train stage")
+
+    run_dir, out = _worker_run_dir(tmp_path)
+    calls = []
+    monkeypatch.setattr(train_stage, "produce", stage_entered)
+    monkeypatch.setattr(stages, "producer", lambda name: stage_entered)
+    monkeypatch.setattr(session, "train", lambda run, folder: calls.append((run.path, run.recipe.distributed, folder)))
+    monkeypatch.setattr(launch, "needs_launch", stage_entered)  # asked by the stage only
+    monkeypatch.setattr("sft_pipeline.model.hardware.configure_threads", lambda: None)
+    monkeypatch.setenv(launch.WORKER_ENV, "1")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    train_worker.main([str(run_dir.path), str(out)])
+    assert calls == [(run_dir.path, run_dir.recipe.distributed, out)]
+
+
+def test_a_worker_not_started_by_the_launcher_is_refused(tmp_path, monkeypatch, capsys):
+    from sft_pipeline import train_worker
+
+    run_dir, out = _worker_run_dir(tmp_path)
+    monkeypatch.delenv(launch.WORKER_ENV, raising=False)
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as end:
+        train_worker.main([str(run_dir.path), str(out)])
+    assert end.value.code == 2 and "not started by the train stage's launcher" in capsys.readouterr().err
+
+
+def test_a_node_other_than_0_returns_that_its_train_is_recorded_elsewhere(tmp_path, monkeypatch, capsys):
+    """Node 1's command trains (its workers run) and then says, by its return value, that node 0
+    records the result: no SystemExit, nothing for this run directory."""
+    from sft_pipeline import stages
+    from sft_pipeline.rundir.stage_spec import RecordedElsewhere
+    from sft_pipeline.stages import train as train_stage
+
+    recipe = recipe_from_dict({"run_dir": str(tmp_path / "run"), "distributed": {
+        "nproc_per_node": 1, "nnodes": 2, "node_rank": 1, "rdzv_endpoint": "127.0.0.1:29400"}})
+    run_dir = stages.open_run_directory(tmp_path / "run", recipe)
+    launched = []
+    monkeypatch.setattr(launch, "run_workers", lambda cmd, env, here, world: launched.append((cmd, here, world)))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    made = train_stage.produce(run_dir, tmp_path / "out")
+    assert made == RecordedElsewhere("node 0's run directory")
+    assert len(launched) == 1 and launched[0][1:] == (1, 2) and "--node-rank" in launched[0][0]
+    assert "node 1 of 2: its processes finished" in " ".join(capsys.readouterr().err.split())
+    # node 0 records train, and finds its first process's metrics or says it did not
+    monkeypatch.setattr(run_dir, "recipe", recipe.model_copy(update={"distributed": recipe.distributed.model_copy(
+        update={"node_rank": 0})}))
+    with pytest.raises(launch.LaunchError, match="without node 0's first process writing"):
+        train_stage.produce(run_dir, tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "metrics.json").write_text("{}")
+    assert train_stage.produce(run_dir, tmp_path / "out") is None
 
 
 @pytest.mark.parametrize("values, words", [
