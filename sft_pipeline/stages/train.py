@@ -18,19 +18,20 @@ from pathlib import Path
 
 from ..model.hardware import detect
 from ..rundir.directory import RunDirectory
-from ..rundir.stage_spec import RecordedElsewhere, StageSpec
+from ..rundir.stage_spec import METRICS, SUMMARY, RecordedElsewhere, StageSpec
 from ..training import launch
 from ..training.session import train
+from ..training.trackers import IDENTITY, MATMUL_RATE, SCALARS
 
 SPEC = StageSpec(
     # load: its stats.json for the tracking summary (kept and dropped records)
     name="train", reads=("method", "train", "model", "distributed.nproc_per_node", "distributed.nnodes",
                          "distributed.strategy"),
     upstream=("load", "pack", "prepare"),
-    writes=("metrics.json", "summary.json",
-            "tracking.json",  # the W&B run id, made at first start: a resumed train continues that run
-            "scalars.jsonl",  # every logged row, fsynced: a resume logs each step once
-            "matmul_rate.json"),  # MFU's denominator, measured once: a resume divides by the same
+    writes=(METRICS, SUMMARY,
+            IDENTITY,  # the W&B run id, made at first start: a resumed train continues that run
+            SCALARS,  # every logged row, fsynced: a resume logs each step once
+            MATMUL_RATE),  # MFU's denominator, measured once: a resume divides by the same
     may_write={"adapter/": "method lora or qlora: the trained adapter",
                "model/": "method full: the trained model (safetensors) and tokenizer",
                "checkpoints/": "the trainer's output_dir (checkpoints when train.save_strategy saves one)",

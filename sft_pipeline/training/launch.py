@@ -25,6 +25,7 @@ from typing import Any, Mapping
 from rich.console import Console
 
 from ..errors import PipelineError
+from ..rundir.stage_spec import METRICS
 from .callbacks import StoppedBySignal
 from .strategy import world_size
 
@@ -262,6 +263,6 @@ def train_in_processes(run_dir: Any, out: Path, device: str) -> int:
         console.print(f"[green]node {rdzv.node_rank} of {dist.nnodes}[/]: its processes finished; the trained "
                       "result is in node 0's run directory (only node 0 records train)")
         return rdzv.node_rank
-    if not (out / "metrics.json").is_file():
-        raise LaunchError(f"the training processes ended without node 0's first process writing {out / 'metrics.json'}")
+    if not (out / METRICS).is_file():
+        raise LaunchError(f"the training processes ended without node 0's first process writing {out / METRICS}")
     return 0

@@ -26,7 +26,7 @@ from ..model import precision
 from ..model.hardware import Hardware, detect
 from ..rundir.directory import RunDirectory
 from ..rundir.files import read_json, write_json
-from ..rundir.stage_spec import STATS
+from ..rundir.stage_spec import METRICS, PREPARED, STATS, SUMMARY
 from . import ranks
 from .callbacks import StepTimer, StopOnSignal, StoppedBySignal
 from .export import save_trained
@@ -54,7 +54,7 @@ def train(run_dir: RunDirectory, out: Path) -> None:
 
     recipe, hw = run_dir.recipe, detect()
     main = ranks.is_main()  # node 0's first process writes for every process
-    prep = read_json(run_dir.artifact("prepare", "prepare.json"))
+    prep = read_json(run_dir.artifact("prepare", PREPARED))
     train_ds = datasets.load_from_disk(str(run_dir.artifact("pack", "train")))
     eval_path = run_dir.artifact("pack", "eval")
     eval_ds = datasets.load_from_disk(str(eval_path)) if eval_path.is_dir() else None
@@ -99,8 +99,8 @@ def train(run_dir: RunDirectory, out: Path) -> None:
                                    resumed, tracking.trackers),
                    "distributed": {"strategy": recipe.distributed.strategy if processes["world_size"] > 1 else None,
                                    "engine": trainer.accelerator.distributed_type.value, **processes}}
-        write_json(out / "metrics.json", metrics)
-        write_json(out / "summary.json", {k: metrics[k] for k in ("steps", "precision", "final_train_loss", "eval_losses",
+        write_json(out / METRICS, metrics)
+        write_json(out / SUMMARY, {k: metrics[k] for k in ("steps", "precision", "final_train_loss", "eval_losses",
                                                                   "train_runtime_s", "tokens_per_second")})
         data_stats = (read_json(run_dir.artifact(stage, STATS)) for stage in ("load", "pack"))
         tracking.summarize(train_summary(*data_stats, metrics), export if recipe.tracking.log_adapter else None)

@@ -34,10 +34,12 @@ from rich.console import Console
 
 from ..config import Recipe
 from ..rundir.files import now, read_json, write_json
+from ..rundir.stage_spec import METRICS
 from . import step_scalars
 
 console = Console(stderr=True)
 
+MATMUL_RATE = "matmul_rate.json"  # in train's folder: MFU's denominator, measured once
 IDENTITY = "tracking.json"  # in train's folder: the W&B run id, made at first start
 SCALARS = "scalars.jsonl"  # in train's folder: every row the trackers got
 
@@ -306,7 +308,7 @@ def train_tracking(run_dir: Any, out: Path, hw: Any, prec: Any, model: Any, time
     from .ranks import world_size
 
     trackers = use_trackers(run_dir.recipe, out)
-    rate = device_rate(hw, prec.compute, out / "matmul_rate.json",
+    rate = device_rate(hw, prec.compute, out / MATMUL_RATE,
                        bf16_emulated=prec.compute == "bf16" and not hw.bf16_fast)
     processes = world_size()
     if processes > 1:  # the step's work is summed over the processes, each with its share of the machine
@@ -329,7 +331,7 @@ def log_evaluation(recipe: Recipe, out: Path, train_dir: Path, summary: dict[str
     import wandb
 
     columns = list(rows[0]) if rows else ["evaluation", "prompt", "before", "after"]
-    steps = read_json(train_dir / "metrics.json")["steps"]
+    steps = read_json(train_dir / METRICS)["steps"]
     open_wandb(read_json(ident)["wandb_run_id"], recipe.name)
     failed = True
     try:

@@ -11,10 +11,6 @@ from pathlib import Path
 from sft_pipeline import stages
 
 PACKAGE = Path(__file__).resolve().parents[2] / "sft_pipeline"
-# Reworked in parallel (issue 24 item 3: training split from launching), which also moves their
-# reads to run_dir.artifact; until that lands they still spell train's and prepare's names.
-# An entry that finds nothing left to excuse fails test_pending_entries_still_excuse_something.
-PENDING = {"stages/train.py", "training/launch.py", "training/trackers.py"}
 
 
 def declared_files() -> dict[str, set[str]]:
@@ -72,15 +68,8 @@ def _modules() -> dict[str, str]:
 
 def test_no_module_reads_a_stage_by_literal_or_path():
     files = declared_files()
-    found = [line for rel, source in _modules().items() if rel not in PENDING for line in offences(rel, source, files)]
+    found = [line for rel, source in _modules().items() for line in offences(rel, source, files)]
     assert not found, "\n".join(found)
-
-
-def test_pending_entries_still_excuse_something():
-    files = declared_files()
-    modules = _modules()
-    clean = sorted(rel for rel in PENDING if rel not in modules or not offences(rel, modules[rel], files))
-    assert not clean, f"remove from PENDING, nothing left to excuse: {clean}"
 
 
 def test_each_name_has_one_constant():
