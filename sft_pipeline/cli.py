@@ -191,12 +191,10 @@ def run_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, run_di
 
 
 def _print_status(directory: RunDirectory) -> None:
-    from .orchestration.pipeline import status_rows
-
     table = Table(title=f"run directory {directory.path}")
     for col in ("stage", "state", "seconds", "summary"):
         table.add_column(col)
-    for row in status_rows(directory):
+    for row in directory.status_rows():
         table.add_row(*row)
     out.print(table)
 

@@ -200,3 +200,23 @@ def save_tiny_llama_smol_vocab(folder: Path) -> Path:
                          pad_token_id=tok.pad_token_id)
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def opt_1_3b_config():
+    """The seed's OPT-1.3B as a config only (no weights): for counts and memory estimates."""
+    from transformers import OPTConfig
+
+    return OPTConfig(hidden_size=2048, num_hidden_layers=24, ffn_dim=8192, num_attention_heads=32,
+                     vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=2048)
+
+
+def printed_table(result_output: str) -> dict[str, list[str]]:
+    """A rich table the CLI printed, as {first cell: the other cells}."""
+    import re
+
+    out = {}
+    for line in result_output.splitlines():
+        cells = [c.strip() for c in re.split(r"[│┃|]", line)[1:-1]]
+        if len(cells) > 1 and cells[0]:
+            out[cells[0]] = cells[1:]
+    return out

@@ -114,17 +114,3 @@ def update_stages(recipe: Recipe, force: bool = False, until: str | None = None)
             break
     return run_dir
 
-
-def status_rows(run_dir: RunDirectory) -> list[tuple[str, str, str, str]]:
-    rows = []
-    for stage in stages.ALL:
-        rec = run_dir.stage_record(stage) or {}
-        state = run_dir.stage_state(stage)
-        summary = rec.get("summary", {}) if state != "missing" else {}
-        rows.append((stage, state, str(rec.get("seconds", "")) if state != "missing" else "", _short(summary)))
-    return rows
-
-
-def _short(summary: dict) -> str:
-    text = ", ".join(f"{k}={v}" for k, v in summary.items())
-    return text if len(text) < 90 else text[:87] + "..."

@@ -33,7 +33,6 @@ def series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]
 
 
 def collect(run_dir: RunDirectory) -> Contents:
-    from ..orchestration.pipeline import status_rows
     from ..stages.evaluate import ANSWERS, REPORT
     from ..training.trackers import SCALARS, read_scalars
 
@@ -52,4 +51,4 @@ def collect(run_dir: RunDirectory) -> Contents:
     else:
         notes.append(f"evaluate has not run (or is stale): `sft-pipeline evaluate {run_dir.path}` adds before/after answers")
     return Contents(run_dir.recipe.name, str(run_dir.path.resolve()), read_scalars(scalars),
-                    read_json(run_dir.artifact("train", METRICS)), status_rows(run_dir), evaluation, answers, notes)
+                    read_json(run_dir.artifact("train", METRICS)), run_dir.status_rows(), evaluation, answers, notes)

@@ -40,6 +40,11 @@ def _pick(recipe: Recipe, dotted: str) -> Any:
     return node.model_dump(mode="json") if hasattr(node, "model_dump") else node
 
 
+def _short(summary: dict[str, Any]) -> str:
+    text = ", ".join(f"{k}={v}" for k, v in summary.items())
+    return text if len(text) < 90 else text[:87] + "..."
+
+
 class RunDirectory:
     """One run directory and the recipe it is for. `declarations` maps every stage's name to its
     SPEC (stages.declarations()); nothing here is known about a stage except what it declares."""
@@ -109,6 +114,17 @@ class RunDirectory:
         answers; a merge stale only in its sampling settings; push's GGUF files)."""
         self.declaration(stage).check_artifact(name)
         return (self.stage_dir(stage) if fresh else self.path / stage) / name
+
+    def status_rows(self) -> list[tuple[str, str, str, str]]:
+        """(stage, complete | stale | missing, seconds, short summary) for every declared stage, in
+        the registry's order: what `status` prints and the report's stage table shows."""
+        rows = []
+        for stage in self.declarations:
+            rec = self.stage_record(stage) or {}
+            state = self.stage_state(stage)
+            summary = rec.get("summary", {}) if state != "missing" else {}
+            rows.append((stage, state, str(rec.get("seconds", "")) if state != "missing" else "", _short(summary)))
+        return rows
 
     def adopt(self, stage: str) -> bool:
         """Record a stage killed after its folder was renamed into place but before the manifest

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import printed_table
 from typer.testing import CliRunner
 
 from sft_pipeline.cli import app
@@ -44,23 +45,13 @@ def fake_run(root: Path, name: str, method: str | None = "lora", lr: float = 1e-
     return path
 
 
-def table(result_output: str) -> dict[str, list[str]]:
-    """The printed table as {metric: cells}."""
-    out = {}
-    for line in result_output.splitlines():
-        cells = [c.strip() for c in re.split(r"[│┃|]", line)[1:-1]]
-        if len(cells) > 1 and cells[0]:
-            out[cells[0]] = cells[1:]
-    return out
-
-
 def test_side_by_side(tmp_path):
     lora = fake_run(tmp_path, "lora", lr=1e-3)
     full = fake_run(tmp_path, "full", method="full", lr=5e-5, seconds_per_step=4.0, tokens_per_second=250.0,
                     peak_rss_bytes=None, peak_gpu_bytes=int(12.5 * 1024**3))
     result = runner.invoke(app, ["compare", str(lora), str(full)])
     assert result.exit_code == 0, result.output
-    got = table(result.output)
+    got = printed_table(result.output)
     assert got["method"] == ["lora", "full"]
     assert got["learning rate"] == ["0.001", "5e-05"]
     assert got["trainable params"] == ["16,000 (1.60%)", "1,000,000 (100.00%)"]
@@ -79,7 +70,7 @@ def test_a_diverged_run_has_infinite_perplexity_not_a_dash(tmp_path):
     diverged = fake_run(tmp_path, "diverged", evaluated=False, eval_losses=[2.5, 1000.0])
     result = runner.invoke(app, ["compare", str(diverged)])
     assert result.exit_code == 0, result.output
-    got = table(result.output)
+    got = printed_table(result.output)
     assert got["eval loss"] == ["1000.0000"] and got["perplexity"] == ["inf"]
 
 
@@ -88,7 +79,7 @@ def test_missing_values_are_a_dash(tmp_path):
     no_eval = fake_run(tmp_path, "no-eval", evaluated=False)
     result = runner.invoke(app, ["compare", str(bare), str(no_eval)])
     assert result.exit_code == 0, result.output
-    got = table(result.output)
+    got = printed_table(result.output)
     for metric in ("steps", "seconds / step", "tokens / s", "peak memory", "eval loss", "perplexity", "style share"):
         assert got[metric][0] == "-", metric
     # without evaluate, the trainer's last eval loss

@@ -162,12 +162,12 @@ def _failing_runner(message: str):
 
 
 def test_an_error_outside_any_stage_is_one_line_too(tmp_path, recipe_factory, monkeypatch):
-    import sft_pipeline.orchestration.pipeline as pipeline
+    from sft_pipeline.rundir.directory import RunDirectory
 
-    def broken(run):
+    def broken(run_dir):
         raise KeyError("no such column")
 
-    monkeypatch.setattr(pipeline, "status_rows", broken)
+    monkeypatch.setattr(RunDirectory, "status_rows", broken)
     result = runner.invoke(app, ["status", str(_recipe_file(tmp_path, recipe_factory()))])
     assert result.exit_code == 1
     assert result.stderr.strip() == "error: KeyError: 'no such column' (run with --debug for the full traceback)"

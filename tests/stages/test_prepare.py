@@ -1,18 +1,12 @@
 import torch
+from helpers import opt_1_3b_config
 
 from sft_pipeline.config import recipe_from_dict
-from sft_pipeline.model.hardware import Hardware
 from sft_pipeline.model.build import build_model, count_params, seed_preparation
+from sft_pipeline.model.hardware import Hardware
 from sft_pipeline.training.memory_plan import plan_memory
 
 CPU = Hardware("cpu", bf16_fast=False, reason="test", cpu_count=2, memory_bytes=24 * 1024**3)
-
-
-def opt_1_3b_config():
-    from transformers import OPTConfig
-
-    return OPTConfig(hidden_size=2048, num_hidden_layers=24, ffn_dim=8192, num_attention_heads=32,
-                     vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=2048)
 
 
 def test_opt_1_3b_seed_lora_counts_match_the_seed():
@@ -78,8 +72,8 @@ def test_qlora_nf4_trains_on_cpu(recipe_factory):
 
 def test_prepare_stage_records_counts_and_adapter(recipe_factory):
     from sft_pipeline.orchestration.pipeline import update_stage
-    from sft_pipeline.stages import open_run_directory
     from sft_pipeline.rundir.files import read_json
+    from sft_pipeline.stages import open_run_directory
 
     recipe = recipe_factory()
     run = open_run_directory(recipe.resolved_run_dir(), recipe)

@@ -26,7 +26,7 @@ from helpers import lima_rows, write_jsonl
 from sft_pipeline import stages
 from sft_pipeline.config import Recipe, recipe_from_dict
 from sft_pipeline.orchestration import pipeline
-from sft_pipeline.orchestration.pipeline import update_stage, status_rows
+from sft_pipeline.orchestration.pipeline import update_stage
 from sft_pipeline.rundir.directory import COMPLETE, RunDirectory
 from sft_pipeline.stages import open_run_directory
 from sft_pipeline.rundir.stage_spec import StageSpec, within
@@ -309,7 +309,7 @@ def _changed(observed: Observed, **sections: dict[str, Any]) -> RunDirectory:
 
 
 def _states(run: RunDirectory) -> dict[str, str]:
-    return {stage: state for stage, state, _, _ in status_rows(run)}
+    return {stage: state for stage, state, _, _ in run.status_rows()}
 
 
 def test_a_new_seed_makes_prepare_and_everything_after_it_stale(observed):

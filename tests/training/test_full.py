@@ -10,13 +10,19 @@ import shutil
 import pytest
 import torch
 import yaml
+from helpers import opt_1_3b_config, printed_table
 from typer.testing import CliRunner
 
 from sft_pipeline.cli import app
-from sft_pipeline.config import RecipeError, load_recipe, recipe_from_dict, recipe_to_yaml
+from sft_pipeline.config import (
+    RecipeError,
+    load_recipe,
+    recipe_from_dict,
+    recipe_to_yaml,
+)
 from sft_pipeline.model import precision
 from sft_pipeline.model.hardware import Hardware
-from sft_pipeline.orchestration.pipeline import update_stages, update_stage
+from sft_pipeline.orchestration.pipeline import update_stage, update_stages
 from sft_pipeline.rundir.files import read_json
 
 AVX2_CPU = Hardware("cpu", bf16_fast=False, reason="test: AVX2 only", cpu_count=2, memory_bytes=24 * 1024**3)
@@ -109,7 +115,6 @@ def test_build_model_full_trains_every_weight_in_fp32(recipe_factory):
 # ---- the memory estimate ---------------------------------------------------------------------
 
 def test_full_estimate_counts_16_bytes_per_parameter_and_decides_checkpointing():
-    from test_prepare import opt_1_3b_config
 
     from sft_pipeline.training.memory import GIB
     from sft_pipeline.training.memory_plan import plan_memory
@@ -266,9 +271,8 @@ def test_link_tree_copies_where_it_cannot_link(tmp_path, monkeypatch):
 
 
 def test_evaluate_compares_the_base_with_the_trained_model(full_run, tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-
     import datasets
+    from transformers import AutoModelForCausalLM
 
     from sft_pipeline.model.hardware import detect
     from sft_pipeline.model.loader import load_tokenizer
@@ -350,11 +354,10 @@ def test_an_incomplete_full_checkpoint_is_removed(tmp_path):
 
 
 def test_compare_reads_a_real_full_run(full_run):
-    from test_compare import table
 
     result = runner.invoke(app, ["compare", str(full_run.path)])
     assert result.exit_code == 0, result.output
-    got = table(result.output)
+    got = printed_table(result.output)
     prep = read_json(full_run.path / "prepare" / "prepare.json")
     report = read_json(full_run.path / "evaluate" / "report.json")
     assert got["method"] == ["full"] and got["learning rate"] == ["0.001"]
