@@ -219,12 +219,9 @@ def inspect_cmd(target: Path = TargetArg, set_: Optional[list[str]] = SetOpt, ru
 
     def go() -> None:
         from .data.inspect import show
-        from .orchestration.pipeline import update_stage
+        from .orchestration.pipeline import update_stages
 
-        recipe = resolve_recipe(target, set_, run_dir)
-        directory = run_directory_of(recipe)
-        for stage in ("load", "template", "pack"):
-            update_stage(directory, stage)
+        directory = update_stages(resolve_recipe(target, set_, run_dir), until="pack")  # one preflight for the three
         show(directory, out, samples)
 
     guarded(go)
