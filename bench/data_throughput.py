@@ -28,6 +28,7 @@ from pathlib import Path
 
 from synthetic import conversations  # bench/synthetic.py: run as a script, bench/ is on sys.path
 
+
 class PeakRSS:
     """Samples this process's RSS every 10 ms; `peak` is the largest seen since reset()."""
 
@@ -63,12 +64,12 @@ def worker(n: int, seq_length: int) -> dict:
     from trl.data_utils import pack_dataset
 
     from sft_pipeline.config import PackConfig, recipe_from_dict
-    from sft_pipeline.model.loader import load_tokenizer
-    from sft_pipeline.orchestration.pipeline import update_stage
-    from sft_pipeline.stages import open_run_directory
-    from sft_pipeline.rundir.files import read_json
     from sft_pipeline.data.packing import pack, with_eos
     from sft_pipeline.data.tokens import tokenize_split
+    from sft_pipeline.model.loader import load_tokenizer
+    from sft_pipeline.orchestration.pipeline import update_stage
+    from sft_pipeline.rundir.files import read_json
+    from sft_pipeline.stages import open_run_directory
 
     datasets.disable_progress_bars()
     rss = PeakRSS()
@@ -124,8 +125,8 @@ def worker(n: int, seq_length: int) -> dict:
         for strategy in ("bfd", "wrapped"):
             t = inputs[strategy]
             trl_input = datasets.Dataset.from_dict({"input_ids": [t.ids[a:b].tolist() for a, b in zip(t.offsets[:-1], t.offsets[1:])]})
-            timed(f"trl_{strategy}", lambda: pack_dataset(trl_input, seq_length, strategy=strategy))
-            del trl_input
+            timed(f"trl_{strategy}", lambda data=trl_input, how=strategy: pack_dataset(data, seq_length, strategy=how))
+            del trl_input  # the next strategy's input is built after this one's memory is given back
         as_lists = [toks.ids[a:b].tolist() for a, b in zip(toks.offsets[:-1], toks.offsets[1:])]
         reference = timed("python_reference", lambda: reference_constant_length(as_lists, seq_length, eos))
         ours = pack(inputs["wrapped"], PackConfig(seq_length=seq_length, strategy="wrapped"))[0]

@@ -47,8 +47,8 @@ def main() -> None:
     import torch
 
     from sft_pipeline.config import load_recipe
-    from sft_pipeline.model.loader import load_model, load_tokenizer
     from sft_pipeline.model.build import seed_preparation
+    from sft_pipeline.model.loader import load_model, load_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", type=Path, help="a run directory whose pack stage is complete")

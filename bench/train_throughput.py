@@ -71,6 +71,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from synthetic import conversations  # noqa: E402  (bench/synthetic.py, shared with data_throughput)
 
 import sft_pipeline.orchestration.logs  # noqa: E402,F401  (before bitsandbytes: drops its notice about the optional `kernels` package)
+
 # the train stage's own FLOP count and matmul rate, so the benchmark and train report the same MFU
 from sft_pipeline.training.flops import FLOP_FORMULA, linear_params, matmul_rate, step_flops  # noqa: E402,F401
 
@@ -176,9 +177,9 @@ def _trl_variant(variant: str, recipe: Any, run_path: Path, device: str, bf16_fa
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
 
-    from sft_pipeline.training.collate import PackedCollator
     from sft_pipeline.model.loader import load_tokenizer, resolve
     from sft_pipeline.training.callbacks import StepTimer
+    from sft_pipeline.training.collate import PackedCollator
 
     tok = load_tokenizer(recipe.model.ref)
     path = resolve(recipe.model.ref).path
@@ -227,8 +228,8 @@ def _trl_variant(variant: str, recipe: Any, run_path: Path, device: str, bf16_fa
 
 def _pipeline_variant(recipe: Any, run_path: Path) -> dict[str, Any]:
     from sft_pipeline.orchestration.pipeline import update_stage
-    from sft_pipeline.stages import open_run_directory
     from sft_pipeline.rundir.files import read_json
+    from sft_pipeline.stages import open_run_directory
 
     run = open_run_directory(run_path, recipe)
     update_stage(run, "train", force=True)
@@ -348,8 +349,8 @@ def main() -> None:
     print(f"# bench/train_throughput.py --device {args.device} --steps {steps} (shape {shape}), workdir {workdir}", flush=True)
     if args.device == "cpu":
         flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma")))
-        model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                      if l.startswith("model name")), "?") if Path("/proc/cpuinfo").is_file() else "?"
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "?") if Path("/proc/cpuinfo").is_file() else "?"
         print(f"# CPU: {model}; {hw.reason}; flags: {' '.join(flags)}", flush=True)
     rate = rates(args.device, hw.bf16_fast, shape == "tiny")
     print("# torch.matmul rate, best of square 2048-4096 here: " + ", ".join(

@@ -24,14 +24,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .orchestration import logs
 from .config import Recipe, RecipeError, load_recipe
 from .errors import PipelineError
+from .orchestration import logs
 from .orchestration.logs import close_progress_bars
 from .rundir.directory import RunDirectory
 from .rundir.stage_spec import SUMMARY
-from .stages import ORDER
-from .stages import open_run_directory
+from .stages import ORDER, open_run_directory
 
 # PEFT reads transformers' deprecated `is_gradient_checkpointing` on every model it wraps: a
 # warning about library code that a user of this command can do nothing about
@@ -255,7 +254,14 @@ def generate_cmd(target: Path = TargetArg,
     With a run directory, what it prints is also kept in its logs/generate.log."""
 
     def go() -> None:
-        from .model.generate import generate, inference_precision, load_for_inference, model_choice, prompt_text, read_prompts
+        from .model.generate import (
+            generate,
+            inference_precision,
+            load_for_inference,
+            model_choice,
+            prompt_text,
+            read_prompts,
+        )
         from .model.hardware import configure_threads
 
         which = model_choice(model)

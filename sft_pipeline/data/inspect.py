@@ -106,8 +106,8 @@ def template_table(stats: dict[str, Any], console: Console) -> None:
 
 def show(run_dir: RunDirectory, console: Console, samples: int = 2) -> None:
     from ..model.loader import load_tokenizer
-    from .tokens import OUTCOMES, fit, tokenize_split
     from .prompts import needs_eos
+    from .tokens import OUTCOMES, fit, tokenize_split
 
     recipe = run_dir.recipe
     load_stats = read_json(run_dir.artifact("load", STATS))

@@ -11,11 +11,11 @@ from typing import Any
 
 from rich.console import Console
 
-from . import precision, sampling
 from ..config import GenerateConfig, Recipe
+from ..data.prompts import render_prompt
 from ..progress import progress
 from ..rundir.directory import RunDirectory
-from ..data.prompts import render_prompt
+from . import precision, sampling
 
 # base: model.ref as it is; trained: the model as train saved it (LoRA: the adapter on the base;
 # method full: train's whole model, there being no adapter); merged: merge's standalone export
@@ -117,6 +117,6 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], settings: GenerateC
 
 def read_prompts(prompt: str | None, prompts_file: Path | None) -> list[str]:
     if prompts_file is not None:
-        lines = [l.strip() for l in prompts_file.read_text(encoding="utf-8").splitlines()]
-        return [l for l in lines if l]
+        lines = [line.strip() for line in prompts_file.read_text(encoding="utf-8").splitlines()]
+        return [line for line in lines if line]
     return [prompt] if prompt else []

@@ -198,8 +198,8 @@ def _report_peak() -> None:
 
 
 def _last_line(log: Path) -> str:
-    lines = [l.strip() for l in log.read_text(encoding="utf-8", errors="replace").splitlines()
-             if l.strip() and not l.startswith(PEAK_LINE)]
+    lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
+             if line.strip() and not line.startswith(PEAK_LINE)]
     return lines[-1][:300] if lines else "no output"
 
 

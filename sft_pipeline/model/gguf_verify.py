@@ -66,9 +66,8 @@ def check_file(path: Path, references: list[Reference], texts: list[str], tokens
     """One GGUF file against transformers: its answers, greedy equality, teacher-forced agreement,
     every disagreement with transformers' margin there, and llama.cpp's tokenizer's agreement."""
     import numpy as np
-    from llama_cpp import Llama
-
     import torch
+    from llama_cpp import Llama
 
     n_ctx = max(len(r.prompt_ids) + len(r.tokens) for r in references) + tokens + 8
     # as many threads as torch was given (hardware.configure_threads: one per physical core);

@@ -135,6 +135,6 @@ def describe(hw: Hardware, cpuinfo: str | None = None) -> dict[str, object]:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             cpuinfo = ""
-    model = next((l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name")), None)
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), None)
     out.update(cpu=model, cpu_flags=sorted(f for f in cpu_flags(cpuinfo) if f.startswith(("avx", "amx", "fma"))))
     return out

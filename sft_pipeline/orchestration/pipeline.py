@@ -13,13 +13,13 @@ from typing import Callable, Iterable
 
 from rich.console import Console
 
-from . import logs, preflight, process_state, write_faults
 from .. import stages  # the registry: order and declarations; stage modules load only when asked for
 from ..config import Recipe
 from ..errors import PipelineError
 from ..rundir.directory import RunDirectory, StageError
 from ..rundir.stage_spec import RecordedElsewhere
 from ..stages import ORDER
+from . import logs, preflight, process_state, write_faults
 
 console = Console(stderr=True)
 

@@ -24,11 +24,11 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.markup import escape
 
-from ..rundir.files import LockedError, exclusive, read_json
-from .pipeline import check_stages, update_stage
 from ..rundir.directory import COMPLETE, RunDirectory
+from ..rundir.files import LockedError, exclusive, read_json
 from ..rundir.stage_spec import METRICS
 from ..stages import open_run_directory
+from .pipeline import check_stages, update_stage
 from .sweep_plan import SweepPlan, Trial
 from .sweep_results import read_records, write_records
 

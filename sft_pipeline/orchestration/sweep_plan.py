@@ -41,8 +41,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import (Recipe, RecipeError, _format_error, _set_dotted, parse_overrides, read_yaml, recipe_from_dict,
-                      set_key)
+from ..config import (
+    Recipe,
+    RecipeError,
+    _format_error,
+    _set_dotted,
+    parse_overrides,
+    read_yaml,
+    recipe_from_dict,
+    set_key,
+)
 from ..stages import ORDER
 
 # the keys a sweep sets itself in every trial

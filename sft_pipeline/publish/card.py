@@ -15,8 +15,8 @@ from typing import Any
 
 from ..data.sources import source_kind
 from ..model.loader import HUB_ID
-from ..rundir.files import read_json
 from ..rundir.directory import RunDirectory
+from ..rundir.files import read_json
 from ..rundir.stage_spec import METRICS, STATS, SUMMARY
 
 # The bundled model is a GGUF copy of a Hub model: the card names the Hub model, whose card says

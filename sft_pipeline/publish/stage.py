@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PipelineError
-from ..rundir.files import atomic_write_text, link_tree
 from ..rundir.directory import RunDirectory
+from ..rundir.files import atomic_write_text, link_tree
 from .card import WHAT, base_model, build_card, read_facts
 
 CARD = "README.md"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..rundir.files import atomic_write_text
 from ..rundir.directory import RunDirectory
+from ..rundir.files import atomic_write_text
 from .collect import collect
 from .page import render
 from .plots import draw

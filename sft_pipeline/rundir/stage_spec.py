@@ -17,7 +17,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Iterable, Mapping
 
-
 # Artifact names read outside the stage that writes them are constants, shared by the writer's
 # SPEC and every reader (RunDirectory.artifact checks a name against the SPEC). Those that one stage
 # reads from another's folder are here, the layer every stage imports (a stage may not import

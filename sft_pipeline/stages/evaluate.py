@@ -121,11 +121,11 @@ def phases(run_dir: RunDirectory) -> Iterator[tuple[str, Any, Any]]:
 def produce(run_dir: RunDirectory, out: Path) -> None:
     import datasets
 
-    from ..training import attention
-    from ..training.loss import causal_lm
     from ..model import precision
     from ..model.generate import generate, inference_precision
     from ..model.harness import headline, run_harness
+    from ..training import attention
+    from ..training.loss import causal_lm
 
     recipe = run_dir.recipe
     cfg = recipe.evaluate

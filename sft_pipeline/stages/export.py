@@ -24,9 +24,8 @@ from rich.console import Console
 from ..errors import PipelineError
 from ..model import gguf_tools
 from ..model.sampling import GENERATION_CONFIG
-from ..rundir.files import link_tree
 from ..rundir.directory import RunDirectory
-from ..rundir.files import write_json
+from ..rundir.files import link_tree, write_json
 from ..rundir.stage_spec import SUMMARY, StageSpec
 
 GGUF_FILES = "model-*.gguf"  # model-<TYPE>.gguf, TYPE as llama.cpp spells it (model/gguf_tools.gguf_name)

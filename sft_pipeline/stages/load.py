@@ -6,7 +6,6 @@ at all stops the stage with the file and line; a record that cannot be used is c
 
 from __future__ import annotations
 
-
 import hashlib
 import itertools
 import json
@@ -18,15 +17,15 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from ..data.arrow_io import SplitWriter, folder_schema, iter_batches
 from ..data import mixture
+from ..data.arrow_io import SplitWriter, folder_schema, iter_batches
 from ..data.formats import FormatError, detect_format, record_tools, rename_columns, to_conversation
+from ..data.sources import SourceError, has_split, read_records
 from ..data.turn_weights import TurnWeightError
 from ..progress import progress
 from ..rundir.directory import RunDirectory
 from ..rundir.files import write_json
 from ..rundir.stage_spec import STATS, SUMMARY, StageSpec
-from ..data.sources import SourceError, has_split, read_records
 
 SPEC = StageSpec(
     name="load", reads=("data",),

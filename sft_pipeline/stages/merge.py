@@ -31,13 +31,22 @@ from typing import Any
 
 from rich.console import Console
 
-from ..model.sampling import GENERATION_CONFIG, GENERATION_KEYS, RECORD, write_generation_config
-from ..model.merging import (WEIGHT_RTOL, MergeError, compute_dtype_of, dequantized_base, expected_merged_weights,
-                             logits_of, max_gap, probe_batch, upcast_to_fp32, weight_check)
 from ..config import Recipe
-from ..rundir.files import link_tree
+from ..model.merging import (
+    WEIGHT_RTOL,
+    MergeError,
+    compute_dtype_of,
+    dequantized_base,
+    expected_merged_weights,
+    logits_of,
+    max_gap,
+    probe_batch,
+    upcast_to_fp32,
+    weight_check,
+)
+from ..model.sampling import GENERATION_CONFIG, GENERATION_KEYS, RECORD, write_generation_config
 from ..rundir.directory import RunDirectory
-from ..rundir.files import write_json
+from ..rundir.files import link_tree, write_json
 from ..rundir.stage_spec import SUMMARY, StageSpec
 
 SPEC = StageSpec(

@@ -38,8 +38,8 @@ def produce(run_dir: RunDirectory, out: Path) -> None:
     if cfg.strategy == "bfd":  # refuse before tokenizing anything
         from transformers import AutoConfig
 
-        from ..training.isolation import check_bfd
         from ..model.loader import resolve
+        from ..training.isolation import check_bfd
 
         config = AutoConfig.from_pretrained(resolve(model.ref).path, trust_remote_code=model.trust_remote_code)
         check_bfd(config, model.attn_implementation, model.trust_remote_code)

@@ -11,6 +11,7 @@ about a second and reads no weights.
 from __future__ import annotations
 
 from typing import Any
+
 from ..errors import PipelineError
 
 # Attribute -> small value, across the config spellings of common decoder families.

@@ -23,13 +23,12 @@ pipeline feeds both trackers itself (report_to is "none"):
 from __future__ import annotations
 
 import json
-
-import yaml
 import os
 import secrets
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 
 from ..config import Recipe
