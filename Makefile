@@ -30,7 +30,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=O
 # llama.cpp's HF -> GGUF converter, from the same source package (requirements/llama_cpp_converter.py)
 LLAMA_CPP_TOOLS := $(VENV)/share/llama.cpp
 
-.PHONY: help install demo report test test-fast test-faults run status load template pack prepare train merge evaluate export inspect \
+.PHONY: help install demo report test test-fast test-slow test-faults run status load template pack prepare train merge evaluate export inspect \
         generate validate serve docker-build docker-serve clean bench-train bench-serve lock upgrade-check
 
 help:
@@ -77,11 +77,17 @@ demo: install ## run the whole pipeline on recipes/demo.yaml, print before/after
 report: install ## plots and one HTML page of the recipe's run directory: make report RECIPE=...
 	$(BIN)/sft-pipeline report $(RECIPE) $(SET)
 
-test: install ## the test suite (CI runs exactly this)
+# Two tiers, by the slow marker: the unit tier (test-fast, a few minutes), and the end-to-end
+# runs (tests/e2e: the bundled model; killed and resumed trainings; several processes), which
+# `make test` adds. test-faults is outside both.
+test: install ## the whole suite: the unit tier and the slow end-to-end tier (CI runs exactly this)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-fast: install ## the unit tests only, without the end-to-end runs
+test-fast: install ## the unit tier only: everything not marked slow
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install ## the slow end-to-end tier only (tests/e2e and the other tests marked slow)
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 test-faults: install ## fault injection on the bundled model (kill/resume, lock, disk full, read-only); prints a table
 	$(BIN)/python -m pytest -q -m faults tests/faults $(PYTEST_ARGS)

@@ -70,6 +70,18 @@ def run_read_only(run_dir: Path, cmd: str, env: dict, timeout: float = 300) -> s
     return "read-only mount"
 
 
+def adapter_changed(run_dir: Path) -> bool:
+    """Whether train moved any LoRA B matrix away from what prepare saved (all zeros at init: a
+    train that learned nothing, or saved prepare's adapter again, leaves them as they were)."""
+    import torch
+    from safetensors.torch import load_file
+
+    before = load_file(run_dir / "prepare" / "adapter" / "adapter_model.safetensors")
+    after = load_file(run_dir / "train" / "adapter" / "adapter_model.safetensors")
+    assert before.keys() == after.keys()
+    return any(not torch.equal(before[k], after[k]) for k in before if "lora_B" in k)
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

@@ -1,20 +1,9 @@
-"""The six stages end to end on the tiny model (fast), and on the bundled model (slow)."""
+"""The six stages end to end on the tiny model (the bundled model's run is in tests/e2e)."""
 
-import pytest
-import torch
-
+from helpers import adapter_changed as _adapter_changed
 from sft_pipeline.orchestration.pipeline import update_stages
 from sft_pipeline.rundir.files import read_json
 from sft_pipeline.stages import ORDER, open_run_directory
-
-
-def _adapter_changed(run_dir):
-    from safetensors.torch import load_file
-
-    before = load_file(run_dir / "prepare" / "adapter" / "adapter_model.safetensors")
-    after = load_file(run_dir / "train" / "adapter" / "adapter_model.safetensors")
-    assert before.keys() == after.keys()
-    return any(not torch.equal(before[k], after[k]) for k in before if "lora_B" in k)
 
 
 def test_all_stages_on_the_tiny_model(recipe_factory):
@@ -65,28 +54,6 @@ def test_wandb_offline_run_is_written(recipe_factory, monkeypatch):
     recipe = recipe_factory(tracking={"wandb": "auto", "tensorboard": False})
     run = update_stages(recipe, until="train")
     assert list((run.path / "train" / "wandb").glob("offline-run-*"))
-
-
-@pytest.mark.slow
-def test_bundled_model_end_to_end(tmp_path):
-    """All six stages on the bundled SmolLM2 for a few steps; the merged model loads and answers."""
-    from sft_pipeline.config import load_recipe
-    from sft_pipeline.model.generate import generate, prompt_text
-    from sft_pipeline.model.loader import load_model, load_tokenizer
-
-    recipe = load_recipe("recipes/demo.yaml", [
-        f"run_dir={tmp_path / 'run'}", "train.max_steps=2", "train.eval_strategy=no", "train.save_strategy=no",
-        "data.max_records=16", "pack.seq_length=256", "tracking.tensorboard=false",
-        "train.learning_rate=1e-4",  # two steps at the demo's 1e-3 can scramble a 135M model
-    ])
-    run = update_stages(recipe)
-    assert _adapter_changed(run.path)
-    assert read_json(run.path / "merge" / "verify.json")["passed"]
-    model = load_model(str(run.path / "merge" / "model"))
-    tok = load_tokenizer(str(run.path / "merge" / "model"))
-    settings = recipe.generate.model_copy(update={"max_new_tokens": 12, "batch_size": 1})
-    answer = generate(model, tok, [prompt_text(recipe, "What is the capital of France?", tok)], settings)[0]
-    assert "Paris" in answer
 
 
 def test_stages_leave_the_process_as_they_found_it(recipe_factory, monkeypatch):
