@@ -80,8 +80,11 @@ report: install ## plots and one HTML page of the recipe's run directory: make r
 # Two tiers, by the slow marker: the unit tier (test-fast, a few minutes), and the end-to-end
 # runs (tests/e2e: the bundled model; killed and resumed trainings; several processes), which
 # `make test` adds. test-faults is outside both.
-test: install ## the whole suite: the unit tier and the slow end-to-end tier (CI runs exactly this)
+test: install lint ## ruff, then the whole suite: the unit tier and the slow end-to-end tier (CI runs exactly this)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: install ## ruff: pyflakes' errors, pycodestyle's error classes and import order ([tool.ruff] in pyproject.toml)
+	$(BIN)/ruff check sft_pipeline tests bench requirements
 
 test-fast: install ## the unit tier only: everything not marked slow
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from helpers import TOOL_CHATML, lima_rows, make_llama_tokenizer, save_tiny_llama, write_jsonl
 
 

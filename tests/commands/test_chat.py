@@ -45,7 +45,7 @@ def sent(monkeypatch):
 
 
 def one_line_error(result) -> str:
-    lines = [l for l in result.output.splitlines() if l.strip().startswith("error:")]
+    lines = [line for line in result.output.splitlines() if line.strip().startswith("error:")]
     assert len(lines) == 1, result.output
     return lines[0]
 

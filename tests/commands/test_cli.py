@@ -48,7 +48,7 @@ def test_bad_override_is_one_line_and_exit_2(tmp_path, recipe_factory):
     recipe_path = _recipe_file(tmp_path, recipe_factory())
     result = runner.invoke(app, ["load", recipe_path, "--set", "pack.strategy=zigzag"])
     assert result.exit_code == 2
-    lines = [l for l in result.output.splitlines() if l.strip()]
+    lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "pack.strategy" in lines[0] and "zigzag" in lines[0]
 
 
@@ -69,7 +69,7 @@ def test_inspect_tells_what_pack_will_do_with_overlong_samples(tmp_path, recipe_
     recipe_path = _recipe_file(tmp_path, recipe_factory(pack={"seq_length": 48, "overlong": "split"}))
     result = runner.invoke(app, ["inspect", recipe_path, "--samples", "0"])
     assert result.exit_code == 0, result.output
-    line = next(l for l in result.output.splitlines() if "overlong: split" in l)
+    line = next(text for text in result.output.splitlines() if "overlong: split" in text)
     counts = {k: int(v) for k, v in re.findall(r"(kept|truncated|split|dropped_overlong|dropped_no_labels) (\d+)", line)}
     assert counts["split"] > 0 and sum(counts.values()) == 12  # every train sample has one outcome
 
@@ -123,7 +123,7 @@ def test_inspect_shows_template_drops_and_control_text(tmp_path, recipe_factory)
     show(open_run_directory(recipe.resolved_run_dir(), recipe), console, samples=0)
     out = console.export_text()
     assert "template (chat; renders tool calls: no, tool definitions: no)" in out
-    train = next(l for l in out.splitlines() if re.match(r"\W*train\W+7\W+6\W", l))
+    train = next(line for line in out.splitlines() if re.match(r"\W*train\W+7\W+6\W", line))
     assert "tool_calls_unsupported: 1 (load/train row 3)" in train
     assert "records 1, fields 1, tokenized as text 1 (control_text: text)" in train
     assert re.search(r"train: \d+ blocks, .*control text records 1, fields 1, tokenized as text 1", re.sub(r"\s+", " ", out))

@@ -9,10 +9,9 @@ import secrets
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from helpers import lima_rows, write_jsonl
 from stub_hub import StubHub
+from typer.testing import CliRunner
 
 runner = CliRunner()
 
@@ -21,8 +20,8 @@ runner = CliRunner()
 def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
     """A run of the tiny model through merge and evaluate, with a report: everything a card shows."""
     from sft_pipeline.config import recipe_from_dict
-    from sft_pipeline.report.write import write_report
     from sft_pipeline.orchestration.pipeline import update_stage
+    from sft_pipeline.report.write import write_report
     from sft_pipeline.stages import open_run_directory
 
     root = tmp_path_factory.mktemp("push")

@@ -21,7 +21,7 @@ def _recipe_file(tmp_path, recipe) -> str:
 
 
 def _lines(output):
-    return [l for l in output.splitlines() if l.strip()]
+    return [line for line in output.splitlines() if line.strip()]
 
 
 def test_report_before_training_says_what_is_missing_in_one_line(tmp_path, recipe_factory):

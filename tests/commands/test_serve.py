@@ -73,8 +73,7 @@ def complete_export(recipe_path: Path, files: dict[str, bytes]) -> Path:
     it holds rundir's COMPLETE marker (serving/locate.py)."""
     from sft_pipeline.config import load_recipe
     from sft_pipeline.rundir.directory import COMPLETE
-    from sft_pipeline.stages import open_run_directory
-    from sft_pipeline.stages import ALL
+    from sft_pipeline.stages import ALL, open_run_directory
 
     recipe = load_recipe(recipe_path)
     run = open_run_directory(recipe.resolved_run_dir(), recipe)

@@ -28,11 +28,11 @@ import numpy as np
 import pytest
 
 from sft_pipeline.config import DataConfig, PackConfig, TemplateConfig
-from sft_pipeline.data.sources import SourceError
-from sft_pipeline.stages.load import load_split
-from sft_pipeline.data.tokens import IGNORE, Tokens, tokenize
 from sft_pipeline.data.packing import pack, with_eos
 from sft_pipeline.data.prompts import render
+from sft_pipeline.data.sources import SourceError
+from sft_pipeline.data.tokens import IGNORE, Tokens, tokenize
+from sft_pipeline.stages.load import load_split
 
 # ---- expectations ------------------------------------------------------------------------------
 

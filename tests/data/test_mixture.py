@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-
 from helpers import write_jsonl
+
 from sft_pipeline.config import DataConfig, RecipeError, recipe_from_dict, recipe_to_yaml
 from sft_pipeline.data.arrow_io import folder_schema, iter_batches
 from sft_pipeline.data.sources import SourceError
@@ -64,7 +64,7 @@ def test_weighted_sources_are_interleaved_seeded_and_each_counted(tmp_path, file
                                "probabilities": [0.75, 0.25]}
     again = run_load(tmp_path / "again", sources=specs)
     assert rows(tmp_path / "again" / "train") == got and again["train"] == stats  # seeded
-    other = run_load(tmp_path / "other", sources=specs, split_seed=7)
+    run_load(tmp_path / "other", sources=specs, split_seed=7)
     assert [tag(r) for r in rows(tmp_path / "other" / "train")] != [tag(r) for r in got]
 
 

@@ -9,8 +9,8 @@ import tracemalloc
 from types import SimpleNamespace
 
 import pytest
-
 from helpers import lima_rows, write_jsonl
+
 from sft_pipeline.config import DataConfig
 from sft_pipeline.data.sources import SourceError, has_split, read_records, source_kind
 from sft_pipeline.stages.load import load_split

@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from helpers import write_jsonl
+
 from sft_pipeline.data.sources import SourceError, read_records, source_kind
 from sft_pipeline.stages.load import load_split
 

@@ -9,8 +9,8 @@ import copy
 import json
 
 import pytest
-
 from helpers import write_jsonl
+
 from sft_pipeline.config import TemplateConfig
 from sft_pipeline.data.arrow_io import SplitWriter, folder_schema, iter_batches
 from sft_pipeline.data.samples import Context, make_row

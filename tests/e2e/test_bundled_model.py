@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from helpers import adapter_changed
+
 from sft_pipeline.orchestration.pipeline import update_stage, update_stages
 from sft_pipeline.rundir.directory import RunDirectory
 from sft_pipeline.rundir.files import read_json

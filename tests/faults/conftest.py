@@ -28,7 +28,10 @@ def fault_table():
 def format_table(rows) -> list[str]:
     rows = [HEADER, *rows]
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(HEADER))]
-    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
+
+    def line(r):
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
+
     return [line(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows[1:])]
 
 

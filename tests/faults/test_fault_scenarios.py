@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from helpers import STATE, run_read_only, run_state, userns_works
 
 pytestmark = pytest.mark.faults

@@ -35,8 +35,8 @@ def _file_hashes(folder) -> dict[str, str]:
 def test_train_leaves_the_base_weights_bitwise_unchanged(tmp_path, tiny_model_dir, recipe_factory, monkeypatch):
     from safetensors.torch import load_file
 
-    from sft_pipeline.orchestration.pipeline import update_stages
     from sft_pipeline.model import build
+    from sft_pipeline.orchestration.pipeline import update_stages
     from sft_pipeline.stages import prepare
 
     base_dir = tmp_path / "base"

@@ -7,8 +7,14 @@ import pytest
 
 from sft_pipeline.config import GenerateConfig, TemplateConfig
 from sft_pipeline.data.prompts import _render_plain, _with_system, render_prompt
-from sft_pipeline.model.chat_template import (chat_layout, find_layout, gguf_chat_template, jinja_template,
-                                              ollama_template, plain_layout)
+from sft_pipeline.model.chat_template import (
+    chat_layout,
+    find_layout,
+    gguf_chat_template,
+    jinja_template,
+    ollama_template,
+    plain_layout,
+)
 from sft_pipeline.model.modelfile import ModelfileError, modelfile_text
 
 CONVERSATIONS = [

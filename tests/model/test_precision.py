@@ -11,8 +11,8 @@ import json
 import pytest
 import torch
 
-from sft_pipeline.model import precision
 from sft_pipeline.config import recipe_from_dict
+from sft_pipeline.model import precision
 from sft_pipeline.model.hardware import PROFILE_ENV, Hardware, HardwareError, default_threads, detect
 
 BF16_CPU = Hardware("cpu", bf16_fast=True, reason="test: AVX512-BF16", cpu_count=2, memory_bytes=24 * 1024**3)
@@ -87,9 +87,9 @@ def test_labelled_loss_under_the_plans_autocast_is_the_models_own_loss(hw, recip
     """The train stage's loss runs the backbone and LM head outside the model's forward; under
     bf16 it must take the same autocast (it failed with 'expected m1 and m2 to have the same
     dtype' before), give the model's own loss, and leave fp32 gradients on fp32 LoRA weights."""
+    from sft_pipeline.model.build import build_model
     from sft_pipeline.training import attention
     from sft_pipeline.training.loss import labelled_loss
-    from sft_pipeline.model.build import build_model
 
     recipe = recipe_factory(lora={"r": 4, "lora_alpha": 8, "lora_dropout": 0.0})
     torch.manual_seed(0)
@@ -122,7 +122,7 @@ def test_every_stage_runs_in_the_profiles_precision(profile, recipe_factory, mon
     recorded is the profile's, the adapter is fp32, training moved it, and the merge verifies."""
     from safetensors.torch import load_file
 
-    from sft_pipeline.orchestration.pipeline import update_stages, update_stage
+    from sft_pipeline.orchestration.pipeline import update_stage, update_stages
 
     monkeypatch.setenv(PROFILE_ENV, profile)
     want = PROFILES[profile]

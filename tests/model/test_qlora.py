@@ -39,8 +39,8 @@ def _qlora_model(ref, dtype, adapter_dir=None):
     random non-zero B so the adapter changes the logits; saved to adapter_dir if given."""
     from peft import LoraConfig, get_peft_model
 
-    from sft_pipeline.model.loader import load_model
     from sft_pipeline.model.build import seed_preparation
+    from sft_pipeline.model.loader import load_model
 
     base = load_model(str(ref), dtype=dtype, quantization="nf4", compute_dtype=dtype)
     seed_preparation(base, checkpointing=False)
@@ -104,8 +104,8 @@ def test_dequantized_merge_matches_the_adapter_on_the_nf4_base(nf4_model_dir, tm
     batch, mask = _batch(nf4_model_dir)
     recipe = SimpleNamespace(model=SimpleNamespace(ref=str(nf4_model_dir), trust_remote_code=False, allow_pickle=False))
 
-    from sft_pipeline.model.loader import load_model
     from sft_pipeline.model.build import seed_preparation
+    from sft_pipeline.model.loader import load_model
 
     base = load_model(str(nf4_model_dir), dtype=dtype, quantization="nf4", compute_dtype=dtype)
     seed_preparation(base, checkpointing=False)

@@ -25,11 +25,11 @@ def test_merge_weight_check_catches_a_wrong_merge(tiny_model_dir):
 
 
 def test_pickle_weights_refused_unless_allowed(tiny_model_dir, tmp_path):
+    import shutil
+
     from transformers import AutoModelForCausalLM
 
     from sft_pipeline.model.loader import ModelRefError, load_model
-
-    import shutil
 
     folder = tmp_path / "pickled"
     folder.mkdir()

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from sft_pipeline.orchestration import logs
 from sft_pipeline.cli import app
+from sft_pipeline.orchestration import logs
 
 PY = sys.executable
 ENV = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
@@ -250,7 +250,10 @@ def test_the_terminal_sees_what_it_saw_and_the_log_gets_plain_lines(tmp_path, mo
     monkeypatch.undo()
     assert "\x1b[1;31mcoloured" in terminal[True][0]  # rich drew for a terminal
     # the terminal got the same bytes with the tee as without (the bar's timings aside)
-    times = lambda text: re.sub(r"-:--:--|\d+:\d\d:\d\d", "T", text)
+
+    def times(text):
+        return re.sub(r"-:--:--|\d+:\d\d:\d\d", "T", text)
+
     assert times(terminal[True][0]) == times(terminal[False][0]) and terminal[True][1] == terminal[False][1]
     assert terminal[True][0].endswith("\rplain bar 1/2\rplain bar 2/2\n") and terminal[True][1] == "on stdout\n"
     lines = (tmp_path / "logs" / "fake.log").read_text().splitlines()

@@ -1,7 +1,9 @@
 """The six stages end to end on the tiny model (the bundled model's run is in tests/e2e)."""
 
+import pytest
 from helpers import adapter_changed as _adapter_changed
-from sft_pipeline.orchestration.pipeline import update_stages
+
+from sft_pipeline.orchestration.pipeline import update_stage, update_stages
 from sft_pipeline.rundir.files import read_json
 from sft_pipeline.stages import ORDER, open_run_directory
 
@@ -89,7 +91,6 @@ def test_run_checks_what_its_stages_read_once_and_a_stage_alone_is_still_checked
     again per stage); update_stage on its own checks its stage, so its refusals stay."""
     from sft_pipeline.config import RecipeError
     from sft_pipeline.orchestration import preflight
-    from sft_pipeline.orchestration.pipeline import update_stage
 
     checked: list[list[str]] = []
     real = preflight.check

@@ -10,16 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import lima_rows, write_jsonl
 from typer.testing import CliRunner
 
 from sft_pipeline.cli import app
 from sft_pipeline.orchestration import pipeline
-from sft_pipeline.rundir.directory import COMPLETE, RunDirectory
-from sft_pipeline.stages import open_run_directory
-from sft_pipeline.stages import ORDER
 from sft_pipeline.orchestration.sweep_results import read_records
-
-from helpers import lima_rows, write_jsonl
+from sft_pipeline.rundir.directory import COMPLETE, RunDirectory
+from sft_pipeline.stages import ORDER, open_run_directory
 
 KILLPOINT = Path(__file__).resolve().parents[1] / "killpoint.py"
 DATA = ("load", "template", "pack")

@@ -19,8 +19,7 @@ import pytest
 import yaml
 
 from sft_pipeline.rundir.directory import COMPLETE, RunDirectory, StageError
-from sft_pipeline.stages import open_run_directory
-from sft_pipeline.stages import ORDER
+from sft_pipeline.stages import ORDER, open_run_directory
 
 KILLPOINT = Path(__file__).resolve().parents[1] / "killpoint.py"
 
@@ -126,9 +125,9 @@ def test_load_killed_at_a_point_of_its_first_run(tmp_path, recipe_factory, point
 
 @pytest.mark.parametrize("point", list(REPLACE_POINTS))
 def test_load_killed_while_replacing_a_complete_output(tmp_path, recipe_factory, lima_dir, point):
-    from sft_pipeline.orchestration.pipeline import update_stage
-
     from helpers import lima_rows, write_jsonl
+
+    from sft_pipeline.orchestration.pipeline import update_stage
 
     rule, state, outcome, rows = REPLACE_POINTS[point]
     recipe = recipe_factory()

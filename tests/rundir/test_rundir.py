@@ -7,10 +7,9 @@ import pytest
 
 from sft_pipeline.config import Recipe
 from sft_pipeline.rundir.directory import RunDirectory, StageError
-from sft_pipeline.stages import open_run_directory
 from sft_pipeline.rundir.files import LockedError, write_json
 from sft_pipeline.rundir.stage_spec import STATS
-from sft_pipeline.stages import ORDER
+from sft_pipeline.stages import ORDER, open_run_directory
 
 
 def _complete(run: RunDirectory, stage: str) -> None:

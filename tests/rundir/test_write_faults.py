@@ -23,10 +23,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import STATE, lima_rows, run_read_only, run_state, userns_works, write_jsonl
 
 from sft_pipeline.stages import open_run_directory
-
-from helpers import STATE, lima_rows, run_read_only, run_state, userns_works, write_jsonl
 
 PY = sys.executable
 

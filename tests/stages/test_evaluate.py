@@ -24,8 +24,8 @@ def test_mean_loss_padding_free_with_per_sample_attention_equals_padded(tiny_mod
     padded rows under the model's own attention with its block-diagonal mask."""
     from transformers import AutoModelForCausalLM
 
-    from sft_pipeline.training import attention
     from sft_pipeline.stages.evaluate import mean_loss
+    from sft_pipeline.training import attention
 
     g = torch.Generator().manual_seed(0)
     blocks = []

@@ -8,14 +8,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from helpers import lima_rows, write_jsonl
+
 from sft_pipeline.config import RecipeError, recipe_from_dict
 from sft_pipeline.model import gguf_tools
-from sft_pipeline.orchestration.pipeline import update_stages, update_stage
+from sft_pipeline.orchestration.pipeline import update_stage, update_stages
 from sft_pipeline.rundir.directory import RunDirectory, StageError
-from sft_pipeline.stages import open_run_directory
 from sft_pipeline.rundir.files import read_json
+from sft_pipeline.stages import open_run_directory
 
 SYSTEM = "Answer in one line."
 
@@ -135,7 +135,7 @@ def test_the_files_carry_the_recipes_template_and_answer_chats(exported):
 
 def test_the_modelfile(exported):
     text = (exported.path / "export" / "Modelfile").read_text()
-    lines = [l for l in text.splitlines() if not l.startswith("#")]
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
     assert lines[0] == "FROM ./model-Q4_K_M.gguf"
     assert lines[1].startswith('TEMPLATE """') and '{{ "Q: " }}{{ $m.Content }}' in lines[1]
     assert f'SYSTEM """{SYSTEM}"""' in lines

@@ -41,8 +41,8 @@ def test_harness_runs_offline_before_and_after(recipe_factory):
     """The bundled task over a few documents, through `sft-pipeline evaluate` in a process with the
     Hub and datasets offline: scores before and after, finite, in report.json, summary.json, the
     printed table and the report page; the trained adapter changes them."""
-    from sft_pipeline.report.write import write_report
     from sft_pipeline.orchestration.pipeline import update_stage
+    from sft_pipeline.report.write import write_report
     from sft_pipeline.stages import open_run_directory
 
     recipe = recipe_factory(evaluate={"max_prompts": 2, "pairs": 1,

@@ -4,11 +4,11 @@ format detection, and the stage run through the pipeline's run directory."""
 import json
 
 import pytest
-
 from helpers import lima_rows, write_jsonl
-from sft_pipeline.stages import open_run_directory
-from sft_pipeline.rundir.files import read_json
+
 from sft_pipeline.data.sources import SourceError
+from sft_pipeline.rundir.files import read_json
+from sft_pipeline.stages import open_run_directory
 from sft_pipeline.stages.load import load_split
 
 GOOD = {"conversations": ["q", "a"], "source": "s"}
@@ -226,8 +226,8 @@ def test_duplicates_are_dropped_and_counted(tmp_path):
 
 def test_seeded_eval_carve(tmp_path, recipe_factory):
     from sft_pipeline.orchestration.pipeline import update_stage
-    from sft_pipeline.stages import open_run_directory
     from sft_pipeline.rundir.files import read_json
+    from sft_pipeline.stages import open_run_directory
 
     src = write_jsonl(tmp_path / "all.jsonl", lima_rows(20))
     recipe = recipe_factory(data={"source": str(src), "eval_size": 0.25, "eval_split": "unused"})

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from sft_pipeline.config import PackConfig, TemplateConfig
-from sft_pipeline.data.tokens import IGNORE, Tokens, fit, tokenize
 from sft_pipeline.data.packing import bfd_bins, pack, pack_wrapped, with_eos
 from sft_pipeline.data.prompts import render
+from sft_pipeline.data.tokens import IGNORE, Tokens, fit, tokenize
 
 
 def _samples(lengths, start=10):
@@ -89,7 +89,7 @@ def test_loss_on_assistant_labels_exactly_the_answers(tiny_tokenizer, kind):
     else:  # byte-level BPE keeps the space before each answer; EOS closes the last answer
         expected = " Paris is the capital. Water boils at 100 degrees.<|im_end|>"
     assert trained == expected
-    assert all(l == IGNORE or l == i for i, l in zip(ids, labels))
+    assert all(label == IGNORE or label == i for i, label in zip(ids, labels))
 
 
 def test_loss_on_all_labels_every_token(tiny_tokenizer):
@@ -395,8 +395,8 @@ def test_pack_stage_counts_control_text(recipe_factory, tmp_path):
     from helpers import lima_rows, write_jsonl
 
     from sft_pipeline.orchestration.pipeline import update_stage
-    from sft_pipeline.stages import open_run_directory
     from sft_pipeline.rundir.files import read_json
+    from sft_pipeline.stages import open_run_directory
 
     rows = lima_rows(6)
     rows[2]["conversations"][1] = POISON["chatml"]

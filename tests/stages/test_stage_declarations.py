@@ -20,16 +20,16 @@ from typing import Any, Callable
 
 import pytest
 import yaml
+from helpers import lima_rows, write_jsonl
 from pydantic import BaseModel
 
-from helpers import lima_rows, write_jsonl
 from sft_pipeline import stages
 from sft_pipeline.config import Recipe, recipe_from_dict
 from sft_pipeline.orchestration import pipeline
 from sft_pipeline.orchestration.pipeline import update_stage
 from sft_pipeline.rundir.directory import COMPLETE, RunDirectory
-from sft_pipeline.stages import open_run_directory
 from sft_pipeline.rundir.stage_spec import StageSpec, within
+from sft_pipeline.stages import open_run_directory
 
 # what hands out a whole section (or the whole recipe) at once: pydantic's dumps and copies
 WHOLE = {"model_dump", "model_dump_json", "model_copy", "dict", "json", "copy", "__copy__", "__deepcopy__"}

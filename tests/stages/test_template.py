@@ -170,8 +170,8 @@ def test_template_stage_counts_what_it_drops(recipe_factory, tmp_path, tool_mode
     import datasets
 
     from sft_pipeline.orchestration.pipeline import update_stage
-    from sft_pipeline.stages import open_run_directory
     from sft_pipeline.rundir.files import read_json
+    from sft_pipeline.stages import open_run_directory
 
     data = _agent_data(tmp_path / "agent")
     recipe = recipe_factory(data={"source": str(data)}, model={"ref": str(tool_model_dir if tool_template else tiny_model_dir)})

@@ -16,8 +16,7 @@ import pytest
 import yaml
 
 from sft_pipeline.config import RecipeError, recipe_from_dict
-from sft_pipeline.training import launch
-from sft_pipeline.training import strategy
+from sft_pipeline.training import launch, strategy
 from tests.helpers import lima_rows, write_jsonl
 
 

@@ -9,9 +9,9 @@ import json
 import math
 
 import pytest
-
 import wandb_files as wf
-from sft_pipeline.orchestration.pipeline import update_stages, update_stage
+
+from sft_pipeline.orchestration.pipeline import update_stage, update_stages
 from sft_pipeline.rundir.files import read_json
 
 TRAIN = {"max_steps": 6, "save_strategy": "steps", "save_steps": 2, "save_total_limit": None, "logging_steps": 1,
@@ -83,10 +83,10 @@ def test_resumed_train_is_one_wandb_run_with_each_step_once(recipe_factory, offl
         logged = [(h["train/global_step"], h[tag]) for h in rows if tag in h]
         assert [s for s, _ in board[tag]] == [s for s, _ in logged], tag
         assert [v for _, v in board[tag]] == pytest.approx([v for _, v in logged], rel=1e-6), tag
-    lines = [json.loads(l) for l in (train / "scalars.jsonl").read_text().splitlines()]
-    assert [(l["kind"], l["train/global_step"]) for l in lines] == [
+    lines = [json.loads(line) for line in (train / "scalars.jsonl").read_text().splitlines()]
+    assert [(row["kind"], row["train/global_step"]) for row in lines] == [
         ("train", 1), ("train", 2), ("train", 3), ("eval", 3), ("train", 4), ("train", 5), ("train", 6), ("eval", 6)]
-    assert [l["train/loss"] for l in lines if "train/loss" in l] == [h["train/loss"] for h in rows if "train/loss" in h]
+    assert [row["train/loss"] for row in lines if "train/loss" in row] == [h["train/loss"] for h in rows if "train/loss" in h]
 
     # config: the recipe, every stage's fingerprint, the hardware, the versions, MFU's rate
     cfg = wf.config(recs[1])
@@ -139,7 +139,7 @@ def test_sigkilled_train_loses_no_wandb_row(tmp_path, recipe_factory, offline):
     killed = subprocess.run([sys.executable, "-c", KILL_AFTER_STEP, str(path)], capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr[-2000:]
     work = tmp_path / "run" / ".partial" / "train"
-    assert [json.loads(l)["train/global_step"] for l in (work / "scalars.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(line)["train/global_step"] for line in (work / "scalars.jsonl").read_text().splitlines()] == [1, 2, 3]
     done = subprocess.run([sys.executable, "-m", "sft_pipeline.cli", "train", str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     train = tmp_path / "run" / "train"

@@ -223,8 +223,8 @@ def test_fast_dropout_draws_from_torchs_seed():
 def test_fast_dropout_replaces_peft_dropout_and_survives_checkpoint_recompute(recipe_factory):
     """With gradient checkpointing the recomputed forward draws the same masks (torch restores its
     RNG state), so gradients equal a run without checkpointing."""
-    from sft_pipeline.training.dropout import FastDropout, use_fast_dropout
     from sft_pipeline.model.build import build_model
+    from sft_pipeline.training.dropout import FastDropout, use_fast_dropout
 
     batch = _packed_batch(300)
     grads = []
@@ -253,8 +253,8 @@ def test_pipeline_trainer_loss_equals_sfttrainers(recipe_factory, tmp_path):
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    from sft_pipeline.training.collate import PackedCollator
     from sft_pipeline.model.loader import load_tokenizer
+    from sft_pipeline.training.collate import PackedCollator
     from sft_pipeline.training.trainer import trainer_class
 
     recipe = recipe_factory()
@@ -288,8 +288,8 @@ def test_a_compiled_or_wrapped_model_takes_the_labelled_loss_through_its_own_for
     import datasets
     from trl import SFTConfig
 
-    from sft_pipeline.training.collate import PackedCollator
     from sft_pipeline.model.loader import load_tokenizer
+    from sft_pipeline.training.collate import PackedCollator
     from sft_pipeline.training.trainer import trainer_class
 
     recipe = recipe_factory()
@@ -336,10 +336,10 @@ def test_memory_estimate_counts_what_autograd_keeps(recipe_factory):
     (LoRA, fast dropout, per-sample attention, labelled-positions loss) within 10%."""
     from transformers import AutoConfig
 
+    from sft_pipeline.model.build import build_model
     from sft_pipeline.training.attention import register
     from sft_pipeline.training.collate import PackedCollator
     from sft_pipeline.training.dropout import use_fast_dropout
-    from sft_pipeline.model.build import build_model
     from sft_pipeline.training.memory_plan import plan_memory
 
     recipe = recipe_factory(pack={"seq_length": 64}, train={"per_device_train_batch_size": 2})
