@@ -117,8 +117,9 @@ class DataConfig(Section):
 
 
 class TemplateConfig(Section):
-    # seed: the seed's "Question: ...\n\nAnswer: ..."; chat: the tokenizer's chat template;
-    # custom: the user/assistant formats below.
+    # seed: the template of the articles this project started from ("the seed", docs/glossary.md),
+    # each turn as "Question: ..." or "Answer: ...", joined by a blank line; chat: the tokenizer's
+    # chat template; custom: the user/assistant formats below.
     kind: Literal["seed", "chat", "custom"] = "chat"
     system: str | None = None  # chat only: None keeps the tokenizer's default system prompt
     user: str = "Question: {content}"
