@@ -3,6 +3,7 @@ and a node other than 0, whose train ends unrecorded (node 0 records it) with it
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,17 +32,47 @@ def _cli(*args):
     return [sys.executable, "-m", "sft_pipeline.cli", *map(str, args)]
 
 
+KILLED_TRAIN = {"max_steps": 60, "save_strategy": "steps", "save_steps": 10, "save_total_limit": None,
+                "per_device_train_batch_size": 1, "eval_strategy": "no", "logging_steps": 5}
+
+
+@pytest.fixture(scope="module")
+def prepared_and_reference(tmp_path_factory, tiny_model_dir):
+    """A run directory prepared once, in this process (load..prepare are not the subject), and the
+    uninterrupted reference: that folder copied and trained by the command, to its end. Both signal
+    cases copy the same prepared folder, so they resume towards the one reference."""
+    from helpers import lima_rows, write_jsonl
+
+    from sft_pipeline.config import recipe_from_dict
+    from sft_pipeline.orchestration.pipeline import update_stages
+
+    root = tmp_path_factory.mktemp("resume")
+    write_jsonl(root / "data" / "train.jsonl", lima_rows(12, multi_every=4))
+    write_jsonl(root / "data" / "test.jsonl", lima_rows(4))
+    recipe = recipe_from_dict({
+        "name": "t", "run_dir": str(root / "prepared"), "data": {"source": str(root / "data")},
+        "model": {"ref": str(tiny_model_dir)}, "pack": {"seq_length": 64}, "lora": {"r": 4, "lora_alpha": 8},
+        "train": {**KILLED_TRAIN}, "tracking": {"wandb": "off", "tensorboard": False},
+        "generate": {"max_new_tokens": 8, "batch_size": 4}})
+    prepared = update_stages(recipe, until="prepare").path
+    reference = _copied_recipe_file(root, recipe, prepared, "reference")
+    done = subprocess.run(_cli("train", reference), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Resuming" not in done.stderr  # uninterrupted: it started from step 0
+    return recipe, prepared, root / "reference"
+
+
+def _copied_recipe_file(root: Path, recipe, prepared: Path, name: str) -> Path:
+    """A copy of the prepared run directory under `name`, and the recipe file that points at it."""
+    shutil.copytree(prepared, root / name)
+    return _recipe_file(root, recipe, name)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_train_resumes_to_the_same_adapter(tmp_path, recipe_factory, sig):
-    recipe = recipe_factory(train={"max_steps": 60, "save_strategy": "steps", "save_steps": 10,
-                                   "save_total_limit": None, "per_device_train_batch_size": 1,
-                                   "eval_strategy": "no", "logging_steps": 5})
-    reference = _recipe_file(tmp_path, recipe, "reference")
-    subprocess.run(_cli("run", reference), check=True, capture_output=True)
-
-    crashed = _recipe_file(tmp_path, recipe, "crashed")
-    subprocess.run(_cli("run", crashed, "--until", "prepare"), check=True, capture_output=True)
+def test_killed_train_resumes_to_the_same_adapter(tmp_path, prepared_and_reference, sig):
+    recipe, prepared, reference = prepared_and_reference
+    crashed = _copied_recipe_file(tmp_path, recipe, prepared, "crashed")
     proc = subprocess.Popen(_cli("train", crashed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     checkpoints = tmp_path / "crashed" / ".partial" / "train" / "checkpoints"
     deadline = time.time() + 120
@@ -58,7 +89,7 @@ def test_killed_train_resumes_to_the_same_adapter(tmp_path, recipe_factory, sig)
     done = subprocess.run(_cli("train", crashed), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Resuming from" in done.stderr
-    want, got = _adapter(tmp_path / "reference"), _adapter(tmp_path / "crashed")
+    want, got = _adapter(reference), _adapter(tmp_path / "crashed")
     assert want.keys() == got.keys()
     for key in want:
         assert torch.equal(want[key], got[key]), key  # bitwise, on CPU
@@ -68,8 +99,6 @@ def test_train_resumed_from_its_final_checkpoint_runs_no_extra_step(tmp_path, re
     """A run killed after its last checkpoint but before the adapter was written: the next run
     takes the checkpoint as the result. Trainer would run one more step from it (under a
     constant schedule, one that changes the weights)."""
-    import shutil
-
     from sft_pipeline.orchestration.pipeline import update_stages
     from sft_pipeline.rundir.files import read_json
 

@@ -329,17 +329,38 @@ def _close(a: dict, b: dict, rtol: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_model_dir):
-    """Uninterrupted runs: 2 processes x accumulation 1, 1 process x accumulation 2."""
+def prepared(tmp_path_factory, tiny_model_dir) -> dict:
+    """load..prepare once, in this process, for every run here: none of them reads a key those
+    stages depend on differently (processes, accumulation, steps, launcher and nodes are train's),
+    so each scenario copies this folder (_copy) and its command finds them up to date."""
+    from sft_pipeline.config import load_recipe
+    from sft_pipeline.orchestration.pipeline import update_stages
+
     root = tmp_path_factory.mktemp("distributed")
     data = _lima(root / "data")
-    made = {}
+    path = _recipe_file(root, "prepared", tiny_model_dir, data, 2, 1)
+    update_stages(load_recipe(path), until="prepare")
+    return {"root": root, "data": data, "prepared": root / "prepared"}
+
+
+def _copy(prepared: dict, name: str, model_dir: Path, processes: int, accumulation: int, **options: object) -> Path:
+    """The prepared run directory copied to `name`, and that run's recipe file."""
+    import shutil
+
+    shutil.copytree(prepared["prepared"], prepared["root"] / name)
+    return _recipe_file(prepared["root"], name, model_dir, prepared["data"], processes, accumulation, **options)
+
+
+@pytest.fixture(scope="module")
+def runs(prepared, tiny_model_dir):
+    """Uninterrupted runs: 2 processes x accumulation 1, 1 process x accumulation 2."""
+    made = dict(prepared)
     for name, procs, accum in (("two", 2, 1), ("one", 1, 2)):
-        path = _recipe_file(root, name, tiny_model_dir, data, procs, accum)
+        path = _copy(prepared, name, tiny_model_dir, procs, accum)
         done = subprocess.run(_cli("run", path, "--until", "train"), capture_output=True, text=True, env=_env())
         assert done.returncode == 0, done.stderr[-4000:]
-        made[name] = (root / name, done.stderr)
-    made["root"], made["data"] = root, data
+        assert "prepare: up to date" in " ".join(done.stderr.split())  # the copy, not a second prepare
+        made[name] = (prepared["root"] / name, done.stderr)
     return made
 
 
@@ -375,8 +396,7 @@ def _torchrun(pid: int) -> int:
 
 def _crash(runs, name: str, sig: int, tiny_model_dir: Path) -> tuple[Path, subprocess.CompletedProcess]:
     root = runs["root"]
-    path = _recipe_file(root, name, tiny_model_dir, runs["data"], 2, 1)
-    subprocess.run(_cli("run", path, "--until", "prepare"), check=True, capture_output=True, env=_env())
+    path = _copy(runs, name, tiny_model_dir, 2, 1)
     proc = subprocess.Popen(_cli("train", path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=_env())
     checkpoints = root / name / ".partial" / "train" / "checkpoints"
@@ -416,7 +436,7 @@ def test_a_stopped_two_process_run_resumes_to_the_uninterrupted_result(runs, tin
 def test_accelerate_launch_starts_both_processes_and_gives_the_torchrun_result(runs, tiny_model_dir):
     """`accelerate launch` as the launcher: both processes start (its --cpu path would start one:
     accelerate #2741), and they train what torchrun's two do."""
-    path = _recipe_file(runs["root"], "accelerate", tiny_model_dir, runs["data"], 2, 1, launcher="accelerate")
+    path = _copy(runs, "accelerate", tiny_model_dir, 2, 1, launcher="accelerate")
     done = subprocess.run(_cli("run", path, "--until", "train"), capture_output=True, text=True, env=_env())
     assert done.returncode == 0, done.stderr[-4000:]
     assert "accelerate.commands.launch --multi_gpu --num_processes 2" in " ".join(done.stderr.split())
@@ -437,8 +457,8 @@ def test_two_nodes_on_one_machine_give_the_two_process_result(runs, tiny_model_d
         port = s.getsockname()[1]
     procs = {}
     for rank in (0, 1):
-        path = _recipe_file(runs["root"], f"node{rank}", tiny_model_dir, runs["data"], 1, 1, run_name="two-nodes",
-                            nnodes=2, node_rank=rank, rdzv_endpoint=f"127.0.0.1:{port}")
+        path = _copy(runs, f"node{rank}", tiny_model_dir, 1, 1, run_name="two-nodes",
+                     nnodes=2, node_rank=rank, rdzv_endpoint=f"127.0.0.1:{port}")
         procs[rank] = subprocess.Popen(_cli("run", path, "--until", "train"), stdout=subprocess.DEVNULL,
                                        stderr=subprocess.PIPE, text=True, env=_env())
     out = {rank: proc.communicate(timeout=300)[1] for rank, proc in procs.items()}
@@ -452,12 +472,11 @@ def test_two_nodes_on_one_machine_give_the_two_process_result(runs, tiny_model_d
 
 
 @pytest.mark.slow
-def test_ctrl_c_to_the_launching_command_leaves_no_worker_running(runs, tiny_model_dir):
+def test_ctrl_c_to_the_launching_command_leaves_no_worker_running(prepared, tiny_model_dir):
     """SIGINT to the command alone (not its process group, as `kill -INT` sends it): it ends
     with status 130, and torchrun stops the workers rather than leaving them training."""
-    root = runs["root"]
-    path = _recipe_file(root, "interrupted", tiny_model_dir, runs["data"], 2, 1, steps=5000)
-    subprocess.run(_cli("run", path, "--until", "prepare"), check=True, capture_output=True, env=_env())
+    root = prepared["root"]
+    path = _copy(prepared, "interrupted", tiny_model_dir, 2, 1, steps=5000)
     # SIGINT as a terminal delivers it: a suite started in the background (`make test &`) ignores it,
     # and a child inherits that, so Python would install no KeyboardInterrupt handler in the command
     proc = subprocess.Popen(_cli("train", path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
