@@ -89,3 +89,17 @@ def gguf_model_dir(tmp_path_factory) -> Path:
     from helpers import save_tiny_llama_smol_vocab
 
     return save_tiny_llama_smol_vocab(tmp_path_factory.mktemp("gguf-llama") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(gguf_model_dir, tmp_path_factory) -> Path:
+    """A folder with model-F16.gguf (llama.cpp's converter on gguf_model_dir) and model-Q4_K_M.gguf
+    (its quantizer on that), both through gguf_tools, and log.txt with their output: made once per
+    session because the converter is a child process of several seconds, and test_gguf_tools and
+    serve's tests need the same files."""
+    from sft_pipeline.model import gguf_tools
+
+    folder = tmp_path_factory.mktemp("tiny-gguf")
+    gguf_tools.convert(gguf_model_dir, folder / "model-F16.gguf", "f16", folder / "log.txt")
+    gguf_tools.quantize(folder / "model-F16.gguf", folder / "model-Q4_K_M.gguf", "q4_k_m", folder / "log.txt")
+    return folder
