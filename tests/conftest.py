@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import TOOL_CHATML, lima_rows, make_llama_tokenizer, save_tiny_llama, write_jsonl
+from helpers import TOOL_CHATML, lima_rows, make_llama_tokenizer, save_tiny_llama, tiny_recipe, write_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -59,24 +59,9 @@ def lima_dir(tmp_path) -> Path:
 @pytest.fixture
 def recipe_factory(tmp_path, tiny_model_dir, lima_dir):
     """A recipe for the tiny model and data, with overrides as a nested dict."""
-    from sft_pipeline.config import recipe_from_dict
 
     def make(**sections):
-        tree = {
-            "name": "t",
-            "run_dir": str(tmp_path / "run"),
-            "data": {"source": str(lima_dir)},
-            "model": {"ref": str(tiny_model_dir)},
-            "pack": {"seq_length": 64},
-            "lora": {"r": 4, "lora_alpha": 8},
-            "train": {"max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1,
-                      "eval_strategy": "no", "save_strategy": "no"},
-            "tracking": {"wandb": "off", "tensorboard": False},
-            "generate": {"max_new_tokens": 8, "batch_size": 4},
-        }
-        for key, value in sections.items():
-            tree.setdefault(key, {}).update(value) if isinstance(value, dict) else tree.__setitem__(key, value)
-        return recipe_from_dict(tree)
+        return tiny_recipe(tmp_path, tiny_model_dir, lima_dir, **sections)
 
     return make
 
