@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import TOOL_CHATML, lima_rows, make_llama_tokenizer, save_tiny_llama, write_jsonl
+from helpers import TOOL_CHATML, lima_rows, make_llama_tokenizer, save_tiny_llama, tiny_recipe, write_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -59,24 +59,9 @@ def lima_dir(tmp_path) -> Path:
 @pytest.fixture
 def recipe_factory(tmp_path, tiny_model_dir, lima_dir):
     """A recipe for the tiny model and data, with overrides as a nested dict."""
-    from sft_pipeline.config import recipe_from_dict
 
     def make(**sections):
-        tree = {
-            "name": "t",
-            "run_dir": str(tmp_path / "run"),
-            "data": {"source": str(lima_dir)},
-            "model": {"ref": str(tiny_model_dir)},
-            "pack": {"seq_length": 64},
-            "lora": {"r": 4, "lora_alpha": 8},
-            "train": {"max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1,
-                      "eval_strategy": "no", "save_strategy": "no"},
-            "tracking": {"wandb": "off", "tensorboard": False},
-            "generate": {"max_new_tokens": 8, "batch_size": 4},
-        }
-        for key, value in sections.items():
-            tree.setdefault(key, {}).update(value) if isinstance(value, dict) else tree.__setitem__(key, value)
-        return recipe_from_dict(tree)
+        return tiny_recipe(tmp_path, tiny_model_dir, lima_dir, **sections)
 
     return make
 
@@ -89,3 +74,17 @@ def gguf_model_dir(tmp_path_factory) -> Path:
     from helpers import save_tiny_llama_smol_vocab
 
     return save_tiny_llama_smol_vocab(tmp_path_factory.mktemp("gguf-llama") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(gguf_model_dir, tmp_path_factory) -> Path:
+    """A folder with model-F16.gguf (llama.cpp's converter on gguf_model_dir) and model-Q4_K_M.gguf
+    (its quantizer on that), both through gguf_tools, and log.txt with their output: made once per
+    session because the converter is a child process of several seconds, and test_gguf_tools and
+    serve's tests need the same files."""
+    from sft_pipeline.model import gguf_tools
+
+    folder = tmp_path_factory.mktemp("tiny-gguf")
+    gguf_tools.convert(gguf_model_dir, folder / "model-F16.gguf", "f16", folder / "log.txt")
+    gguf_tools.quantize(folder / "model-F16.gguf", folder / "model-Q4_K_M.gguf", "q4_k_m", folder / "log.txt")
+    return folder

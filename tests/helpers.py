@@ -82,6 +82,28 @@ def adapter_changed(run_dir: Path) -> bool:
     return any(not torch.equal(before[k], after[k]) for k in before if "lora_B" in k)
 
 
+def tiny_recipe(root: Path, model_dir: Path, data_dir: Path, **sections):
+    """The tests' recipe for the tiny model and data, its run directory root/run, with overrides as a
+    nested dict: conftest's recipe_factory, and module fixtures that share one run among tests."""
+    from sft_pipeline.config import recipe_from_dict
+
+    tree = {
+        "name": "t",
+        "run_dir": str(root / "run"),
+        "data": {"source": str(data_dir)},
+        "model": {"ref": str(model_dir)},
+        "pack": {"seq_length": 64},
+        "lora": {"r": 4, "lora_alpha": 8},
+        "train": {"max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1,
+                  "eval_strategy": "no", "save_strategy": "no"},
+        "tracking": {"wandb": "off", "tensorboard": False},
+        "generate": {"max_new_tokens": 8, "batch_size": 4},
+    }
+    for key, value in sections.items():
+        tree.setdefault(key, {}).update(value) if isinstance(value, dict) else tree.__setitem__(key, value)
+    return recipe_from_dict(tree)
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

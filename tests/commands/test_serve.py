@@ -48,13 +48,9 @@ def env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def gguf_file(gguf_model_dir, tmp_path_factory) -> Path:
-    from sft_pipeline.model import gguf_tools
-
-    folder = tmp_path_factory.mktemp("serve-gguf")
-    gguf_tools.convert(gguf_model_dir, folder / "model-F16.gguf", "f16", folder / "log.txt")
-    gguf_tools.quantize(folder / "model-F16.gguf", folder / "model-Q4_K_M.gguf", "Q4_K_M", folder / "log.txt")
-    return folder / "model-Q4_K_M.gguf"
+def gguf_file(tiny_gguf) -> Path:
+    """conftest's Q4_K_M GGUF of the tiny model, made once per session."""
+    return tiny_gguf / "model-Q4_K_M.gguf"
 
 
 def write_recipe(folder: Path, **serve: object) -> Path:

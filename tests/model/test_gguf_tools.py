@@ -9,16 +9,14 @@ import pytest
 from sft_pipeline.model import gguf_tools
 
 
-def test_convert_then_quantize_gives_files_llama_cpp_loads(gguf_model_dir, tmp_path):
+def test_convert_then_quantize_gives_files_llama_cpp_loads(tiny_gguf, gguf_model_dir):
+    """conftest's tiny_gguf is gguf_tools.convert then gguf_tools.quantize to Q4_K_M (shared with
+    serve's tests): the files and log it left are what is checked here."""
     import llama_cpp
 
-    log = tmp_path / "log.txt"
-    f16 = tmp_path / "f16.gguf"
-    gguf_tools.convert(gguf_model_dir, f16, "f16", log)
-    q4 = tmp_path / "q4.gguf"
-    gguf_tools.quantize(f16, q4, "q4_k_m", log)
+    f16, q4 = tiny_gguf / "model-F16.gguf", tiny_gguf / "model-Q4_K_M.gguf"
     assert q4.stat().st_size < f16.stat().st_size
-    assert "llama_model_quantize" in log.read_text()  # the child's C-level output went to the log
+    assert "llama_model_quantize" in (tiny_gguf / "log.txt").read_text()  # the child's C-level output went to the log
     model = llama_cpp.Llama(str(q4), verbose=False, n_ctx=64)
     try:
         vocab = json.loads((gguf_model_dir / "config.json").read_text())["vocab_size"]

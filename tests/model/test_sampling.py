@@ -124,10 +124,24 @@ def _merged_run(recipe_factory, **sections):
     return update_stages(recipe_factory(generate=SEED_ARTICLES, **sections), until="merge")
 
 
-def test_merge_writes_the_recipes_generation_config_and_the_merged_model_uses_it(recipe_factory):
+@pytest.fixture(scope="module")
+def merged_run(tmp_path_factory, tiny_model_dir):
+    """A LoRA run through merge under SEED_ARTICLES, made once: the tests below only read it
+    (merge's files, fingerprints, `generate --model merged`)."""
+    from helpers import lima_rows, tiny_recipe, write_jsonl
+
+    from sft_pipeline.orchestration.pipeline import update_stages
+
+    root = tmp_path_factory.mktemp("merged")
+    write_jsonl(root / "data" / "train.jsonl", lima_rows(12, multi_every=4))
+    write_jsonl(root / "data" / "test.jsonl", lima_rows(4))
+    return update_stages(tiny_recipe(root, tiny_model_dir, root / "data", generate=SEED_ARTICLES), until="merge")
+
+
+def test_merge_writes_the_recipes_generation_config_and_the_merged_model_uses_it(merged_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    run = _merged_run(recipe_factory)
+    run = merged_run
     folder = run.path / "merge" / "model"
     saved = GenerationConfig.from_pretrained(folder)
     for key, value in SEED_ARTICLES.items():
@@ -158,7 +172,7 @@ def test_method_full_writes_a_new_file_and_leaves_trains_alone(recipe_factory):
     assert GenerationConfig.from_pretrained(trained).repetition_penalty in (None, 1.0)
 
 
-def test_sampling_keys_make_merge_stale_not_evaluate_and_merged_stays_usable(recipe_factory, tmp_path):
+def test_sampling_keys_make_merge_stale_not_evaluate_and_merged_stays_usable(merged_run, tmp_path):
     """merge's generation_config.json depends on them; evaluate's greedy pairs do not. A merge
     stale only in them still serves `generate --model merged` (its weights do not depend on
     them), with a note; a change to what the weights depend on is refused."""
@@ -170,7 +184,7 @@ def test_sampling_keys_make_merge_stale_not_evaluate_and_merged_stays_usable(rec
     from sft_pipeline.cli import app
     from sft_pipeline.stages import open_run_directory
 
-    run = _merged_run(recipe_factory)
+    run = merged_run
     tree = json.loads(run.recipe.model_dump_json())
     tree["generate"]["temperature"] = 0.3
     changed = open_run_directory(run.path, recipe_from_dict(tree))

@@ -29,12 +29,34 @@ def test_scores_keep_each_metric_and_name_the_first_listed_as_main():
     assert headline(got) == {"t": {"bits_per_byte": 1.5}}
 
 
-def test_an_unknown_task_is_one_line_naming_the_bundled_ones():
+@pytest.fixture
+def few_default_tasks(monkeypatch) -> list[str]:
+    """lm-eval's own task folder indexed as two of its real subfolders, not all of it: indexing
+    the 14,684 default tasks takes seconds, and what is checked here (a default task is found,
+    an unknown one is refused) needs only some of them. lm-eval's indexer itself runs unchanged."""
+    from lm_eval.tasks import _index, manager
+
+    defaults = Path(manager.__file__).parent
+    kept = ["hellaswag", "lambada"]
+    real = _index.TaskIndex.build
+
+    def build(paths, **kwargs):
+        paths = [q for p in paths for q in ([defaults / k for k in kept] if Path(p) == defaults else [p])]
+        return real(paths, **kwargs)
+
+    monkeypatch.setattr(_index.TaskIndex, "build", staticmethod(build))
+    return kept
+
+
+def test_an_unknown_task_is_one_line_naming_the_bundled_ones(few_default_tasks):
     from sft_pipeline.model.harness import HarnessError, task_manager
 
     assert "lima_house_style" in task_manager(["lima_house_style"]).all_tasks
+    # a task of lm-eval's own is looked up among its defaults, with the bundled ones still there
+    both = task_manager(["hellaswag", "lima_house_style"]).all_tasks
+    assert {"hellaswag", "lima_house_style"} <= set(both)
     with pytest.raises(HarnessError, match=r"unknown lm-eval task no_such_task \(bundled: lima_house_style"):
-        task_manager(["no_such_task"])
+        task_manager(["no_such_task", "hellaswag"])
 
 
 def test_harness_runs_offline_before_and_after(recipe_factory):
