@@ -165,13 +165,13 @@ def eval_numbers(run_dir: RunDirectory, plan: SweepPlan) -> dict[str, Any]:
     else train's last evaluation (none when train.eval_strategy is no); and evaluate's style share."""
     from ..stages.evaluate import REPORT
 
-    out: dict[str, Any] = {"eval_loss": None}  # every stage of the plan is complete here
-    if "evaluate" in plan.stages and run_dir.artifact("evaluate", REPORT).is_file():
+    out: dict[str, Any] = {"eval_loss": None}
+    if "evaluate" in plan.stages and run_dir.stage_state("evaluate") == "complete":
         report = read_json(run_dir.artifact("evaluate", REPORT))
         out["eval_loss"] = report.get("after", {}).get("loss", {}).get("eval")
         if "style_share" in report.get("after", {}):
             out["style_share"] = report["after"]["style_share"]
-    if out["eval_loss"] is None and "train" in plan.stages and run_dir.artifact("train", METRICS).is_file():
+    if out["eval_loss"] is None and "train" in plan.stages and run_dir.stage_state("train") == "complete":
         losses = read_json(run_dir.artifact("train", METRICS)).get("eval_losses") or []
         out["eval_loss"] = losses[-1] if losses else None
     return out

@@ -183,12 +183,11 @@ def test_eval_loss_comes_from_evaluate_when_it_ran_else_from_train(tmp_path):
     plan = load_sweep(sweep_file(tmp_path, {"grid": {"lora.r": [4]}, "evaluate": True}))
     trial = plan.trials[0]
     run = open_run_directory(trial.run_dir, trial.recipe)
-    (run.path / "train").mkdir(parents=True)
-    (run.path / "train" / "metrics.json").write_text(json.dumps({"eval_losses": [3.0, 2.5]}))
+    with run.stage_output("train") as out:  # recorded complete, as a finished trial's stages are
+        (out / "metrics.json").write_text(json.dumps({"eval_losses": [3.0, 2.5]}))
     assert eval_numbers(run, plan) == {"eval_loss": 2.5}
-    (run.path / "evaluate").mkdir()
-    (run.path / "evaluate" / "report.json").write_text(json.dumps(
-        {"after": {"loss": {"eval": 2.25, "train": 2.0}, "style_share": 0.5}}))
+    with run.stage_output("evaluate") as out:
+        (out / "report.json").write_text(json.dumps({"after": {"loss": {"eval": 2.25, "train": 2.0}, "style_share": 0.5}}))
     assert eval_numbers(run, plan) == {"eval_loss": 2.25, "style_share": 0.5}
 
 
