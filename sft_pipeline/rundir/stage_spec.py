@@ -1,4 +1,4 @@
-"""What a stage declares about itself, next to its run(): the recipe keys it reads, the stages
+"""What a stage declares about itself, next to its produce(): the recipe keys it reads, the stages
 whose folders it reads, what it writes into its own folder, and whether it resumes.
 
 The declarations are the single source for fingerprints (a stage is stale when a key it reads

@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Callable
 
 from ..rundir.directory import RunDirectory, StageError
-from ..rundir.stage_spec import StageSpec
+from ..rundir.stage_spec import RecordedElsewhere, StageSpec
 
 if TYPE_CHECKING:
     from ..config import Recipe
@@ -43,7 +43,9 @@ def spec(name: str) -> "StageSpec":
     return _module(name).SPEC
 
 
-def producer(name: str) -> "Callable[[RunDirectory, Path], None]":
+def producer(name: str) -> "Callable[[RunDirectory, Path], RecordedElsewhere | None]":
+    """The stage's produce(): None when its output is complete in `out`, RecordedElsewhere when it
+    ran here but another machine records it (train on a node other than 0)."""
     return _module(name).produce
 
 

@@ -33,7 +33,7 @@ ANSWERS = "answers.json"  # every evaluation's answers of the same trained adapt
 SPEC = StageSpec(
     # method: what "before" and "after" are; train.precision: inference computes as training did;
     # the eval batch size for the loss passes; of generate only the answers' length and batch:
-    # the answers are plain greedy (run() says why), so the sampling settings change nothing here
+    # the answers are plain greedy (produce() says why), so the sampling settings change nothing here
     name="evaluate", reads=("method", "evaluate", "generate.max_new_tokens", "generate.batch_size", "model",
                             "train.precision", "train.per_device_eval_batch_size"),
     upstream=("template", "pack", "train"),
