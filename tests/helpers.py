@@ -254,3 +254,33 @@ def printed_table(result_output: str) -> dict[str, list[str]]:
         if len(cells) > 1 and cells[0]:
             out[cells[0]] = cells[1:]
     return out
+
+
+def saved_activation_bytes(model, autocast=None) -> int:
+    """The bytes autograd saves for backward (parameters left out) in one training forward of the
+    labelled-positions loss over two packed rows of 64 tokens, two samples each, with no labels
+    (so the logits term, which the memory estimate counts apart, stays out): what the estimate's
+    activation term is checked against."""
+    from contextlib import nullcontext
+
+    import torch
+
+    from sft_pipeline.training.collate import PackedCollator
+    from sft_pipeline.training.loss import labelled_loss
+
+    g = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": torch.randint(4, 300, (64,), generator=g).tolist(), "labels": [-100] * 64,
+             "position_ids": list(range(30)) + list(range(34))} for _ in range(2)]
+    batch = PackedCollator(0)(rows)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast or nullcontext():
+        labelled_loss(model, batch)
+    return sum(saved.values())

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 import yaml
-from helpers import opt_1_3b_config, printed_table
+from helpers import opt_1_3b_config, printed_table, saved_activation_bytes
 from typer.testing import CliRunner
 
 from sft_pipeline.cli import app
@@ -141,8 +141,6 @@ def test_full_activation_estimate_counts_what_autograd_keeps(recipe_factory, hw)
 
     from sft_pipeline.model.build import build_model
     from sft_pipeline.training.attention import register
-    from sft_pipeline.training.collate import PackedCollator
-    from sft_pipeline.training.loss import labelled_loss
     from sft_pipeline.training.memory_plan import plan_memory
 
     recipe = recipe_factory(method="full", pack={"seq_length": 64}, train={"per_device_train_batch_size": 2})
@@ -152,22 +150,7 @@ def test_full_activation_estimate_counts_what_autograd_keeps(recipe_factory, hw)
     model = build_model(recipe, hw, checkpointing=False)
     model.set_attn_implementation("packed_sdpa")
     model.train()
-    g = torch.Generator().manual_seed(0)
-    rows = [{"input_ids": torch.randint(4, 300, (64,), generator=g).tolist(), "labels": [-100] * 64,
-             "position_ids": list(range(30)) + list(range(34))} for _ in range(2)]
-    batch = PackedCollator(0)(rows)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            saved[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), precision.autocast(precision.plan(recipe, hw), "cpu"):
-        labelled_loss(model, batch)  # no labels: the logits term (counted apart) stays out
-    measured = sum(saved.values())
+    measured = saved_activation_bytes(model, precision.autocast(precision.plan(recipe, hw), "cpu"))
     assert abs(measured - est.activations_full) / measured < 0.10, (measured, est.activations_full)
 
 

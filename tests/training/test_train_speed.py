@@ -4,6 +4,7 @@ benchmark's model building and FLOP counting (its GPU path on a tiny config)."""
 
 import pytest
 import torch
+from helpers import saved_activation_bytes
 
 from sft_pipeline.model.hardware import Hardware
 from sft_pipeline.training.loss import labelled_loss, unsupported_reason
@@ -338,7 +339,6 @@ def test_memory_estimate_counts_what_autograd_keeps(recipe_factory):
 
     from sft_pipeline.model.build import build_model
     from sft_pipeline.training.attention import register
-    from sft_pipeline.training.collate import PackedCollator
     from sft_pipeline.training.dropout import use_fast_dropout
     from sft_pipeline.training.memory_plan import plan_memory
 
@@ -350,22 +350,7 @@ def test_memory_estimate_counts_what_autograd_keeps(recipe_factory):
     model.get_base_model().set_attn_implementation("packed_sdpa")
     use_fast_dropout(model)
     model.train()
-    g = torch.Generator().manual_seed(0)
-    rows = [{"input_ids": torch.randint(4, 300, (64,), generator=g).tolist(), "labels": [-100] * 64,
-             "position_ids": list(range(30)) + list(range(34))} for _ in range(2)]
-    batch = PackedCollator(0)(rows)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            saved[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        labelled_loss(model, batch)  # no labels: the logits term (counted apart) stays out
-    measured = sum(saved.values())
+    measured = saved_activation_bytes(model)
     assert abs(measured - est.activations_full) / measured < 0.10, (measured, est.activations_full)
 
 
