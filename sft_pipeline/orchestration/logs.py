@@ -318,7 +318,6 @@ def quiet_known_notices() -> None:
 
 
 # At import: cli.py and pipeline.py import this module before anything imports bitsandbytes (PEFT
-# and transformers do, inside the stages). Not in an sft_pipeline/__init__.py: the package has
-# none (an editable install made while it had none keeps treating it as a namespace package,
-# and would skip a new one).
+# and transformers do, inside the stages). Not in sft_pipeline/__init__.py, which imports nothing:
+# every import of the package (train_worker, tests, bench) would then install it too.
 quiet_known_notices()

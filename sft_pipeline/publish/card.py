@@ -48,7 +48,7 @@ def _read(run_dir: RunDirectory, stage: str, name: str) -> dict[str, Any] | None
     (a run from before the file existed) the file is not there."""
     if run_dir.stage_state(stage) != "complete":
         return None
-    path = run_dir.artifact(stage, name)
+    path = run_dir.artifact(stage, name, fresh=False)  # its state was just checked
     return read_json(path) if path.is_file() else None
 
 

@@ -47,7 +47,7 @@ def _short(summary: dict[str, Any]) -> str:
 
 class RunDirectory:
     """One run directory and the recipe it is for. `declarations` maps every stage's name to its
-    SPEC (stages.declarations()); nothing here is known about a stage except what it declares."""
+    SPEC (stages.DECLARATIONS); nothing here is known about a stage except what it declares."""
 
     def __init__(self, path: str | Path, recipe: Recipe, declarations: Mapping[str, StageSpec]):
         self.path = Path(path)

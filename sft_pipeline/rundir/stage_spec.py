@@ -78,9 +78,9 @@ class StageSpec:
     def declares(self, name: str) -> bool:
         """Does the stage write `name` (its first path part: "model/config.json" is under "model/")?"""
         head, sep, _ = name.partition("/")
-        entry = head + "/" if sep or f"{head}/" in self.writes or f"{head}/" in self.may_write else head
+        entries = (head + "/",) if sep else (head, head + "/")  # "adapter" may name the folder "adapter/"
         declared = (*self.writes, *self.may_write)
-        return entry in declared or any(fnmatchcase(entry, d) for d in self.may_write)
+        return any(e in declared or any(fnmatchcase(e, d) for d in self.may_write) for e in entries)
 
     def check_artifact(self, name: str) -> None:
         """A read of an artifact the stage does not declare is a bug in the reader: said at once."""

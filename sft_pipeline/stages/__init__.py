@@ -1,4 +1,4 @@
-"""One module per stage. Each exposes `produce(run_dir: RunDirectory, out: Path) -> None`, reads
+"""One module per stage. Each exposes `produce(run_dir: RunDirectory, out: Path)`, reads
 only the recipe and earlier stages' artifacts, writes only into `out` (made atomic by the run
 directory), and declares all of that in `SPEC` (rundir/stage_spec.py) next to its produce().
 
